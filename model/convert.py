@@ -174,11 +174,17 @@ LLAMA2_CHAT_TEMPLATE = (
     "{% if loop.first and system %}{% set content = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + content %}"
     "{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
     "{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
-CHATML_TEMPLATE = (
-    "{% for m in messages %}{% if loop.first and m['role'] != 'system' and default_system %}"
-    "{{ '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' }}{% endif %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def chatml_template(default_system: str | None) -> str:
+    """SmolLM2's ChatML template, with its default system prompt written as a literal (which is
+    how BPETokenizer.from_hf finds it again)."""
+    default = "" if not default_system else (
+        "{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\n" + default_system.replace("'", "\\'") + "<|im_end|>\\n' }}{% endif %}")
+    return ("{% for message in messages %}" + default +
+            "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 def export_hf(src, out):
@@ -195,15 +201,13 @@ def export_hf(src, out):
               "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
               "attention_bias": False, "mlp_bias": False, "bos_token_id": tokenizer.bos_id,
               "eos_token_id": tokenizer.stop_ids, "pad_token_id": tokenizer.pad_id}
-    if isinstance(tokenizer, SentencePieceTokenizer):
-        template = LLAMA2_CHAT_TEMPLATE
-    else:
-        default = json.dumps(tokenizer.default_system or "")
-        template = "{% set default_system = " + default + " %}" + CHATML_TEMPLATE
+    sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
+    template = LLAMA2_CHAT_TEMPLATE if sentencepiece else chatml_template(tokenizer.default_system)
     tok_config = {"bos_token": tokens[0], "eos_token": tokens[1], "pad_token": tokens[2],
                   "chat_template": template, "model_max_length": args.max_seq_len,
-                  "tokenizer_class": "LlamaTokenizer" if isinstance(tokenizer, SentencePieceTokenizer)
-                  else "PreTrainedTokenizerFast"}
+                  "tokenizer_class": "LlamaTokenizer" if sentencepiece else "PreTrainedTokenizerFast"}
+    if sentencepiece:  # a space-prefixed piece after <s>, as sentencepiece encodes Meta's layout itself
+        tok_config["legacy"] = True
     with atomic_directory(out) as tmp:
         writer = ShardWriter(tmp)
         for name, tensor in read_tensors(src):
@@ -275,7 +279,7 @@ def convert_gguf(src, out):
         raise FormatError(f"{src}: tokenizer.ggml.model {meta.get('tokenizer.ggml.model')!r} is not supported "
                           "(byte-level BPE, 'gpt2', is; for SentencePiece Llama-2 models convert Meta's or "
                           "Hugging Face's release instead)")
-    tokenizer = BPETokenizer.from_gguf(meta)
+    tokenizer = BPETokenizer.from_gguf(meta, source=str(src))
     tensors = ((gguf_to_meta_name(name, src), torch.from_numpy(gguf.tensor(name))) for name in gguf.tensors)
     save(out, args, tensors, tokenizer)
 

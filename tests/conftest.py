@@ -13,7 +13,8 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def sp_model_file(tmp_path_factory) -> Path:
-    """A tiny SentencePiece model trained here with sentencepiece's own trainer (Llama-2's ids: unk 0, bos 1, eos 2)."""
+    """A tiny SentencePiece model trained here with sentencepiece's own trainer, set up like Llama-2's
+    (unk 0, bos 1, eos 2, byte fallback so no text is unknown, no whitespace normalisation)."""
     import sentencepiece as spm
     d = tmp_path_factory.mktemp("sp")
     words = ["the", "model", "judges", "its", "own", "answers", "and", "learns", "from", "pairs", "of",
@@ -23,7 +24,9 @@ def sp_model_file(tmp_path_factory) -> Path:
              f" {n}." for n in range(400)]
     (d / "corpus.txt").write_text("\n".join(lines) + "\nABCDEFGHIJKLMNOPQRSTUVWXYZ []<>/:!?,'\"()-\n")
     spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "tokenizer"),
-                                   vocab_size=200, model_type="bpe", byte_fallback=False,
+                                   vocab_size=400, model_type="bpe", byte_fallback=True,
+                                   character_coverage=1.0, normalization_rule_name="identity",
+                                   remove_extra_whitespaces=False, add_dummy_prefix=True,
                                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
     return d / "tokenizer.model"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import model
-from model.convert import convert_gguf, convert_meta
+from model.convert import convert_gguf, convert_hf, convert_meta, export_hf
 from model.errors import FormatError
 from model.llama import PRESETS, ModelArgs, Transformer
 from model.tokenizer import SentencePieceTokenizer
@@ -39,7 +39,7 @@ def meta_shards(state: dict, mp: int) -> list[dict]:
 
 def write_meta_release(directory: pathlib.Path, sp_model_file, mp=2) -> Transformer:
     directory.mkdir()
-    args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 200})  # the test tokenizer's size
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 400})  # the test tokenizer's size
     net = Transformer(args).init_weights(seed=3)
     for i, shard in enumerate(meta_shards(net.state_dict(), mp)):
         torch.save(shard, directory / f"consolidated.{i:02d}.pth")
@@ -55,7 +55,7 @@ def test_meta_release_with_two_shards_converts_back_exactly(tmp_path, sp_model_f
     original = write_meta_release(tmp_path / "meta", sp_model_file, mp=2)
     convert_meta(tmp_path / "meta", tmp_path / "ours")
     loaded, tokenizer = model.load(tmp_path / "ours")
-    assert loaded.args.vocab_size == 200 and tokenizer.vocab_size == 200
+    assert loaded.args.vocab_size == 400 and tokenizer.vocab_size == 400
     assert loaded.args.max_seq_len == 4096  # Llama-2's context, absent from Meta's params.json
     got, want = loaded.state_dict(), original.state_dict()
     assert got.keys() == want.keys()
@@ -208,3 +208,32 @@ def test_gguf_with_an_unsupported_tensor_type(tmp_path):
     with pytest.raises(FormatError, match=r"m.gguf: .*blk.0.attn_q.weight.*Q2_K"):
         convert_gguf(tmp_path / "m.gguf", tmp_path / "ours")
     assert not (tmp_path / "ours").exists()
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Name three primary colours."}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 12 + 30?"}],
+    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello. How can I help?"},
+     {"role": "user", "content": "Tell me a joke about judges."}],
+]
+
+
+def test_export_hf_tokenizer_and_chat_template_match_ours(tmp_path, sp_model_file, demo_gguf):
+    """transformers, reading the exported directory, lays out chats with the same ids as we do."""
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference implementation")
+    from model.gguf_file import read_gguf
+    from model.tokenizer import BPETokenizer, load_tokenizer
+    bpe = BPETokenizer.from_gguf(read_gguf(demo_gguf).metadata)
+    for name, tok in (("sp", SentencePieceTokenizer(sp_model_file)), ("bpe", bpe)):
+        args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": tok.vocab_size})
+        model.save_model(tmp_path / name, Transformer(args), tok)
+        export_hf(tmp_path / name, tmp_path / f"{name}-hf")
+        ref = transformers.AutoTokenizer.from_pretrained(tmp_path / f"{name}-hf")
+        for messages in CONVERSATIONS:
+            want = ref.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+            assert tok.encode_chat(messages) == list(want), (name, messages)
+        convert_hf(tmp_path / f"{name}-hf", tmp_path / f"{name}-back")
+        back = load_tokenizer(tmp_path / f"{name}-back")
+        assert [back.encode_chat(m) for m in CONVERSATIONS] == [tok.encode_chat(m) for m in CONVERSATIONS]
+        assert (back.bos_id, back.eos_id, back.stop_ids) == (tok.bos_id, tok.eos_id, tok.stop_ids)

