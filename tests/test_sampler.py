@@ -1,0 +1,155 @@
+"""The sampler against greedy decoding by full recomputation, prefix sharing against plain batching,
+and the sampling distribution against the filtered softmax it is meant to draw from."""
+import numpy as np
+import pytest
+import torch
+
+from model import ModelArgs, PRESETS, Transformer
+from sample.sampler import TOPK_PREFILTER, Sampler, SamplingParams, common_prefix_len, plan_batches, sample_tokens
+
+
+class StubTokenizer:
+    """Just what the sampler needs from a tokenizer; decode spells out the ids."""
+
+    def __init__(self, stop_ids=(), pad_id=0):
+        self.stop_ids, self.pad_id = list(stop_ids), pad_id
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def tiny(seed=0):
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "max_seq_len": 64})
+    return Transformer(args).init_weights(std=0.3, seed=seed).eval()  # peaked logits: varied greedy tokens
+
+
+@torch.no_grad()
+def greedy_by_recomputation(net, prompt, max_new_tokens, stop_ids=()):
+    """The slow, obviously right way: rerun the whole sequence for every new token."""
+    ids = list(prompt)
+    for _ in range(min(max_new_tokens, net.args.max_seq_len - len(prompt))):
+        token = int(net(torch.tensor([ids]))[0, -1].argmax())
+        if token in stop_ids:
+            return ids[len(prompt):], "stop"
+        ids.append(token)
+    return ids[len(prompt):], "length"
+
+
+def random_prompts(lengths, vocab=256, seed=0, prefix=()):
+    g = torch.Generator().manual_seed(seed)
+    return [list(prefix) + torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_greedy_with_cache_equals_recomputation_for_ragged_batch():
+    net = tiny()
+    prompts = random_prompts([3, 9, 1, 14, 6])
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    want = [greedy_by_recomputation(net, p, 20) for p in prompts]
+    # make rows stop at different steps: each row's 5th..8th greedy token becomes a stop token
+    stop_ids = sorted({want[i][0][4 + i % 4] for i in range(len(prompts))})
+    want = [greedy_by_recomputation(net, p, 20, stop_ids) for p in prompts]
+    assert {reason for _, reason in want} == {"stop"} or len({len(ids) for ids, _ in want}) > 1
+    got = Sampler(net, StubTokenizer(stop_ids), max_batch_size=8).generate(prompts, params)
+    for (ids, reason), [c] in zip(want, got):
+        assert (c.token_ids, c.finish_reason, c.n_tokens) == (ids, reason, len(ids))
+
+
+def test_rows_stop_at_the_context_limit():
+    net = tiny()
+    prompts = random_prompts([60, 10])  # max_seq_len 64: the first prompt has room for 4 tokens
+    got = Sampler(net, StubTokenizer()).generate(prompts, SamplingParams(temperature=0, max_new_tokens=8))
+    assert [c.n_tokens for [c] in got] == [4, 8] and got[0][0].finish_reason == "length"
+    assert got[0][0].token_ids == greedy_by_recomputation(net, prompts[0], 8)[0]
+
+
+@pytest.mark.parametrize("max_batch_size", [4, 12])
+def test_prefix_sharing_and_fan_out_equal_plain_batching(max_batch_size):
+    """A long template opening shared by all prompts, each prompt sampled 3 times: prefilled once."""
+    net = tiny()
+    template = random_prompts([25], seed=1)[0]
+    prompts = random_prompts([2, 7, 4, 11], seed=2, prefix=template)
+    assert common_prefix_len(prompts) == 25
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    shared = Sampler(net, StubTokenizer(), max_batch_size, share_prefix=True).generate(prompts, params, n=3)
+    plain = Sampler(net, StubTokenizer(), max_batch_size, share_prefix=False).generate(prompts, params, n=3)
+    for p, s, q in zip(prompts, shared, plain):
+        want = greedy_by_recomputation(net, p, 12)[0]
+        assert [c.token_ids for c in s] == [c.token_ids for c in q] == [want] * 3
+
+
+def test_sampled_outputs_depend_on_the_seed_not_on_the_batch():
+    net = tiny()
+    prompts = random_prompts([5, 8, 3, 12], seed=3)
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10)
+    seeds = [[100 + 10 * i + j for j in range(2)] for i in range(4)]
+    together = Sampler(net, StubTokenizer(), max_batch_size=8).generate(prompts, params, n=2, seeds=seeds)
+    alone = [Sampler(net, StubTokenizer(), max_batch_size=2).generate([p], params, n=2, seeds=[s])[0]
+             for p, s in zip(prompts, seeds)]
+    assert [[c.token_ids for c in cs] for cs in together] == [[c.token_ids for c in cs] for cs in alone]
+    other = Sampler(net, StubTokenizer(), max_batch_size=8).generate(
+        prompts, params, n=2, seeds=[[s + 1 for s in ss] for ss in seeds])
+    assert [[c.token_ids for c in cs] for cs in together] != [[c.token_ids for c in cs] for cs in other]
+
+
+def filtered_distribution(logits, temperature, top_p, top_k):
+    """The target distribution, in float64 and written independently of sample_tokens."""
+    p = np.exp((logits - logits.max()) / temperature)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    keep = np.zeros_like(p, dtype=bool)
+    mass = 0.0
+    for rank, i in enumerate(order):
+        if (top_k and rank >= top_k) or mass >= top_p:
+            break
+        keep[i], mass = True, mass + p[i]
+    q = np.where(keep, p, 0.0)
+    return q / q.sum()
+
+
+@pytest.mark.parametrize("V,temperature,top_p,top_k", [
+    (40, 0.7, 0.9, 0), (40, 1.0, 1.0, 0), (40, 1.3, 1.0, 5), (40, 1.5, 0.6, 3),
+    (1000, 1.0, 0.9, 0),  # a flat distribution: the nucleus is larger than the top-k prefilter
+])
+def test_sampling_frequencies_match_the_filtered_distribution(V, temperature, top_p, top_k):
+    g = torch.Generator().manual_seed(V + int(100 * top_p) + top_k)
+    scale = 0.05 if V > TOPK_PREFILTER else 2.0
+    logits = torch.randn(V, generator=g, dtype=torch.float64) * scale
+    target = filtered_distribution(logits.numpy(), temperature, top_p, top_k)
+    draws = 200_000 if V < 100 else 50_000
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+    tokens = sample_tokens(logits.float().expand(draws, V), params, torch.rand(draws, generator=g))
+    counts = np.bincount(tokens.numpy(), minlength=V)
+    assert counts[target == 0].sum() == 0, "a token outside the nucleus / top-k was drawn"
+    if V > TOPK_PREFILTER:
+        assert (target > 0).sum() > TOPK_PREFILTER
+    # chi-square over the kept tokens; with a fixed seed, a loose bound on the statistic
+    kept = target > 0
+    expected = target[kept] * draws
+    chi2 = (((counts[kept] - expected) ** 2) / expected).sum()
+    dof = kept.sum() - 1
+    assert dof >= 1 and chi2 < dof + 6 * np.sqrt(2 * dof), (chi2, dof)
+
+
+def test_inverse_cdf_edges():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 3)
+    params = SamplingParams(temperature=1.0, top_p=0.7)
+    # u = 0 takes the most likely token; u just below 1 the least likely one kept (not a filtered one)
+    assert sample_tokens(logits, params, torch.tensor([0.0, 0.999999, 0.5])).tolist()[:2] == [0, 1]
+    assert sample_tokens(logits, SamplingParams(temperature=0), torch.rand(3)).tolist() == [0, 0, 0]
+
+
+def test_plan_batches_groups_similar_lengths_and_keeps_samples_together():
+    batches = plan_batches([5, 50, 7, 48, 6], n=4, max_batch_size=8)
+    assert batches == [[1, 3], [2, 4], [0]]  # lengths 50, 48 | 7, 6 | 5
+    assert plan_batches([3, 3], n=10, max_batch_size=4) == [[0], [1]]
+
+
+def test_bad_requests():
+    net = tiny()
+    sampler = Sampler(net, StubTokenizer())
+    with pytest.raises(ValueError, match="empty prompt"):
+        sampler.generate([[5], []], SamplingParams())
+    with pytest.raises(ValueError, match="prompt of 64 tokens leaves no room"):
+        sampler.generate([[5] * 64], SamplingParams())
+    with pytest.raises(ValueError, match="invalid sampling parameters"):
+        SamplingParams(top_p=0)
