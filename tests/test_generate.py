@@ -1,0 +1,130 @@
+"""sample/generate.py end to end: output rows, resuming after a real kill, bad input, and data- and
+tensor-parallel runs under torchrun against the single-process output."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import model
+from sample.generate import chat_ids, row_seed
+from sample.sampler import Sampler, SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the model judges its own answers and learns from pairs of chosen rejected responses".split()
+
+
+def write_prompts(path, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            k = 1 + int(torch.randint(12, (1,), generator=g))
+            words = [WORDS[j] for j in torch.randint(len(WORDS), (k,), generator=g).tolist()]
+            f.write(json.dumps({"id": f"p{i}", "prompt": " ".join(words), "topic": i % 3}) + "\n")
+
+
+def generate(*args, env=None, check=True):
+    cmd = [sys.executable, str(ROOT / "sample/generate.py"), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_rows_match_the_sampler(tmp_path, tiny_checkpoint):
+    write_prompts(tmp_path / "p.jsonl", 5)
+    generate("--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "o.jsonl",
+             "--n", 3, "--max-new-tokens", 8, "--temperature", 0.9, "--top-p", 0.9, "--seed", 7)
+    rows = read(tmp_path / "o.jsonl")
+    assert [(r["id"], r["sample"]) for r in rows] == [(f"p{i}", s) for i in range(5) for s in range(3)]
+    net, tok = model.load(tiny_checkpoint)
+    prompts = read(tmp_path / "p.jsonl")
+    outs = Sampler(net, tok).generate([chat_ids(tok, p) for p in prompts],
+                                      SamplingParams(0.9, 0.9, 0, 8), n=3,
+                                      seeds=[[row_seed(7, p["id"], s) for s in range(3)] for p in prompts])
+    for r in rows:
+        c = outs[int(r["id"][1:])][r["sample"]]
+        assert (r["response"], r["finish_reason"], r["n_tokens"]) == (c.text, c.finish_reason, c.n_tokens)
+        assert r["topic"] == int(r["id"][1:]) % 3  # input fields are carried over
+    assert not list(tmp_path.glob("o.jsonl.part*"))
+
+
+@pytest.mark.slow
+def test_resume_after_kill_writes_every_row_once(tmp_path, tiny_checkpoint):
+    write_prompts(tmp_path / "p.jsonl", 120)
+    args = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--n", 2, "--batch-size", 2,
+            "--max-new-tokens", 48, "--temperature", 1.0, "--top-p", 0.95]
+    generate(*args, "--out", tmp_path / "whole.jsonl")
+
+    out = tmp_path / "o.jsonl"
+    part = tmp_path / "o.jsonl.part0"
+    cmd = [sys.executable, str(ROOT / "sample/generate.py"), *map(str, args), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not part.exists() or part.read_text().count("\n") < 20):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = part.read_text().count("\n")
+    assert 20 <= written < 240 and not out.exists(), "the kill should land part way"
+    with open(part, "a") as f:  # as if the kill had torn a line in half
+        f.write('{"id": "p999", "sample": 0, "resp')
+    generate(*args, "--out", out)
+    rows = read(out)
+    assert sorted((r["id"], r["sample"]) for r in rows) == sorted({(r["id"], r["sample"]) for r in rows})
+    assert rows == read(tmp_path / "whole.jsonl")
+    assert not part.exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b"\n', r"p.jsonl:2: not valid JSON"),
+    ('{"id": 1, "prompt": "a"}\n{"id": 2, "prom', r"p.jsonl:2: the last line is incomplete"),
+    ('{"id": 1, "prompt": "a"}\n{"prompt": "b"}\n', r"p.jsonl:2: expected a JSON object with an \"id\""),
+    ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', r"p.jsonl:2: duplicate id 1 \(first on line 1\)"),
+    ('{"id": 1}\n', r"p.jsonl:1: give exactly one of \"prompt\""),
+    ('{"id": 1, "messages": [{"role": "assistant", "content": "x"}]}\n', r"p.jsonl:1: \"messages\" must be"),
+])
+def test_bad_input_is_reported_with_file_and_line(tmp_path, tiny_checkpoint, content, message):
+    (tmp_path / "p.jsonl").write_text(content)
+    proc = generate("--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "o.jsonl",
+                    check=False)
+    assert proc.returncode != 0
+    assert re.search("error: .*" + message, proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.jsonl").exists()
+
+
+def test_empty_and_overlong_prompts_are_skipped_and_counted(tmp_path, tiny_checkpoint):
+    lines = [{"id": 1, "prompt": "score"}, {"id": 2, "prompt": "  "}, {"id": 3, "prompt": "the model " * 200}]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    proc = generate("--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "o.jsonl",
+                    "--n", 1, "--max-new-tokens", 4)
+    assert [r["id"] for r in read(tmp_path / "o.jsonl")] == [1]
+    assert "1 empty prompt, 1 too long for the context" in proc.stderr
+
+
+def torchrun(nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "sample/generate.py"), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["data", "tensor"])
+def test_parallel_runs_equal_one_process(tmp_path, tiny_checkpoint, mode):
+    write_prompts(tmp_path / "p.jsonl", 9)
+    common = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--num-samples", 2, "--batch-size", 4,
+              "--max-new-tokens", 12, "--temperature", 0 if mode == "tensor" else 0.8]
+    generate(*common, "--out", tmp_path / "one.jsonl")
+    torchrun(2, *common, "--out", tmp_path / "two.jsonl", *(["--tp"] if mode == "tensor" else []))
+    assert read(tmp_path / "two.jsonl") == read(tmp_path / "one.jsonl")
