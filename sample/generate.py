@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,9 +32,10 @@ from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
 
 @dataclass
 class Request:
-    id: object
+    id: object  # seeds the request's samples (with the sample index)
     fields: dict  # the input line, carried over to the output
-    token_ids: list[int] = field(default_factory=list)
+    token_ids: list[int]
+    keys: list[tuple]  # the output rows it produces, as ResumableJSONL keys
 
 
 def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
@@ -118,7 +119,7 @@ def run(sampler: Sampler, requests: list[Request], params: SamplingParams, n: in
     """
     batches = plan_batches([len(r.token_ids) for r in requests], n, sampler.max_batch_size)
     mine = batches[rank::world]
-    todo = [b for b in mine if any((requests[i].id, s) not in writer.done for i in b for s in range(n))]
+    todo = [b for b in mine if any(k not in writer.done for i in b for k in requests[i].keys)]
     stats = {"samples": 0, "tokens": 0, "stop": 0, "length": 0, "seconds": 0.0}
     bar = tqdm(total=sum(len(b) for b in todo) * n, desc=desc, unit="sample", disable=rank != 0, dynamic_ncols=True)
     start = time.perf_counter()
@@ -170,11 +171,9 @@ def load_model(path, device, dtype_name: str, tp: bool):
     return model.load(path, device=device, dtype=dtype)
 
 
-def add_sampling_args(parser, n=4, temperature=0.7, top_p=0.9, max_new_tokens=512):
+def add_sampling_args(parser, temperature=0.7, top_p=0.9, max_new_tokens=512):
+    """The options every sampling CLI shares (generate, judge, self-instruct)."""
     parser.add_argument("--model", required=True, help="checkpoint directory (see model/convert.py)")
-    parser.add_argument("--n", "--num-samples", dest="n", type=int, default=n,
-                        help="samples per prompt (default %(default)s); under torchrun write --num-samples, "
-                             "since torchrun reads --n as an abbreviation of its own options")
     parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default %(default)s)")
     parser.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling mass (default %(default)s)")
     parser.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0 = off)")
@@ -190,51 +189,74 @@ def add_sampling_args(parser, n=4, temperature=0.7, top_p=0.9, max_new_tokens=51
                         help="under torchrun: tensor parallel (one model split over all ranks) instead of data parallel")
 
 
-def print_summary(what: str, stats: dict, total_rows: int, skipped: dict):
+def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
+    """What every sampling CLI does around its own rows: set up torchrun if present, load the model,
+    sample the requests that make_requests(tokenizer) builds (resumably, data or tensor parallel),
+    and merge the output. A request too long for the context is skipped, or, with on_too_long,
+    written as the row on_too_long(request) returns. Returns (output rows, this run's stats, number
+    of requests too long) on rank 0 and (None, stats, n) on the others.
+    """
+    rank, world, device = setup_distributed()
+    try:
+        params = SamplingParams(a.temperature, a.top_p, a.top_k, a.max_new_tokens)
+        net, tokenizer = load_model(a.model, device, a.dtype, a.tp)
+    except (FormatError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    requests = make_requests(tokenizer)
+    writer = ResumableJSONL(a.out, rank=rank)
+    fits = [r for r in requests if len(r.token_ids) < net.args.max_seq_len]
+    too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
+    if on_too_long is not None and rank == 0:
+        writer.append([on_too_long(r) for r in too_long])
+    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
+    dp_rank, dp_world = (0, 1) if a.tp else (rank, world)
+    stats = run(sampler, fits, params, n, a.seed, writer, make_rows, dp_rank, dp_world,
+                write=not a.tp or rank == 0, desc=desc)
+    if world > 1 and not a.tp:  # throughput of all ranks together
+        totals = torch.tensor([stats[k] for k in ("samples", "tokens", "stop", "length")], dtype=torch.float64)
+        dist.all_reduce(totals)
+        stats.update(zip(("samples", "tokens", "stop", "length"), map(int, totals.tolist())))
+    if world > 1:
+        dist.barrier()
+    rows = None
+    if rank == 0:
+        written = requests if on_too_long is not None else fits
+        rows = writer.finalize([k for r in written for k in r.keys])
+    if world > 1:
+        dist.destroy_process_group()
+    return rows, stats, len(too_long)
+
+
+def throughput(stats: dict) -> str:
     rate = stats["tokens"] / max(stats["seconds"], 1e-9)
-    skips = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
-    print(f"{what}: {total_rows} rows in the output; this run sampled {stats['samples']} "
-          f"({stats['tokens']} tokens, {rate:.1f} tokens/s; {stats['stop']} stopped, {stats['length']} hit "
-          f"the length limit); skipped prompts: {skips}", file=sys.stderr)
+    return (f"this run sampled {stats['samples']} ({stats['tokens']} tokens, {rate:.1f} tokens/s; "
+            f"{stats['stop']} stopped, {stats['length']} hit the length limit)")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(parser)
+    parser.add_argument("--n", "--num-samples", dest="n", type=int, default=4,
+                        help="samples per prompt (default %(default)s); under torchrun write --num-samples, "
+                             "since torchrun reads --n as an abbreviation of its own options")
     parser.add_argument("--prompts", required=True, help="input JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}")
     parser.add_argument("--out", required=True, help="output JSONL (one line per sample)")
     parser.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text (base models)")
     a = parser.parse_args(argv)
-    rank, world, device = setup_distributed()
     try:
-        rows, skipped = read_prompts(a.prompts)
-        params = SamplingParams(a.temperature, a.top_p, a.top_k, a.max_new_tokens)
-        net, tokenizer = load_model(a.model, device, a.dtype, a.tp)
-    except (FormatError, ValueError) as e:
+        lines, skipped = read_prompts(a.prompts)
+    except FormatError as e:
         sys.exit(f"error: {e}")
-    requests, skipped["too long for the context"] = [], 0
-    for row in rows:
-        ids = chat_ids(tokenizer, row, a.raw)
-        if len(ids) >= net.args.max_seq_len:
-            skipped["too long for the context"] += 1
-            continue
-        requests.append(Request(row["id"], row, ids))
-    writer = ResumableJSONL(a.out, rank=rank)
-    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
-    dp_rank, dp_world = (0, 1) if a.tp else (rank, world)
-    stats = run(sampler, requests, params, a.n, a.seed, writer, sample_rows, dp_rank, dp_world,
-                write=not a.tp or rank == 0)
-    if world > 1 and not a.tp:  # throughput of all ranks together
-        totals = torch.tensor([stats["samples"], stats["tokens"], stats["stop"], stats["length"]], dtype=torch.float64)
-        dist.all_reduce(totals)
-        stats.update(zip(("samples", "tokens", "stop", "length"), map(int, totals.tolist())))
-    if world > 1:
-        dist.barrier()
-    if rank == 0:
-        out = writer.finalize([(r.id, s) for r in requests for s in range(a.n)])
-        print_summary("generate", stats, len(out), skipped)
-    if world > 1:
-        dist.destroy_process_group()
+
+    def requests(tokenizer):
+        return [Request(row["id"], row, chat_ids(tokenizer, row, a.raw), [(row["id"], s) for s in range(a.n)])
+                for row in lines]
+
+    rows, stats, skipped["too long for the context"] = run_stage(a, requests, sample_rows, a.n, "sampling")
+    if rows is not None:
+        skips = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
+        print(f"generate: {len(rows)} rows in the output; {throughput(stats)}; skipped prompts: {skips}",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

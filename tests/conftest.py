@@ -44,7 +44,8 @@ def tiny_checkpoint(tmp_path_factory, sp_model_file) -> Path:
     """A random tiny model with the test SentencePiece tokenizer, saved in our checkpoint format."""
     from model import ModelArgs, PRESETS, Transformer, save_model
     from model.tokenizer import SentencePieceTokenizer
-    args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 400})
+    # a context long enough for the judge template, which the test tokenizer spells out in many pieces
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 400, "max_seq_len": 4096})
     out = tmp_path_factory.mktemp("tiny") / "tiny"
     save_model(out, Transformer(args).init_weights(std=0.3, seed=0), SentencePieceTokenizer(sp_model_file))
     return out

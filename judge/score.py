@@ -1,0 +1,93 @@
+"""Judge candidate answers with the model itself: the paper's LLM-as-a-Judge step.
+
+    python judge/score.py --model runs/R/iter1/model --candidates candidates.jsonl --out judged.jsonl \\
+        --samples 3 --temperature 0.7 --top-p 0.9
+
+Every candidate (a line of sample/generate.py's output: id, sample, prompt, response) is put into
+the additive 5-point judge prompt (judge/prompt.py) and judged --samples times. The judge prompts
+of a batch share the template's opening, and a candidate's samples share its whole prompt, so the
+sampler prefills each of those once. Output, one line per candidate, the input fields plus:
+  "judgements": the raw judge outputs, "scores": the parsed score of each (null if none),
+  "parse_errors": why each unparsed one failed (null if parsed), "score": the mean of the parsed
+  scores (null if none parsed), "n_parsed", and "neutralised": whether the response held text that
+  tried to decide its own score (see judge/prompt.py).
+A candidate whose judge prompt does not fit the context gets no judgements and a null score.
+Resumable like sample/generate.py: rerun the same command after a crash.
+"""
+import argparse
+import sys
+from collections import Counter
+
+from judge.parse import parse_score
+from judge.prompt import judge_messages, neutralise_response
+from model.errors import FormatError
+from model.jsonl import iter_jsonl
+from sample.generate import Request, add_sampling_args, run_stage, throughput
+from sample.sampler import Completion
+
+
+def read_candidates(path) -> list[dict]:
+    rows, seen = [], {}
+    for lineno, row in iter_jsonl(path, required_fields=("id", "sample", "prompt", "response")):
+        key = (row["id"], row["sample"])
+        if not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
+            raise FormatError(f"{path}:{lineno}: 'prompt' and 'response' must be strings")
+        if key in seen:
+            raise FormatError(f"{path}:{lineno}: candidate (id {key[0]!r}, sample {key[1]!r}) "
+                              f"already on line {seen[key]}")
+        seen[key] = lineno
+        rows.append(row)
+    return rows
+
+
+def judged_row(request: Request, completions: list[Completion]) -> list[dict]:
+    parsed = [parse_score(c.text) for c in completions]
+    scores = [p.score for p in parsed]
+    valid = [s for s in scores if s is not None]
+    return [{**request.fields, "judgements": [c.text for c in completions], "scores": scores,
+             "parse_errors": [p.reason for p in parsed], "score": sum(valid) / len(valid) if valid else None,
+             "n_parsed": len(valid), "neutralised": neutralise_response(request.fields["response"])[1]}]
+
+
+def summary(rows: list[dict]) -> str:
+    judgements = sum(len(r["judgements"]) for r in rows)
+    parsed = sum(r["n_parsed"] for r in rows)
+    histogram = Counter(round(s) for r in rows for s in r["scores"] if s is not None)
+    reasons = Counter(e for r in rows for e in r["parse_errors"] if e)
+    lines = [f"judged {len(rows)} candidates: {judgements} judgements, {parsed} parsed "
+             f"({100 * parsed / max(judgements, 1):.1f}%); {sum(r['neutralised'] for r in rows)} responses "
+             f"neutralised; {sum(not r['judgements'] for r in rows)} not judged (prompt too long)",
+             "score histogram (each judgement, rounded): " +
+             ", ".join(f"{k}: {histogram.get(k, 0)}" for k in range(6))]
+    if reasons:
+        lines.append("unparsed because: " + ", ".join(f"{v} {k}" for k, v in reasons.most_common()))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_args(parser, max_new_tokens=256)
+    parser.add_argument("--samples", type=int, default=3, help="judgements per candidate (default %(default)s)")
+    parser.add_argument("--candidates", required=True, help="JSONL with id, sample, prompt, response per line")
+    parser.add_argument("--out", required=True, help="judged JSONL, one line per candidate")
+    a = parser.parse_args(argv)
+    try:
+        candidates = read_candidates(a.candidates)
+    except FormatError as e:
+        sys.exit(f"error: {e}")
+
+    def requests(tokenizer):
+        return [Request([c["id"], c["sample"]], c, tokenizer.encode_chat(judge_messages(c["prompt"], c["response"])),
+                        [(c["id"], c["sample"])]) for c in candidates]
+
+    def too_long(request: Request) -> dict:
+        return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
+                "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
+
+    rows, stats, _ = run_stage(a, requests, judged_row, a.samples, desc="judging", on_too_long=too_long)
+    if rows is not None:
+        print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
