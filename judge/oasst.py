@@ -1,0 +1,287 @@
+"""Open Assistant exports -> the seed sets the method starts from, and the EFT filter.
+
+  python judge/oasst.py --input 2023-04-12_oasst_ready.trees.jsonl.gz --out-dir data/oasst
+  python judge/oasst.py --input data/seed/ranked.trees.jsonl --out-dir /tmp/seed --ranked-fraction 1
+
+Reads both formats Open Assistant released, `.jsonl` or `.jsonl.gz`, told apart line by line:
+  *.trees.jsonl     one tree a line: {"message_tree_id", "tree_state", "prompt": message with nested "replies"}
+  *.messages.jsonl  one message a line, linked to its parent by "parent_id" (absent or null for a prompt)
+A message has "message_id", "text", "role" ("prompter" or "assistant"), "lang", and may have
+"rank" (0 = best among its ranked siblings; null when not ranked), "deleted", "review_result"
+(false = failed review, i.e. spam), "synthetic" (written by a model) and more, which are ignored.
+Exports may leave out fields that are null, so a missing rank is a null rank.
+
+Only the first turn is used: a prompt (a message without parent) and its direct assistant replies.
+A prompt or reply is skipped, and counted in the summary, when it is deleted, failed review, is
+synthetic, has the wrong role, has empty text, is not in --lang, or (replies) has a null rank;
+messages deeper in a conversation are counted as "not first turn", and a tree whose state is not
+"ready_for_export" is skipped whole. Everything else wrong is an error naming FILE:LINE: a line
+that is not JSON or not an OA object, a message without id, text, role or lang, an unknown role,
+a rank that is not a non-negative integer, a message id that appears twice.
+
+Each usable prompt goes to exactly one of
+  ift.jsonl     {"id", "prompt", "response"}: the prompt with its rank-0 reply (the paper's IFT seed);
+  ranked.jsonl  {"id", "prompt", "replies": [{"id", "text", "rank"}, ...] best first}: prompts with
+                two or more ranked replies, held out for evaluating the model as a reward model.
+A prompt that qualifies for both goes to ranked.jsonl when a hash of (seed, prompt id) falls below
+--ranked-fraction: the split is fixed by the seed, does not depend on file order, and a prompt
+keeps its side when more data is added. A prompt that qualifies for only one goes there.
+  eft_pool.jsonl  the IFT prompts that have two or more ranked replies, in ranked.jsonl's format:
+                what a model judges to build EFT training data, never the held-out ranked set.
+
+EFT data, as the paper built it: a model judges every ranked reply of a prompt; the judgements are
+kept only if `agrees_with_ranking(scores, ranks)`; then `rebalance(examples, seed, max_fraction)`
+down-samples the most common scores so that none dominates (the paper's judge said 4 far too often).
+"""
+import argparse
+import hashlib
+import random
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from judge.parse import parse_score
+from model.errors import FormatError
+from model.jsonl import iter_jsonl, write_jsonl_atomic
+
+ROLES = ("prompter", "assistant")
+READY = "ready_for_export"
+
+
+@dataclass
+class Message:
+    id: str
+    parent_id: str | None
+    text: str | None
+    role: str
+    lang: str | None
+    rank: int | None
+    deleted: bool
+    failed_review: bool
+    synthetic: bool
+    tree_state: str | None
+    where: str            # FILE:LINE it was read from
+
+
+def _message(node, parent_id, tree_state, where: str) -> Message:
+    if not isinstance(node, dict):
+        raise FormatError(f"{where}: a message must be a JSON object, got {type(node).__name__}")
+    mid = node.get("message_id")
+    if not isinstance(mid, str) or not mid:
+        raise FormatError(f"{where}: message without a 'message_id'")
+    if parent_id is not None and not isinstance(parent_id, str):
+        raise FormatError(f"{where}: message {mid}: 'parent_id' must be a string or null")
+    for key in ("text", "role", "lang"):
+        if key not in node:
+            raise FormatError(f"{where}: message {mid} has no '{key}'")
+    if node["role"] not in ROLES:
+        raise FormatError(f"{where}: message {mid} has role {node['role']!r}, expected 'prompter' or 'assistant'")
+    if node["text"] is not None and not isinstance(node["text"], str):
+        raise FormatError(f"{where}: message {mid}: 'text' must be a string")
+    rank = node.get("rank")
+    if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+        raise FormatError(f"{where}: message {mid} has rank {rank!r}, expected a non-negative integer or null")
+    return Message(id=mid, parent_id=parent_id, text=node["text"], role=node["role"], lang=node["lang"],
+                   rank=rank, deleted=node.get("deleted") is True, failed_review=node.get("review_result") is False,
+                   synthetic=node.get("synthetic") is True, tree_state=tree_state, where=where)
+
+
+def _tree_messages(tree: dict, where: str) -> list[Message]:
+    """The messages of one tree line, parents before children; each reply's parent is the node it is nested in."""
+    out, stack = [], [(tree["prompt"], None)]
+    while stack:
+        node, parent_id = stack.pop()
+        m = _message(node, parent_id, tree.get("tree_state"), where)
+        out.append(m)
+        replies = node.get("replies") or []
+        if not isinstance(replies, list):
+            raise FormatError(f"{where}: message {m.id}: 'replies' must be a list")
+        stack.extend((r, m.id) for r in reversed(replies))
+    return out
+
+
+def read_messages(paths: Sequence) -> tuple[list[Message], int]:
+    """Every message in the given export files, in file order, and the number of trees without a prompt."""
+    messages, first_seen, empty_trees = [], {}, 0
+    for path in paths:
+        for lineno, row in iter_jsonl(path):
+            where = f"{path}:{lineno}"
+            if "message_id" in row:
+                found = [_message(row, row.get("parent_id"), row.get("tree_state"), where)]
+            elif "prompt" in row:
+                if row["prompt"] is None:
+                    empty_trees += 1
+                    continue
+                found = _tree_messages(row, where)
+            else:
+                raise FormatError(f"{where}: neither an Open Assistant message (no 'message_id') "
+                                  f"nor a message tree (no 'prompt')")
+            for m in found:
+                if m.id in first_seen:
+                    raise FormatError(f"{m.where}: message {m.id} appears twice (first at {first_seen[m.id]})")
+                first_seen[m.id] = m.where
+                messages.append(m)
+    return messages, empty_trees
+
+
+def _skip_reason(m: Message, role: str, lang: str) -> str | None:
+    """Why a first-turn message cannot be used, or None."""
+    if m.tree_state not in (None, READY):
+        return f"tree {m.tree_state}"
+    if m.deleted:
+        return "deleted"
+    if m.failed_review:
+        return "failed review"
+    if m.synthetic:
+        return "synthetic"
+    if m.role != role:
+        return "wrong role"
+    if not (m.text or "").strip():
+        return "empty text"
+    if m.lang != lang:
+        return f"not {lang}"
+    if role == "assistant" and m.rank is None:
+        return "null rank"
+    return None
+
+
+def in_ranked_split(prompt_id: str, seed: int, ranked_fraction: float) -> bool:
+    """The seeded split: does a prompt that qualifies for both sets go to the ranked (held-out) set?"""
+    h = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < ranked_fraction
+
+
+def build_sets(messages: list[Message], lang: str = "en", ranked_fraction: float = 0.2,
+               seed: int = 0) -> tuple[dict[str, list[dict]], Counter]:
+    """{"ift", "ranked", "eft_pool"} rows (see the module doc) and a Counter of what happened to every
+    message, summing to len(messages): keys start with "prompt" or "reply" (first-turn messages) or
+    "message" (all others), e.g. "prompt to ift.jsonl", "reply skipped: null rank"."""
+    by_id = {m.id: m for m in messages}
+    replies = defaultdict(list)
+    counts = Counter()
+    for m in messages:
+        if m.parent_id is None:
+            continue
+        if m.parent_id not in by_id:
+            counts["message skipped: parent not in input"] += 1
+        elif by_id[m.parent_id].parent_id is not None:
+            counts["message skipped: not first turn"] += 1
+        else:
+            replies[m.parent_id].append(m)
+
+    sets = {"ift": [], "ranked": [], "eft_pool": []}
+    for prompt in (m for m in messages if m.parent_id is None):
+        reason = _skip_reason(prompt, "prompter", lang)
+        if reason:
+            counts[f"prompt skipped: {reason}"] += 1
+            counts["reply skipped: prompt skipped"] += len(replies[prompt.id])
+            continue
+        ranked = []
+        for r in replies[prompt.id]:
+            reason = _skip_reason(r, "assistant", lang)
+            counts[f"reply skipped: {reason}" if reason else "reply usable"] += 1
+            if reason is None:
+                ranked.append(r)
+        ranked.sort(key=lambda r: r.rank)               # stable: equal ranks keep file order
+        best = ranked[0] if ranked and ranked[0].rank == 0 else None
+        row = {"id": prompt.id, "prompt": prompt.text,
+               "replies": [{"id": r.id, "text": r.text, "rank": r.rank} for r in ranked]}
+        if len(ranked) >= 2 and (best is None or in_ranked_split(prompt.id, seed, ranked_fraction)):
+            sets["ranked"].append(row)
+            counts["prompt to ranked.jsonl"] += 1
+        elif best is not None:
+            sets["ift"].append({"id": prompt.id, "prompt": prompt.text, "response": best.text})
+            counts["prompt to ift.jsonl"] += 1
+            if len(ranked) >= 2:
+                sets["eft_pool"].append(row)
+        else:
+            counts["prompt unused: no rank-0 reply and fewer than 2 ranked"] += 1
+    return sets, counts
+
+
+# ---------------------------------------------------------------- EFT: agreement filter and rebalancing
+
+def agrees_with_ranking(scores_by_reply: Sequence[float | None], ranks: Sequence[int]) -> bool:
+    """Do a judge's scores of a prompt's replies agree with the human ranking?
+
+    scores_by_reply[i] is the judge's score of reply i (None if it gave none), ranks[i] its human
+    rank (0 = best). They agree when every pair of replies that the humans ordered (different
+    ranks) is ordered the same way by the judge with a strict gap: rank_i < rank_j requires
+    score_i > score_j, so a tie in scores where humans saw a difference is a disagreement. Replies
+    with equal human ranks constrain nothing. A missing score, or no ordered pair at all (fewer than
+    two replies, or all ranked equal), means no agreement.
+    """
+    if len(scores_by_reply) != len(ranks):
+        raise ValueError(f"{len(scores_by_reply)} scores for {len(ranks)} ranks")
+    if any(s is None for s in scores_by_reply):
+        return False
+    ordered_pairs = [(i, j) for i in range(len(ranks)) for j in range(len(ranks)) if ranks[i] < ranks[j]]
+    return bool(ordered_pairs) and all(scores_by_reply[i] > scores_by_reply[j] for i, j in ordered_pairs)
+
+
+def rebalance(examples: list[dict], seed: int, max_fraction: float) -> list[dict]:
+    """Down-sample the most common scores so that no score is more than `max_fraction` of the result.
+
+    An example's score is the one its "judgement" ends with (judge/parse.py). Every score is capped
+    at the same count K, the largest for which the capped counts satisfy the bound; scores with
+    fewer than K examples keep them all. Which examples of a capped score survive is a seeded
+    random choice; the survivors keep their input order. Raises ValueError if an example has no
+    score, or if no cap can work (fewer than 1 / max_fraction distinct scores).
+    """
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
+    by_score = defaultdict(list)
+    for i, ex in enumerate(examples):
+        score = parse_score(ex["judgement"]).score
+        if score is None:
+            raise ValueError(f"example {i} ({ex.get('id', 'no id')}): its judgement has no score")
+        by_score[score].append(i)
+    counts = sorted((len(v) for v in by_score.values()), reverse=True)
+    if not counts:
+        return []
+    for cap in range(counts[0], 0, -1):
+        kept = [min(c, cap) for c in counts]
+        if kept[0] <= max_fraction * sum(kept) + 1e-9:
+            break
+    else:
+        raise ValueError(f"cannot rebalance: {len(counts)} distinct scores, so one of them is at least "
+                         f"1/{len(counts)} of any subset, more than max_fraction={max_fraction}")
+    rng = random.Random(seed)
+    keep = set()
+    for score in sorted(by_score):
+        idx = by_score[score]
+        keep.update(idx if len(idx) <= cap else rng.sample(idx, cap))
+    return [ex for i, ex in enumerate(examples) if i in keep]
+
+
+# ---------------------------------------------------------------- CLI
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help="Open Assistant export files (.jsonl or .jsonl.gz)")
+    parser.add_argument("--out-dir", required=True, help="writes ift.jsonl, ranked.jsonl, eft_pool.jsonl here")
+    parser.add_argument("--lang", default="en", help="language tag of the prompts and replies to keep (default en)")
+    parser.add_argument("--ranked-fraction", type=float, default=0.2,
+                        help="share of the prompts that qualify for both sets held out as ranked (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the IFT / ranked split (default 0)")
+    a = parser.parse_args(argv)
+    if not 0 <= a.ranked_fraction <= 1:
+        parser.error("--ranked-fraction must be in [0, 1]")
+    try:
+        messages, empty_trees = read_messages(a.input)
+        sets, counts = build_sets(messages, a.lang, a.ranked_fraction, a.seed)
+        for name, rows in sets.items():
+            write_jsonl_atomic(Path(a.out_dir) / f"{name}.jsonl", rows)
+    except (FormatError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"read {len(messages)} messages" + (f"; skipped {empty_trees} trees without a prompt" if empty_trees else ""))
+    for key, n in sorted(counts.items()):
+        print(f"  {key}: {n}")
+    for name, rows in sets.items():
+        print(f"wrote {Path(a.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Preference pairs for DPO from judged candidates: per prompt, the best- and the worst-scored answer.
+
+  python judge/pairs.py --judged runs/R/iter2/judged.jsonl --out runs/R/iter2/pairs.jsonl [--min-gap 0.5]
+
+Input, judged.jsonl (written by judge/score.py), one line per candidate answer:
+  {"id": prompt id, "sample": candidate index, "prompt": str, "response": str,
+   "judgements": [raw judge outputs], "scores": [parsed score or null, one per judgement],
+   "score": mean of the parsed scores, or null if none parsed, "n_parsed": int,
+   "neutralised": bool (the response held text that tried to decide its own score)}
+Only id, sample, prompt, response and score are needed here (neutralised is counted
+when present), so a judged.jsonl from any other judge works as long as it has those.
+
+Per prompt id:
+  - candidates whose score is null are left out;
+  - fewer than two scored candidates: no pair ("fewer than 2 scored");
+  - chosen = the highest score, rejected = the lowest; between equal scores the
+    lowest sample index wins, a rule blind to the text and its length;
+  - chosen and rejected scored the same: no pair ("tie"); scores closer than
+    --min-gap: no pair ("gap below min"). A pair always has a positive gap.
+Output, pairs.jsonl (TRL's DPO field names plus ids), one line per pair, in prompt order:
+  {"id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "chosen_sample", "rejected_sample"}
+written atomically. The summary says how many prompts gave pairs and why the
+others did not, and compares chosen and rejected lengths (in characters):
+self-rewarding is known to drift towards longer answers.
+"""
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+
+from model.errors import FormatError
+from model.jsonl import iter_jsonl, write_jsonl_atomic
+
+REQUIRED = ("id", "sample", "prompt", "response", "score")
+DROP_REASONS = ("fewer than 2 scored", "tie", "gap below min")
+
+
+def _check_row(row: dict) -> str | None:
+    """What is wrong with one judged line, or None."""
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+        return f"'id' must be a string or an integer, got {row['id']!r}"
+    if not isinstance(row["sample"], int) or isinstance(row["sample"], bool):
+        return f"'sample' must be an integer, got {row['sample']!r}"
+    for key in ("prompt", "response"):
+        if not isinstance(row[key], str):
+            return f"'{key}' must be a string, got {type(row[key]).__name__}"
+    score = row["score"]
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
+                              or not math.isfinite(score)):
+        return f"'score' must be a number or null, got {score!r}"
+    return None
+
+
+def read_judged(path) -> list[dict]:
+    """The lines of a judged.jsonl, checked: FormatError("FILE:LINE: ...") on a bad line, a candidate
+    (id, sample) that appears twice, or a prompt id whose prompt text differs between lines."""
+    rows, first_line, prompt_of = [], {}, {}
+    for lineno, row in iter_jsonl(path, REQUIRED):
+        problem = _check_row(row)
+        if problem is None and (row["id"], row["sample"]) in first_line:
+            problem = (f"candidate (id {row['id']!r}, sample {row['sample']}) already appeared on line "
+                       f"{first_line[row['id'], row['sample']]}")
+        if problem is None and prompt_of.setdefault(row["id"], row["prompt"]) != row["prompt"]:
+            problem = f"prompt id {row['id']!r} has a different prompt text than on an earlier line"
+        if problem:
+            raise FormatError(f"{path}:{lineno}: {problem}")
+        first_line[row["id"], row["sample"]] = lineno
+        rows.append(row)
+    return rows
+
+
+def select_pair(candidates: list[dict], min_gap: float = 0.0) -> tuple[dict | None, str | None]:
+    """(pair, None) or (None, drop reason) for the candidates of one prompt (see the module doc)."""
+    scored = sorted((c for c in candidates if c["score"] is not None), key=lambda c: c["sample"])
+    if len(scored) < 2:
+        return None, "fewer than 2 scored"
+    chosen = max(scored, key=lambda c: c["score"])       # max/min keep the first of equals: lowest sample
+    rejected = min(scored, key=lambda c: c["score"])
+    gap = chosen["score"] - rejected["score"]
+    if gap == 0:
+        return None, "tie"
+    if gap < min_gap - 1e-9:                              # means of a few scores: allow rounding error
+        return None, "gap below min"
+    return {"id": chosen["id"], "prompt": chosen["prompt"], "chosen": chosen["response"],
+            "rejected": rejected["response"], "score_chosen": chosen["score"],
+            "score_rejected": rejected["score"], "chosen_sample": chosen["sample"],
+            "rejected_sample": rejected["sample"]}, None
+
+
+def build_pairs(rows: list[dict], min_gap: float = 0.0) -> tuple[list[dict], dict]:
+    """Pairs from judged rows (one per prompt id that gives one, in first-appearance order) and statistics."""
+    by_prompt: dict = {}
+    for row in rows:
+        by_prompt.setdefault(row["id"], []).append(row)
+    pairs, dropped = [], Counter()
+    for candidates in by_prompt.values():
+        pair, reason = select_pair(candidates, min_gap)
+        if pair is None:
+            dropped[reason] += 1
+        else:
+            pairs.append(pair)
+    neutralised = {(r["id"], r["sample"]) for r in rows if r.get("neutralised")}
+    stats = {
+        "prompts": len(by_prompt),
+        "candidates": len(rows),
+        "scored": sum(r["score"] is not None for r in rows),
+        "pairs": len(pairs),
+        "dropped": {reason: dropped[reason] for reason in DROP_REASONS},
+        "min_gap": min_gap,
+        "neutralised": len(neutralised),
+        "neutralised_chosen": sum((p["id"], p["chosen_sample"]) in neutralised for p in pairs),
+        **length_balance(pairs),
+    }
+    return pairs, stats
+
+
+def _mean(xs) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def length_balance(pairs: list[dict]) -> dict:
+    """Scores and lengths (characters) of chosen vs rejected answers; None where there are no pairs."""
+    return {
+        "mean_score_chosen": _mean(p["score_chosen"] for p in pairs),
+        "mean_score_rejected": _mean(p["score_rejected"] for p in pairs),
+        "mean_chars_chosen": _mean(len(p["chosen"]) for p in pairs),
+        "mean_chars_rejected": _mean(len(p["rejected"]) for p in pairs),
+        "chosen_longer": sum(len(p["chosen"]) > len(p["rejected"]) for p in pairs),
+    }
+
+
+def summary_lines(stats: dict) -> list[str]:
+    s = stats
+    lines = [f"{s['candidates']} candidates for {s['prompts']} prompts, {s['scored']} with a score",
+             f"{s['pairs']} pairs from {s['prompts']} prompts; no pair: " +
+             ", ".join(f"{n} {reason}" for reason, n in s["dropped"].items())
+             + (f" (min gap {s['min_gap']:g})" if s["min_gap"] else "")]
+    if s["pairs"]:
+        lines.append(f"mean score: chosen {s['mean_score_chosen']:.2f}, rejected {s['mean_score_rejected']:.2f}")
+        lines.append(f"mean length (chars): chosen {s['mean_chars_chosen']:.0f}, rejected "
+                     f"{s['mean_chars_rejected']:.0f}; chosen longer in {s['chosen_longer']} of {s['pairs']} "
+                     f"pairs ({100 * s['chosen_longer'] / s['pairs']:.0f}%)")
+    lines.append(f"{s['neutralised']} candidates had score-like text or response tags neutralised; "
+                 f"{s['neutralised_chosen']} of them chosen")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judged", required=True, help="judged candidates, JSONL (from judge/score.py)")
+    parser.add_argument("--out", required=True, help="pairs JSONL to write (replaced atomically)")
+    parser.add_argument("--min-gap", type=float, default=0.0,
+                        help="drop pairs whose score_chosen - score_rejected is below this (default 0: only ties)")
+    parser.add_argument("--summary", help="also write the statistics as JSON to this file")
+    a = parser.parse_args(argv)
+    if a.min_gap < 0:
+        parser.error("--min-gap must be >= 0")
+    try:
+        pairs, stats = build_pairs(read_judged(a.judged), a.min_gap)
+        write_jsonl_atomic(a.out, pairs)
+        if a.summary:
+            with open(a.summary, "w") as f:
+                json.dump(stats, f, indent=1)
+    except (FormatError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print("\n".join(summary_lines(stats)))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

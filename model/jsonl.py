@@ -1,0 +1,101 @@
+"""JSON Lines files: read with `file:line` errors, write atomically.
+
+Every stage of the pipeline hands the next one a JSONL file, so every stage
+reads and writes them the same way:
+
+    rows = read_jsonl("candidates.jsonl", required_fields=("id", "prompt"))
+    write_jsonl_atomic("pairs.jsonl", pairs)
+
+Reading (`.gz` files are decompressed on the fly):
+  - blank lines are skipped;
+  - a line that is not a JSON object, or lacks a required field, raises
+    FormatError("FILE:LINE: what is wrong");
+  - a last line with no newline at its end that does not parse is a file cut
+    off while being written (a crash, a full disk): it raises TornLineError, a
+    FormatError that also carries `offset`, the byte offset where the torn line
+    starts, so a resumable writer can truncate the file there and go on.
+Writing goes to a temporary sibling file that replaces the target only once
+every row is written and flushed, so a reader never sees half a file.
+"""
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from model.errors import FormatError
+
+
+class TornLineError(FormatError):
+    """The last line of a JSONL file is incomplete: the file was cut off mid-write."""
+
+    def __init__(self, message: str, path: Path, line: int, offset: int):
+        super().__init__(message)
+        self.path, self.line, self.offset = path, line, offset
+
+
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def iter_jsonl(path, required_fields: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSONL(.gz) file; see the module doc."""
+    path, required_fields = Path(path), tuple(required_fields)
+    try:
+        f = _open_binary(path)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot open: {e.strerror or e}") from None
+    offset = 0
+    with f:
+        try:
+            for lineno, raw in enumerate(f, start=1):
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise FormatError(f"{path}:{lineno}: not UTF-8 text") from None
+                except json.JSONDecodeError as e:
+                    if not raw.endswith(b"\n"):  # only the last line can lack its newline
+                        raise TornLineError(f"{path}:{lineno}: the last line is cut off (no newline at the end and "
+                                            f"not valid JSON): the file was truncated while being written",
+                                            path, lineno, start) from None
+                    raise FormatError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise FormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                missing = [k for k in required_fields if k not in row]
+                if missing:
+                    raise FormatError(f"{path}:{lineno}: missing field{'s' * (len(missing) > 1)} "
+                                      f"{', '.join(map(repr, missing))}")
+                yield lineno, row
+        except (OSError, EOFError) as e:  # a corrupt or truncated .gz stream
+            raise FormatError(f"{path}: cannot read: {e}") from None
+
+
+def read_jsonl(path, required_fields: Iterable[str] = ()) -> list[dict]:
+    """All objects of a JSONL(.gz) file, in order; raises FormatError naming FILE:LINE (see the module doc)."""
+    return [row for _, row in iter_jsonl(path, required_fields)]
+
+
+def write_jsonl_atomic(path, rows: Iterable[dict]) -> int:
+    """Write `rows` as JSONL (UTF-8, one object a line) to `path`, atomically; returns the number of rows.
+
+    Creates the parent directory. If writing fails, `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    n = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
