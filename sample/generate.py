@@ -18,7 +18,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 import model
 from model.errors import FormatError
+from model.jsonl import iter_jsonl
 from sample.resume import ResumableJSONL
 from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
 
@@ -44,49 +44,27 @@ def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
     Problems that mean the file is not what the user thinks (bad JSON, missing fields, duplicate
     ids) are errors naming the file and line, raised before any work starts.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such file")
     rows, seen, skipped = [], {}, {"empty prompt": 0}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            if not line.strip():
-                continue
-            if not line.endswith("\n") and not _parses(line):
-                raise FormatError(f"{where}: the last line is incomplete (was the file truncated?)")
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise FormatError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or "id" not in row:
-                raise FormatError(f"{where}: expected a JSON object with an \"id\"")
-            if isinstance(row["id"], (dict, list)):
-                raise FormatError(f"{where}: \"id\" must be a string or a number")
-            if row["id"] in seen:
-                raise FormatError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
-            seen[row["id"]] = lineno
-            if ("prompt" in row) == ("messages" in row):
-                raise FormatError(f"{where}: give exactly one of \"prompt\" (a string) or \"messages\" (a list)")
-            if "prompt" in row and not isinstance(row["prompt"], str):
-                raise FormatError(f"{where}: \"prompt\" must be a string")
-            if "messages" in row and not _valid_messages(row["messages"]):
-                raise FormatError(f"{where}: \"messages\" must be a non-empty list of "
-                                  "{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": str} ending with a user turn")
-            text = row["prompt"] if "prompt" in row else row["messages"][-1]["content"]
-            if not text.strip():
-                skipped["empty prompt"] += 1
-                continue
-            rows.append(row)
+    for lineno, row in iter_jsonl(path, required_fields=("id",)):
+        where = f"{path}:{lineno}"
+        if isinstance(row["id"], (dict, list)):
+            raise FormatError(f"{where}: \"id\" must be a string or a number")
+        if row["id"] in seen:
+            raise FormatError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+        seen[row["id"]] = lineno
+        if ("prompt" in row) == ("messages" in row):
+            raise FormatError(f"{where}: give exactly one of \"prompt\" (a string) or \"messages\" (a list)")
+        if "prompt" in row and not isinstance(row["prompt"], str):
+            raise FormatError(f"{where}: \"prompt\" must be a string")
+        if "messages" in row and not _valid_messages(row["messages"]):
+            raise FormatError(f"{where}: \"messages\" must be a non-empty list of "
+                              "{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": str} ending with a user turn")
+        text = row["prompt"] if "prompt" in row else row["messages"][-1]["content"]
+        if not text.strip():
+            skipped["empty prompt"] += 1
+            continue
+        rows.append(row)
     return rows, skipped
-
-
-def _parses(line: str) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except ValueError:
-        return False
 
 
 def _valid_messages(messages) -> bool:

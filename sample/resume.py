@@ -11,12 +11,14 @@ import os
 from pathlib import Path
 
 from model.errors import FormatError
+from model.jsonl import write_jsonl_atomic
 
 
 def read_rows(path: Path, repair: bool = False) -> list[dict]:
-    """Rows of a JSONL file we wrote. A torn last line (no newline, or not valid JSON) is dropped,
-    and with repair=True cut off the file so that appends continue cleanly; a bad line anywhere
-    else is corruption and an error."""
+    """Rows of a JSONL file we wrote. A torn last line is dropped, and with repair=True cut off the
+    file so that appends continue cleanly; a bad line anywhere else is corruption and an error.
+    Unlike model.jsonl.iter_jsonl, a last line with no newline counts as torn even when it parses:
+    our writes end every row with one, and appending after it would glue two rows together."""
     data = path.read_bytes()
     rows, start, lineno = [], 0, 0
     while start < len(data):
@@ -75,12 +77,7 @@ class ResumableJSONL:
         missing = [k for k in order if k not in self.done]
         assert not missing, f"finalize with rows missing: {missing[:3]}"
         rows = [self.done[k] for k in order]
-        tmp = self.out.with_name(f".{self.out.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out)
+        write_jsonl_atomic(self.out, rows)
         for path in parts:
             path.unlink()
         return rows

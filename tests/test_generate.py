@@ -88,8 +88,8 @@ def test_resume_after_kill_writes_every_row_once(tmp_path, tiny_checkpoint):
 
 @pytest.mark.parametrize("content,message", [
     ('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b"\n', r"p.jsonl:2: not valid JSON"),
-    ('{"id": 1, "prompt": "a"}\n{"id": 2, "prom', r"p.jsonl:2: the last line is incomplete"),
-    ('{"id": 1, "prompt": "a"}\n{"prompt": "b"}\n', r"p.jsonl:2: expected a JSON object with an \"id\""),
+    ('{"id": 1, "prompt": "a"}\n{"id": 2, "prom', r"p.jsonl:2: the last line is cut off"),
+    ('{"id": 1, "prompt": "a"}\n{"prompt": "b"}\n', r"p.jsonl:2: missing field 'id'"),
     ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', r"p.jsonl:2: duplicate id 1 \(first on line 1\)"),
     ('{"id": 1}\n', r"p.jsonl:1: give exactly one of \"prompt\""),
     ('{"id": 1, "messages": [{"role": "assistant", "content": "x"}]}\n', r"p.jsonl:1: \"messages\" must be"),
@@ -104,7 +104,7 @@ def test_bad_input_is_reported_with_file_and_line(tmp_path, tiny_checkpoint, con
 
 
 def test_empty_and_overlong_prompts_are_skipped_and_counted(tmp_path, tiny_checkpoint):
-    lines = [{"id": 1, "prompt": "score"}, {"id": 2, "prompt": "  "}, {"id": 3, "prompt": "the model " * 200}]
+    lines = [{"id": 1, "prompt": "score"}, {"id": 2, "prompt": "  "}, {"id": 3, "prompt": "the model " * 3000}]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     proc = generate("--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "o.jsonl",
                     "--n", 1, "--max-new-tokens", 4)
