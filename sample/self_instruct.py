@@ -1,0 +1,184 @@
+"""Self-instruction creation: the model writes new prompts, few-shot, from the seed prompts.
+
+    python sample/self_instruct.py --model runs/R/iter1/model --seed-prompts data/seed/ift.jsonl \\
+        --out runs/R/iter2/prompts.jsonl --n-prompts 200
+
+As in the paper, each request shows the model 8 example tasks (6 drawn from the seed prompts and
+2 from the prompts generated so far, fewer at the start) and asks for one new task; it is sampled
+at temperature 0.6, top-p 0.9. The examples are numbered "Task 1:" .. "Task 8:" and the answer is
+started for the model with "Task 9:", so that even a small chat model writes a task rather than
+chatting about one. The task is what follows, up to the end of its line or the next "Task N:"
+label. It is dropped when it is:
+  "empty"            nothing left after the clean-up;
+  "template echo"    it repeats the request's own wording ("below are some tasks");
+  "not a request"    an assistant talking instead of a user asking: it ends in ":" or opens like
+                     an assistant's reply ("Sure", "Here is", "I'm an AI", ...);
+  "too short"        fewer than --min-words words; "too long": more than --max-words;
+  "not a text task"  it asks for something a text model cannot do (see NON_TEXT: images, audio,
+                     attached files, browsing);
+  "near-duplicate"   ROUGE-L F >= 0.7 against a seed prompt or a prompt already kept.
+Requests go on, a batch at a time, until --n-prompts are kept or --max-requests are spent.
+Every attempt, kept or dropped and why, is recorded in OUT.attempts.jsonl, which also makes the
+stage resumable: a rerun continues from the attempts written so far and gives what an
+uninterrupted run gives. OUT ({"id", "prompt"} lines) is written when the stage is complete.
+"""
+import argparse
+import os
+import random
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from model.errors import FormatError
+from model.jsonl import read_jsonl, write_jsonl_atomic
+from sample.generate import add_sampling_args, load_model, row_seed
+from sample.resume import ResumableJSONL
+from sample.sampler import Sampler, SamplingParams
+
+INSTRUCTION = ("Below are some tasks that people have asked an AI assistant to help with.\n\n{examples}\n\n"
+               "Write one new task that a person might ask an AI assistant. It should be different from the "
+               "tasks above, and something a text-only assistant can answer. Reply with the new task only, as "
+               "Task 9.")
+ANSWER_START = "Task 9:"
+ECHOES = re.compile(r"below are some tasks|write one new task|reply with the new task|text-only assistant", re.I)
+CHATTER = re.compile(r"^(sure|certainly|of course|here is|here's|here are|i'm an ai|i am an ai|as an ai|"
+                     r"i'm (ready|here|happy)|i am (ready|here|happy))\b", re.I)
+# Self-Instruct's keyword filter, narrowed: "file" alone would drop ordinary coding questions.
+NON_TEXT = re.compile(r"\b(images?|pictures?|photos?|photographs?|draw(ing)?|sketch|diagrams?|flowcharts?|"
+                      r"videos?|audio|recordings?|listen to|attached|attachment|upload(ed)?|this file|the file|"
+                      r"browse|(visit|open|go to) (the|this|a) (website|web ?page|url|link)|"
+                      r"search the (web|internet))\b", re.I)
+
+
+def few_shot_request(examples: list[str]) -> str:
+    return INSTRUCTION.format(examples="\n".join(f"Task {i}: {e}" for i, e in enumerate(examples, 1)))
+
+
+def extract_task(completion: str) -> str:
+    """The task a completion of "Task 9:" writes: up to the end of its line or the next "Task N:"."""
+    text = re.split(r"\n|\btask\s*\d+\s*:", completion.strip(), maxsplit=1, flags=re.I)[0].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """Lowercased alphanumeric words, as the ROUGE reference implementation tokenises."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def rouge_l(candidate: list[str], reference: list[str]) -> float:
+    """ROUGE-L F1: from the longest common subsequence of the two token lists."""
+    if not candidate or not reference:
+        return 0.0
+    prev = [0] * (len(reference) + 1)
+    for c in candidate:
+        cur = [0]
+        for j, r in enumerate(reference):
+            cur.append(prev[j] + 1 if c == r else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(candidate), lcs / len(reference)
+    return 2 * precision * recall / (precision + recall)
+
+
+def drop_reason(task: str, known: list[list[str]], min_words: int, max_words: int,
+                threshold: float = 0.7) -> str | None:
+    """Why a generated task is dropped, or None to keep it; `known` holds the tokens of the
+    seed prompts and of every prompt kept so far."""
+    if not task:
+        return "empty"
+    if ECHOES.search(task):
+        return "template echo"
+    if task.endswith(":") or CHATTER.search(task):
+        return "not a request"
+    words = len(task.split())
+    if words < min_words:
+        return "too short"
+    if words > max_words:
+        return "too long"
+    if NON_TEXT.search(task):
+        return "not a text task"
+    tokens = rouge_tokens(task)
+    if any(rouge_l(tokens, k) >= threshold for k in known):
+        return "near-duplicate"
+    return None
+
+
+def choose_examples(rng: random.Random, seeds: list[str], generated: list[str], k: int = 8,
+                    k_generated: int = 2) -> list[str]:
+    """k examples: k_generated from the generated prompts (as many as exist), the rest from the seed."""
+    from_generated = rng.sample(generated, min(k_generated, len(generated)))
+    examples = rng.sample(seeds, k - len(from_generated)) + from_generated
+    rng.shuffle(examples)
+    return examples
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_args(parser, temperature=0.6, top_p=0.9, max_new_tokens=128)
+    parser.add_argument("--seed-prompts", required=True, help="JSONL with a \"prompt\" per line (the IFT seed)")
+    parser.add_argument("--out", required=True, help="output JSONL of {\"id\", \"prompt\"}")
+    parser.add_argument("--n-prompts", type=int, required=True, help="how many new prompts to keep")
+    parser.add_argument("--max-requests", type=int, default=0, help="give up after this many (default 20 x n-prompts)")
+    parser.add_argument("--min-words", type=int, default=3)
+    parser.add_argument("--max-words", type=int, default=150)
+    parser.add_argument("--id-prefix", default="gen", help="ids are PREFIX-<request number>")
+    a = parser.parse_args(argv)
+    if a.tp or "WORLD_SIZE" in os.environ:
+        sys.exit("error: self_instruct.py runs in one process (each request depends on the prompts kept before it)")
+    try:
+        seeds = [row["prompt"] for row in read_jsonl(a.seed_prompts, required_fields=("prompt",))]
+        if len(seeds) < 8:
+            raise FormatError(f"{a.seed_prompts}: needs at least 8 seed prompts, has {len(seeds)}")
+        params = SamplingParams(a.temperature, a.top_p, a.top_k, a.max_new_tokens)
+        net, tokenizer = load_model(a.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                                    a.dtype, False)
+    except (FormatError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    max_requests = a.max_requests or 20 * a.n_prompts
+    out = Path(a.out)
+    log = ResumableJSONL(out.with_name(out.stem + ".attempts.jsonl"), key_fields=("request",))
+    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
+    B = a.batch_size
+    # A batch is redone whole if a crash left it partly written; rows already there are not rewritten.
+    start = (len(log.done) // B) * B
+    history = sorted((r for r in log.done.values() if r["request"] < start), key=lambda r: r["request"])
+    kept = [r["prompt"] for r in history if r["dropped"] is None]
+    known = [rouge_tokens(s) for s in seeds] + [rouge_tokens(k) for k in kept]
+    while len(kept) < a.n_prompts and start < max_requests:
+        batch = range(start, min(start + B, max_requests))
+        requests = [few_shot_request(choose_examples(random.Random(row_seed(a.seed, "examples", r)), seeds, kept))
+                    for r in batch]
+        prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) + tokenizer.encode(ANSWER_START)
+                   for q in requests]
+        outs = sampler.generate(prompts,
+                                params, n=1, seeds=[[row_seed(a.seed, r, 0)] for r in batch])
+        rows = []
+        for r, [completion] in zip(batch, outs):
+            task = extract_task(completion.text)
+            reason = drop_reason(task, known, a.min_words, a.max_words)
+            if reason is None:
+                kept.append(task)
+                known.append(rouge_tokens(task))
+            rows.append({"request": r, "id": f"{a.id_prefix}-{r}", "prompt": task, "dropped": reason,
+                         "raw": completion.text})
+        log.append(rows)
+        print(f"requests {batch.stop}, kept {len(kept)}/{a.n_prompts}", file=sys.stderr)
+        start = batch.stop
+    attempts = log.finalize(sorted(log.done))
+    new = [{"id": r["id"], "prompt": r["prompt"]} for r in attempts if r["dropped"] is None][:a.n_prompts]
+    write_jsonl_atomic(out, new)
+    reasons = {}
+    for r in attempts:
+        reasons[r["dropped"] or "kept"] = reasons.get(r["dropped"] or "kept", 0) + 1
+    print(f"self-instruct: {len(attempts)} requests, {len(new)} prompts written to {out}; " +
+          ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

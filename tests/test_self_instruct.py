@@ -1,0 +1,83 @@
+"""Self-instruction creation: ROUGE-L against hand-computed values, the clean-up and each filter,
+and the CLI end to end (and resumed) on the tiny model."""
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sample.self_instruct import choose_examples, drop_reason, extract_task, few_shot_request, rouge_l, rouge_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rouge_l_by_hand():
+    # LCS("the cat sat on the mat", "the cat on a mat") = "the cat on mat" = 4 tokens
+    f = rouge_l(rouge_tokens("The cat sat on the mat."), rouge_tokens("the cat on a mat"))
+    p, r = 4 / 6, 4 / 5
+    assert f == pytest.approx(2 * p * r / (p + r))
+    assert rouge_l(["a", "b"], ["a", "b"]) == 1.0
+    assert rouge_l(["a"], ["b"]) == 0.0 and rouge_l([], ["a"]) == 0.0
+    assert rouge_tokens("What's 2+2?") == ["what", "s", "2", "2"]
+
+
+def test_extract_task():
+    assert extract_task(" How do I bake bread?\nTask 10: Something else") == "How do I bake bread?"
+    assert extract_task(' "Explain recursion to a child." Task 10: more') == "Explain recursion to a child."
+    assert extract_task("\n") == ""
+
+
+@pytest.mark.parametrize("task,reason", [
+    ("", "empty"),
+    ("Below are some tasks that people have asked", "template echo"),
+    ("Here is a new task:", "not a request"),
+    ("Sure! Let me think of a question.", "not a request"),
+    ("Why?", "too short"),
+    (" ".join(["word"] * 151), "too long"),
+    ("Describe the attached image in detail please.", "not a text task"),
+    ("Summarise the video I sent you.", "not a text task"),
+    ("How do I reverse a list in Python?", "near-duplicate"),
+    ("How do I reverse a Python list?", "near-duplicate"),
+    ("How can I create a website using HTML and CSS?", None),
+    ("How do I read a file line by line in Rust?", None),
+    ("What are three good habits for learning a new language?", None),
+])
+def test_drop_reasons(task, reason):
+    known = [rouge_tokens("How do I reverse a list in Python?")]
+    assert drop_reason(task, known, min_words=3, max_words=150) == reason
+
+
+def test_few_shot_examples_come_from_seed_and_generated():
+    seeds, generated = [f"seed {i}" for i in range(20)], ["gen a", "gen b", "gen c"]
+    ex = choose_examples(random.Random(0), seeds, generated)
+    assert len(ex) == 8 and len(set(ex)) == 8 and sum(e.startswith("gen") for e in ex) == 2
+    assert sum(e.startswith("gen") for e in choose_examples(random.Random(0), seeds, ["gen a"])) == 1
+    text = few_shot_request(ex)
+    assert "Task 1: " in text and "Task 8: " in text and "Task 9" in text
+
+
+def run(tmp_path, ckpt, n_prompts, max_requests):
+    return subprocess.run([sys.executable, str(ROOT / "sample/self_instruct.py"), "--model", str(ckpt),
+                           "--seed-prompts", str(ROOT / "data/seed/ift.jsonl"), "--out", str(tmp_path / "p.jsonl"),
+                           "--n-prompts", str(n_prompts), "--max-requests", str(max_requests), "--batch-size", "4",
+                           "--max-new-tokens", "12", "--min-words", "1"], capture_output=True, text=True)
+
+
+def test_cli_counts_add_up_and_resume_gives_the_same_attempts(tmp_path, tiny_checkpoint):
+    proc = run(tmp_path, tiny_checkpoint, 100, 8)  # more prompts than 8 requests can give: all 8 run
+    assert proc.returncode == 0, proc.stderr
+    attempts = [json.loads(line) for line in (tmp_path / "p.attempts.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [a["request"] for a in attempts] == list(range(8))
+    assert kept == [{"id": a["id"], "prompt": a["prompt"]} for a in attempts if a["dropped"] is None]
+    assert f"{len(attempts)} requests, {len(kept)} prompts written" in proc.stderr
+    # cut the log back to a batch and a half, as a crash would, and rerun: the same attempts come back
+    lines = (tmp_path / "p.attempts.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "p.jsonl").unlink()
+    (tmp_path / "p.attempts.jsonl").unlink()
+    (tmp_path / "p.attempts.jsonl.part0").write_text("".join(lines[:6]) + lines[6][:10])
+    assert run(tmp_path, tiny_checkpoint, 100, 8).returncode == 0
+    again = [json.loads(line) for line in (tmp_path / "p.attempts.jsonl").read_text().splitlines()]
+    assert again == attempts
