@@ -1,0 +1,150 @@
+"""The self-rewarding loop's settings: one YAML file per setting (tiny, smollm2-135m, llama2-7b, ...),
+read into the dataclasses below and turned into Make variables for `make iteration`.
+
+    python configs/iteration.py configs/smollm2-135m.yaml generate.n=2 judge.samples=1 > runs/demo/config.mk
+
+Unknown sections or keys are errors that name them; `section.key=value` arguments (VALUE read as
+YAML) override the file, and `make iteration ... SET="generate.n=2 dpo.set.lr=5e-7"` passes them
+through. Each stage's settings become the flags of its script (see the Makefile), so everything a
+stage runs with is visible in runs/RUN/config.mk.
+"""
+import shlex
+import sys
+from dataclasses import dataclass, field, fields, is_dataclass
+
+import yaml
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    batch_size: int = 16
+
+
+@dataclass
+class SelfInstruct(Sampling):
+    n_prompts: int = 200        # new prompts per iteration
+    temperature: float = 0.6    # the paper's
+    max_new_tokens: int = 128
+    model: str = ""             # a fixed prompt writer (the paper: Llama-2-Chat 70B); empty = M_{t}
+
+
+@dataclass
+class Generate(Sampling):
+    n: int = 4                  # candidates per prompt
+
+
+@dataclass
+class Judge(Sampling):
+    samples: int = 3            # judgements per candidate, averaged
+    max_new_tokens: int = 256
+
+
+@dataclass
+class Pairs:
+    min_gap: float = 0.0
+
+
+@dataclass
+class Trainer:
+    config: str = ""            # a trainer YAML (configs/sft.yaml, configs/dpo.yaml)
+    set: dict = field(default_factory=dict)  # its keys overridden here
+
+
+@dataclass
+class Eval(Sampling):
+    samples: int = 3            # judgements per reply for the reward-model metrics
+    max_new_tokens: int = 256
+    ranked_limit: int = 0       # judge only the first K prompts of the ranked set (0 = all)
+    heldout_limit: int = 0      # head-to-head on the first K held-out prompts (0 = all)
+
+
+@dataclass
+class Iteration:
+    base_model: str             # M0, a checkpoint directory
+    ift: str = "data/seed/ift.jsonl"
+    eft: str = "data/seed/eft.jsonl"
+    ranked: str = "data/seed/ranked.trees.jsonl"   # human-ranked replies: the reward-model evaluation
+    heldout: str = ""           # prompts for head-to-head (JSONL with "prompt"); empty: the ranked set's prompts
+    seed: int = 0
+    nproc: int = 1              # processes per stage under torchrun (1: plain python)
+    self_instruct: SelfInstruct = field(default_factory=SelfInstruct)
+    generate: Generate = field(default_factory=Generate)
+    judge: Judge = field(default_factory=Judge)
+    pairs: Pairs = field(default_factory=Pairs)
+    sft: Trainer = field(default_factory=lambda: Trainer("configs/sft.yaml"))
+    dpo: Trainer = field(default_factory=lambda: Trainer("configs/dpo.yaml"))
+    eval: Eval = field(default_factory=Eval)
+
+
+def build(cls, values: dict, where: str):
+    """cls(**values), recursively, with an error naming any key cls does not have."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        kwargs[name] = build(type(default), value, f"{where}.{name}") if is_dataclass(default) else value
+    return cls(**kwargs)
+
+
+def load(path: str, overrides: list[str]) -> Iteration:
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected section.key=value")
+        *parents, last = key.split(".")
+        node = values
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(value)
+    if "base_model" not in values:
+        raise ValueError(f"{path}: base_model is required")
+    return build(Iteration, values, path)
+
+
+def flags(stage, skip=()) -> str:
+    """A stage's settings as its script's flags: --max-new-tokens 512 ..."""
+    return " ".join(f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(stage, f.name)))}"
+                    for f in fields(stage) if f.name not in skip)
+
+
+def overrides(trainer: Trainer) -> str:
+    """A trainer's `set:` mapping as its key=value arguments."""
+    return " ".join(shlex.quote(f"{k}={v}") for k, v in trainer.set.items())
+
+
+def make_variables(cfg: Iteration) -> str:
+    lines = {
+        "BASE_MODEL": cfg.base_model, "IFT": cfg.ift, "EFT": cfg.eft, "RANKED": cfg.ranked,
+        "HELDOUT": cfg.heldout, "SEED": cfg.seed, "NPROC": cfg.nproc,
+        "SI_MODEL": cfg.self_instruct.model, "SI_ARGS": flags(cfg.self_instruct, skip=("model",)),
+        "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge),
+        "PAIRS_ARGS": flags(cfg.pairs),
+        "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
+        "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
+        "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit")),
+        "EVAL_RANKED_LIMIT": cfg.eval.ranked_limit, "EVAL_HELDOUT_LIMIT": cfg.eval.heldout_limit,
+    }
+    return "".join(f"{k} := {v}\n" for k, v in lines.items())
+
+
+def main():
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)
+    try:
+        print(make_variables(load(sys.argv[1], sys.argv[2:])), end="")
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
