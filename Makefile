@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # first so that the plain `torch` requirement does not pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test model
+.PHONY: setup test model gpu-check
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,102 @@ test:
 model: checkpoints/smollm2-135m/params.json
 checkpoints/smollm2-135m/params.json:
 	$(PY) model/convert.py gguf "$$($(PY) -c "from model.convert import demo_gguf_path; print(demo_gguf_path())")" checkpoints/smollm2-135m
+
+# On a CUDA machine: the kernel tests with Triton compiled for the GPU (not the interpreter; the
+# reference cases run too), then bench/kernels.py, whose summary table comes last.
+gpu-check:
+	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('make gpu-check: no CUDA device here')"
+	env -u TRITON_INTERPRET $(PY) -m pytest -q -rs tests/test_kernels.py -k "not interpreter"
+	env -u TRITON_INTERPRET $(PY) bench/kernels.py
+
+# ---------------------------------------------------------------- the self-rewarding loop
+#   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed)      (BASELINE=1: IFT only, into runs/RUN/baseline)
+#   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation
+#   make iteration N=2 RUN=exp CONFIG=configs/llama2-7b.yaml SET="generate.n=2 dpo.set.lr=5e-7"
+# Every stage is a file under runs/$(RUN)/iter$(N)/, so a rerun does only what is missing; the sampling
+# stages also resume inside a stage. runs/$(RUN)/config.mk shows every setting the stages run with.
+RUN    ?= demo
+CONFIG ?= configs/smollm2-135m.yaml
+SET    ?=
+N      ?= 1
+RUNS   ?= runs
+R      := $(RUNS)/$(RUN)
+I      := $(R)/iter$(N)
+PREV   := $(R)/iter$(shell expr $(N) - 1)
+
+ifneq ($(filter iteration,$(MAKECMDGOALS)),)
+# Regenerated on every make, replaced only when it changes, so its timestamp means "settings changed".
+$(shell mkdir -p $(R) && $(PY) configs/iteration.py $(CONFIG) $(SET) > $(R)/config.mk.new \
+	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk); rm -f $(R)/config.mk.new)
+include $(R)/config.mk
+endif
+
+# Under torchrun when NPROC > 1 (sampling: data parallel; training: FSDP).
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
+
+.PHONY: iteration
+ifeq ($(N),1)
+ifeq ($(BASELINE),1)
+I := $(R)/baseline
+endif
+iteration: $(I)/summary.json
+	@cat $<
+
+$(I)/sft.jsonl:
+	mkdir -p $(I)
+	$(PY) judge/sft_data.py --ift $(IFT) $(if $(filter 1,$(BASELINE)),,--eft $(EFT)) --out $@
+
+$(I)/model/params.json: $(I)/sft.jsonl $(BASE_MODEL)/params.json
+	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $(I)/model $(SFT_SET)
+
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(filter 1,$(BASELINE)),,$(R)/iter0/eval/reward_metrics.json)
+	$(PY) eval/summary.py --iter $(I) --out $@
+
+# M0 as a judge, before any EFT training: the parse rate the paper's EFT data is there to raise
+$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json
+	mkdir -p $(R)/iter0/eval
+	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(R)/iter0/eval/ranked.trees.jsonl
+	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(R)/iter0/eval/ranked.trees.jsonl --out $@ \
+		--seed $(SEED) $(EVAL_ARGS)
+else
+iteration: $(I)/summary.json
+	@cat $<
+	$(PY) eval/report.py --run $(R)
+
+$(PREV)/model/params.json:
+	@echo "$(PREV)/model is missing: make M$$(( $(N) - 1 )) first with 'make iteration N=$$(( $(N) - 1 )) RUN=$(RUN) CONFIG=$(CONFIG)'"; exit 1
+
+# 1. new prompts, written by M_{N-1} (or the fixed writer named in the config)
+$(I)/prompts.jsonl: $(PREV)/model/params.json
+	mkdir -p $(I)
+	$(PY) sample/self_instruct.py --model $(or $(SI_MODEL),$(PREV)/model) --seed-prompts $(IFT) --out $@ \
+		--seed $(SEED) --id-prefix it$(N) $(SI_ARGS)
+# 2. candidates: M_{N-1} answers each prompt n times
+$(I)/candidates.jsonl: $(I)/prompts.jsonl
+	$(LAUNCH) sample/generate.py --model $(PREV)/model --prompts $< --out $@ --seed $(SEED) $(GEN_ARGS)
+# 3. M_{N-1} judges each candidate
+$(I)/judged.jsonl: $(I)/candidates.jsonl
+	$(LAUNCH) judge/score.py --model $(PREV)/model --candidates $< --out $@ --seed $(SEED) $(JUDGE_ARGS)
+# 4. best vs worst per prompt
+$(I)/pairs.jsonl: $(I)/judged.jsonl
+	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
+# 5. M_N = DPO(M_{N-1}) on the pairs, M_{N-1} as the reference
+$(I)/model/params.json: $(I)/pairs.jsonl
+	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(I)/model $(DPO_SET)
+# 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
+$(I)/eval/head_to_head.json: $(I)/model/params.json
+	mkdir -p $(I)/eval
+	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
+	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
+		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED)
+
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json
+	$(PY) eval/summary.py --iter $(I) --out $@
+endif
+
+# the judge's quality (the paper's reward-model metrics), for M1 and every later model
+$(I)/eval/reward_metrics.json: $(I)/model/params.json
+	mkdir -p $(I)/eval
+	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(I)/eval/ranked.trees.jsonl
+	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(I)/eval/ranked.trees.jsonl --out $@ \
+		--seed $(SEED) $(EVAL_ARGS)

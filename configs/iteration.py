@@ -111,9 +111,13 @@ def load(path: str, overrides: list[str]) -> Iteration:
     return build(Iteration, values, path)
 
 
+# torchrun takes "--n" for an abbreviation of its own options: generate.py's --n has a long name too
+FLAG_NAMES = {"n": "num-samples"}
+
+
 def flags(stage, skip=()) -> str:
     """A stage's settings as its script's flags: --max-new-tokens 512 ..."""
-    return " ".join(f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(stage, f.name)))}"
+    return " ".join(f"--{FLAG_NAMES.get(f.name, f.name.replace('_', '-'))} {shlex.quote(str(getattr(stage, f.name)))}"
                     for f in fields(stage) if f.name not in skip)
 
 

@@ -1,0 +1,108 @@
+"""One iteration's summary: what every stage of `make iteration` produced, in runs/RUN/iterN/summary.json.
+
+    python eval/summary.py --iter runs/demo/iter2 --out runs/demo/iter2/summary.json
+
+Reads whatever stage outputs the iteration directory holds (a missing one is left out of the
+summary) and writes, with the keys eval/report.py reads:
+  "prompts", "self_instruct" ({reason: count} over every request),
+  "candidates", "finish_reasons" ({"stop": n, "length": n}),
+  "judgements", "judge_parse_rate", "score_histogram" ({"0".."5": count}, each parsed judgement rounded),
+  "neutralised", "pairs", "pairs_dropped" ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
+  "chosen_longer", "train" (the trainer's last metrics line), "dpo_reward_accuracy", "final_loss",
+  "reward_metrics" and "head_to_head" (copied from eval/), and, for iteration 1, "base_reward_metrics"
+  (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training.
+The summary is also printed, a line per stage.
+"""
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from eval.stages import write_json
+from model.jsonl import read_jsonl
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def last_line(path: Path) -> dict | None:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1]) if lines else None
+
+
+def summarise(it: Path) -> dict:
+    s: dict = {}
+    if (it / "prompts.jsonl").is_file():
+        s["prompts"] = len(read_jsonl(it / "prompts.jsonl"))
+        attempts = it / "prompts.attempts.jsonl"
+        if attempts.is_file():
+            s["self_instruct"] = dict(Counter(r["dropped"] or "kept" for r in read_jsonl(attempts)))
+    if (it / "candidates.jsonl").is_file():
+        rows = read_jsonl(it / "candidates.jsonl")
+        s["candidates"] = len(rows)
+        s["finish_reasons"] = dict(Counter(r["finish_reason"] for r in rows))
+    if (it / "judged.jsonl").is_file():
+        rows = read_jsonl(it / "judged.jsonl")
+        scores = [x for r in rows for x in r["scores"]]
+        parsed = [x for x in scores if x is not None]
+        s["judgements"] = len(scores)
+        s["judge_parse_rate"] = len(parsed) / len(scores) if scores else None
+        s["score_histogram"] = {str(k): sum(round(x) == k for x in parsed) for k in range(6)}
+        s["neutralised"] = sum(bool(r.get("neutralised")) for r in rows)
+    pairs = read_json(it / "pairs.summary.json")
+    if pairs:
+        s.update(pairs=pairs["pairs"], pairs_dropped=pairs["dropped"], mean_chars_chosen=pairs["mean_chars_chosen"],
+                 mean_chars_rejected=pairs["mean_chars_rejected"], chosen_longer=pairs["chosen_longer"])
+    train = last_line(it / "model.train" / "metrics.jsonl")
+    if train:
+        s["train"] = train
+        s["final_loss"] = train.get("loss")
+        if "reward_accuracy" in train:
+            s["dpo_reward_accuracy"] = train["reward_accuracy"]
+    for key, path in (("reward_metrics", it / "eval/reward_metrics.json"),
+                      ("head_to_head", it / "eval/head_to_head.json"),
+                      ("base_reward_metrics", it.parent / "iter0/eval/reward_metrics.json")):
+        if key == "base_reward_metrics" and it.name != "iter1":
+            continue
+        if path.is_file():
+            s[key] = read_json(path)
+    return s
+
+
+def describe(s: dict) -> list[str]:
+    lines = []
+    if "prompts" in s:
+        lines.append(f"prompts: {s['prompts']} kept; requests: {s.get('self_instruct', {})}")
+    if "candidates" in s:
+        lines.append(f"candidates: {s['candidates']} ({s['finish_reasons']})")
+    if "judgements" in s:
+        rate = s["judge_parse_rate"]
+        lines.append(f"judgements: {s['judgements']}, parse rate {'-' if rate is None else f'{100 * rate:.1f}%'}, "
+                     f"scores {s['score_histogram']}, neutralised {s['neutralised']}")
+    if "pairs" in s:
+        lines.append(f"pairs: {s['pairs']} (dropped {s['pairs_dropped']}); mean chars chosen "
+                     f"{s['mean_chars_chosen']} vs rejected {s['mean_chars_rejected']}")
+    if "train" in s:
+        lines.append("training, last step: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                         for k, v in s["train"].items()))
+    for key in ("base_reward_metrics", "reward_metrics", "head_to_head"):
+        if key in s:
+            short = {k: v for k, v in s[key].items() if not isinstance(v, (dict, list))}
+            lines.append(f"{key.replace('_', ' ')}: {json.dumps(short)[:400]}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iter", required=True, help="the iteration directory, runs/RUN/iterN")
+    parser.add_argument("--out", required=True, help="summary JSON to write (atomically)")
+    a = parser.parse_args(argv)
+    s = summarise(Path(a.iter))
+    write_json(a.out, s)
+    print("\n".join([f"{a.iter}:"] + ["  " + line for line in describe(s)]), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
