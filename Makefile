@@ -47,7 +47,7 @@ R      := $(RUNS)/$(RUN)
 I      := $(R)/iter$(N)
 PREV   := $(R)/iter$(shell expr $(N) - 1)
 
-ifneq ($(filter iteration,$(MAKECMDGOALS)),)
+ifneq ($(filter-out setup test model gpu-check,$(MAKECMDGOALS)),)
 # Regenerated on every make, replaced only when it changes, so its timestamp means "settings changed".
 $(shell mkdir -p $(R) && $(PY) configs/iteration.py $(CONFIG) $(SET) > $(R)/config.mk.new \
 	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk); rm -f $(R)/config.mk.new)

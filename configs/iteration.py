@@ -122,8 +122,8 @@ def flags(stage, skip=()) -> str:
 
 
 def overrides(trainer: Trainer) -> str:
-    """A trainer's `set:` mapping as its key=value arguments."""
-    return " ".join(shlex.quote(f"{k}={v}") for k, v in trainer.set.items())
+    """A trainer's `set:` mapping as its --set key=value arguments."""
+    return ("--set " + " ".join(shlex.quote(f"{k}={v}") for k, v in trainer.set.items())) if trainer.set else ""
 
 
 def make_variables(cfg: Iteration) -> str:

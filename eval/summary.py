@@ -59,8 +59,8 @@ def summarise(it: Path) -> dict:
     if train:
         s["train"] = train
         s["final_loss"] = train.get("loss")
-        if "reward_accuracy" in train:
-            s["dpo_reward_accuracy"] = train["reward_accuracy"]
+        if "accuracy" in train:  # DPO's reward accuracy: the implicit reward prefers the chosen answer
+            s["dpo_reward_accuracy"] = train["accuracy"]
     for key, path in (("reward_metrics", it / "eval/reward_metrics.json"),
                       ("head_to_head", it / "eval/head_to_head.json"),
                       ("base_reward_metrics", it.parent / "iter0/eval/reward_metrics.json")):
