@@ -1,0 +1,31 @@
+"""Which implementation a public kernel function runs: the Triton kernel or the PyTorch reference.
+
+`backend="auto"` picks Triton for CUDA tensors, and for CPU tensors when Triton's interpreter is on
+(`TRITON_INTERPRET=1`, which Triton reads when a kernel is decorated, i.e. when `kernels` is
+imported: set it before that). Everything else gets the reference.
+"""
+import torch
+import triton
+
+# Read once, as Triton itself does when it decorates our kernels at import time.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def use_triton(tensor: torch.Tensor, backend: str) -> bool:
+    """True to run the Triton kernel on `tensor`'s device, False for the PyTorch reference."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return False
+    runnable = tensor.is_cuda or (INTERPRETED and tensor.device.type == "cpu")
+    if backend == "triton" and not runnable:
+        raise ValueError(f"the Triton kernels need CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set "
+                         f"before `kernels` is imported; got a tensor on {tensor.device}")
+    return runnable
+
+
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """The references compute in fp32, or in float64 when given float64 (for gradcheck)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))

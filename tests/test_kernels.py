@@ -1,0 +1,301 @@
+"""kernels/: the Triton kernels and the PyTorch references against float64 computations written here.
+
+Each behaviour test runs twice, backend "torch" (the reference, always) and "triton" (the kernel:
+compiled on CUDA, or on CPU through Triton's interpreter). The interpreter must be switched on before
+the kernels are decorated at import, so in an ordinary CPU run `test_kernels_under_triton_interpreter`
+reruns this file's Triton cases in a child process with TRITON_INTERPRET=1.
+Every tensor torch.empty hands out is poisoned (NaN) first, so an element a kernel forgets to write fails.
+"""
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import kernels
+from kernels.backend import INTERPRETED
+from kernels.dpo_loss import METRICS, dpo_loss_reference
+from kernels.linear_logprob import linear_logprob_reference
+from kernels.logprob import logprob_reference
+
+TRITON_DEVICE = "cpu" if INTERPRETED else "cuda" if torch.cuda.is_available() else None
+needs_triton = pytest.mark.skipif(TRITON_DEVICE is None, reason="no CUDA device and TRITON_INTERPRET unset; "
+                                  "test_kernels_under_triton_interpreter runs these cases on CPU")
+BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def fresh_inputs_and_poisoned_buffers(request, monkeypatch):
+    """Different random inputs for every test case (seeded from its name, so a failure reproduces),
+    and NaN in every float buffer from torch.empty / torch.empty_like until someone writes it."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *args, **kw: poison(empty(*args, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *args, **kw: poison(empty_like(*args, **kw)))
+
+
+def device_of(backend):
+    return TRITON_DEVICE if backend == "triton" else "cpu"
+
+
+def rel_err(ours, truth):
+    ours, truth = ours.double().cpu(), truth.double().cpu()
+    return ((ours - truth).norm() / truth.norm()).item()
+
+
+def random_labels(N, V, ignore_index=-100):
+    """Labels in [0, V) with about a quarter of the positions, scattered, set to ignore_index."""
+    labels = torch.randint(V, (N,))
+    labels[torch.rand(N) < 0.25] = ignore_index
+    labels[N // 2] = ignore_index
+    return labels
+
+
+# ---- float64 ground truth, written independently of kernels/ ----
+
+def logprob_float64(logits, labels, ignore_index=-100):
+    valid = labels != ignore_index
+    all_logps = torch.log_softmax(logits.double(), dim=-1)                     # (N, V)
+    rows = torch.arange(len(labels), device=labels.device)
+    return torch.where(valid, all_logps[rows, labels.clamp(min=0)], 0.0)
+
+
+def dpo_float64(token_logps, seq_ids, ref_logps, n_sequences, beta, label_smoothing, loss_type, average):
+    """Loss (mean over pairs) and per-pair metrics, one pair at a time."""
+    B = n_sequences // 2
+    seq = []
+    for s in range(n_sequences):
+        in_seq = seq_ids == s
+        seq.append(token_logps[in_seq].sum() / (max(int(in_seq.sum()), 1) if average else 1))
+    ref = [torch.zeros((), dtype=torch.float64)] * n_sequences if ref_logps is None else ref_logps.double()
+    losses, metrics = [], {name: [] for name in METRICS}
+    for i in range(B):
+        z = (seq[i] - seq[B + i]) - (ref[i] - ref[B + i])
+        if loss_type == "ipo":
+            losses.append((z - 1 / (2 * beta)) ** 2)
+        else:
+            losses.append(-(1 - label_smoothing) * torch.log(torch.sigmoid(beta * z))
+                          - label_smoothing * torch.log(torch.sigmoid(-beta * z)))
+        reward_c, reward_r = beta * (seq[i] - ref[i]), beta * (seq[B + i] - ref[B + i])
+        for name, value in zip(METRICS, [seq[i], seq[B + i], reward_c, reward_r, reward_c - reward_r,
+                                         (reward_c > reward_r).double()]):
+            metrics[name].append(value.detach())
+    return torch.stack(losses).mean(), {name: torch.stack(values) for name, values in metrics.items()}
+
+
+# ---- token log-prob ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N,V", [(47, 123), (9, 5000), (64, 256), (16, 32000)])  # odd, 2 blocks, round, Llama-2
+def test_logprob(backend, dtype, N, V):
+    logits = (3 * torch.randn(N, V)).to(dtype).to(device_of(backend)).requires_grad_()
+    labels = random_labels(N, V).to(logits.device)
+    grad_out = torch.randn(N, device=logits.device)
+    logp = kernels.logprob(logits, labels, backend=backend)
+    logp.backward(grad_out)
+
+    logits64 = logits.detach().double().requires_grad_()
+    truth = logprob_float64(logits64, labels)
+    truth.backward(grad_out.double())
+    assert logp.dtype == torch.float32 and logits.grad.dtype == dtype
+    assert rel_err(logp, truth) < TOL[torch.float32]     # fp32 accumulation, whatever the input dtype
+    assert rel_err(logits.grad, logits64.grad) < TOL[dtype]
+    ignored = labels == -100
+    assert (logp[ignored] == 0).all() and (logits.grad[ignored] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logprob_strided_rows_and_other_ignore_index(backend):
+    wide = torch.randn(47, 130, device=device_of(backend))
+    logits = wide[:, :123].requires_grad_()        # rows 130 apart: a view, as from a padded vocabulary
+    labels = random_labels(47, 123, ignore_index=-1).to(logits.device)
+    logp = kernels.logprob(logits, labels, ignore_index=-1, backend=backend)
+    logp.sum().backward()
+    logits64 = logits.detach().double().requires_grad_()
+    truth = logprob_float64(logits64, labels, ignore_index=-1)
+    truth.sum().backward()
+    assert rel_err(logp, truth) < 1e-5 and rel_err(logits.grad, logits64.grad) < 1e-5
+
+
+# ---- linear log-prob ----
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("N,V,D,chunk_size", [(47, 123, 31, None), (47, 123, 31, 16), (256, 512, 64, 64)],
+                         ids=["odd-default-chunk", "odd-3-chunks", "round-4-chunks"])
+def test_linear_logprob(backend, dtype, N, V, D, chunk_size):
+    device = device_of(backend)
+    hidden = torch.randn(N, D).to(dtype).to(device).requires_grad_()
+    weight = (2 * torch.randn(V, D) / D ** 0.5).to(dtype).to(device).requires_grad_()   # logits ~ N(0, 4)
+    labels = random_labels(N, V).to(device)
+    grad_out = torch.randn(N, device=device)
+    logp = kernels.linear_logprob(hidden, weight, labels, chunk_size=chunk_size, backend=backend)
+    logp.backward(grad_out)
+
+    hidden64, weight64 = (t.detach().double().requires_grad_() for t in (hidden, weight))
+    truth = logprob_float64(hidden64 @ weight64.T, labels)
+    truth.backward(grad_out.double())
+    # bf16: the kernels see logits rounded to bf16 by the matmul, so the forward is bf16-accurate too.
+    assert rel_err(logp, truth) < TOL[dtype]
+    assert rel_err(hidden.grad, hidden64.grad) < TOL[dtype]
+    assert rel_err(weight.grad, weight64.grad) < TOL[dtype]
+    assert (logp[labels == -100] == 0).all() and (hidden.grad[labels == -100] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_logprob_frozen_weight(backend):
+    device = device_of(backend)
+    hidden = torch.randn(40, 24, device=device, requires_grad=True)
+    weight = torch.randn(77, 24, device=device) / 24 ** 0.5
+    labels = random_labels(40, 77).to(device)
+    kernels.linear_logprob(hidden, weight, labels, chunk_size=16, backend=backend).sum().backward()
+    hidden64 = hidden.detach().double().requires_grad_()
+    logprob_float64(hidden64 @ weight.double().T, labels).sum().backward()
+    assert weight.grad is None and rel_err(hidden.grad, hidden64.grad) < 1e-5
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op returns while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def test_linear_logprob_torch_path_never_makes_full_logits():
+    N, V, D, chunk = 512, 1000, 16, 64
+    hidden = torch.randn(N, D, requires_grad=True)
+    weight = torch.randn(V, D, requires_grad=True)
+    with LargestTensor() as largest:
+        kernels.linear_logprob(hidden, weight, random_labels(N, V), chunk_size=chunk, backend="torch").sum().backward()
+    assert largest.numel == chunk * V           # one chunk's logits; (N, V) would be 8x that
+
+
+# ---- DPO loss ----
+
+DPO_CONFIGS = [  # (loss_type, label_smoothing, average_log_prob, with reference)
+    (loss, smoothing, average, with_ref)
+    for loss, smoothing in [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)]
+    for average in [False, True]
+    for with_ref in [True, False]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss_type,label_smoothing,average,with_ref", DPO_CONFIGS,
+                         ids=[f"{c[0]}-ls{c[1]}-{'mean' if c[2] else 'sum'}-{'ref' if c[3] else 'noref'}"
+                              for c in DPO_CONFIGS])
+@pytest.mark.parametrize("n_pairs,n_tokens", [(1, 20), (3, 47), (20, 300)])   # 20 pairs: two kernel programs
+def test_dpo_loss(backend, loss_type, label_smoothing, average, with_ref, n_pairs, n_tokens):
+    device = device_of(backend)
+    beta = 0.3
+    # Log-probs of tokens in 2B sequences, in shuffled order, a fifth of them in none (-1).
+    token_logps = (-3 * torch.rand(n_tokens)).to(device).requires_grad_()
+    seq_ids = torch.randint(2 * n_pairs, (n_tokens,))
+    seq_ids[torch.rand(n_tokens) < 0.2] = -1
+    seq_ids = seq_ids.to(device)
+    per_sequence = 1.5 if average else 1.5 * n_tokens / (2 * n_pairs)     # about the policy's sequence log-probs
+    ref_logps = (-2 * per_sequence * torch.rand(2 * n_pairs)).to(device) if with_ref else None
+    loss, metrics = kernels.dpo_loss(token_logps, seq_ids, ref_logps, beta=beta, label_smoothing=label_smoothing,
+                                     loss_type=loss_type, average_log_prob=average, n_sequences=2 * n_pairs,
+                                     backend=backend)
+    loss.backward()
+
+    token_logps64 = token_logps.detach().double().requires_grad_()
+    truth, truth_metrics = dpo_float64(token_logps64, seq_ids, ref_logps, 2 * n_pairs, beta, label_smoothing,
+                                       loss_type, average)
+    truth.backward()
+    assert loss.shape == () and rel_err(loss, truth) < 1e-5
+    assert rel_err(token_logps.grad, token_logps64.grad) < 1e-5
+    assert (token_logps.grad[seq_ids == -1] == 0).all()
+    assert set(metrics) == set(METRICS)
+    for name in METRICS:
+        assert metrics[name].shape == (n_pairs,) and not metrics[name].requires_grad
+        torch.testing.assert_close(metrics[name].double().cpu(), truth_metrics[name].cpu(), rtol=1e-5, atol=1e-5)
+
+
+def test_dpo_loss_defaults_average_for_ipo_only():
+    token_logps, seq_ids = -torch.rand(30), torch.randint(4, (30,))
+    for loss_type, average in [("sigmoid", False), ("ipo", True)]:
+        default, _ = kernels.dpo_loss(token_logps, seq_ids, n_sequences=4, loss_type=loss_type)
+        explicit, _ = kernels.dpo_loss(token_logps, seq_ids, n_sequences=4, loss_type=loss_type,
+                                       average_log_prob=average)
+        assert default == explicit
+
+
+# ---- the references' own gradients, and the dispatcher ----
+
+def test_references_pass_gradcheck():
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 4, -100, 2, 1, 3])
+    assert torch.autograd.gradcheck(lambda x: logprob_reference(x, labels), (logits,))
+
+    hidden = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h, w: linear_logprob_reference(h, w, labels), (hidden, weight))
+    # and the chunked PyTorch path, whose backward is written by hand (chunks of 4 and 2 tokens)
+    assert torch.autograd.gradcheck(
+        lambda h, w: kernels.linear_logprob(h, w, labels, chunk_size=4, backend="torch"), (hidden, weight))
+
+    token_logps = -torch.rand(20, dtype=torch.float64, requires_grad=True)
+    seq_ids = torch.tensor([0, 1, 2, 3, -1] * 4)
+    ref_logps = -torch.rand(4, dtype=torch.float64)
+    for ref, loss_type, smoothing, average in [(ref_logps, "sigmoid", 0.1, False), (None, "ipo", 0.0, True)]:
+        def loss(x, ref=ref, smoothing=smoothing, loss_type=loss_type, average=average):
+            return dpo_loss_reference(x, seq_ids, ref, 4, 0.5, smoothing, loss_type, average)[0]
+        assert torch.autograd.gradcheck(loss, (token_logps,))
+
+
+def test_backend_dispatch():
+    logits, labels = torch.randn(4, 9, requires_grad=True), torch.tensor([1, -100, 8, 0])
+    assert (type(kernels.logprob(logits, labels).grad_fn).__name__ == "LogProbBackward") == INTERPRETED
+    assert type(kernels.logprob(logits, labels, backend="torch").grad_fn).__name__ != "LogProbBackward"
+    with pytest.raises(ValueError, match="backend"):
+        kernels.logprob(logits, labels, backend="cuda")
+    if not INTERPRETED:
+        with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+            kernels.logprob(logits, labels, backend="triton")
+
+
+def test_bad_inputs_raise():
+    logits, labels = torch.randn(4, 9), torch.tensor([1, -100, 8, 0])
+    with pytest.raises(ValueError, match="labels"):
+        kernels.logprob(logits, labels.float())
+    with pytest.raises(ValueError, match="weight"):
+        kernels.linear_logprob(torch.randn(4, 3), torch.randn(9, 5), labels)
+    token_logps, seq_ids = torch.randn(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="even"):
+        kernels.dpo_loss(token_logps, seq_ids, n_sequences=3)
+    with pytest.raises(ValueError, match="even"):
+        kernels.dpo_loss(token_logps, seq_ids)                    # reference-free needs n_sequences
+    with pytest.raises(ValueError, match="label_smoothing"):
+        kernels.dpo_loss(token_logps, seq_ids, n_sequences=4, loss_type="ipo", label_smoothing=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(INTERPRETED, reason="this is the child process")
+def test_kernels_under_triton_interpreter():
+    """The "triton" cases above, run by the Triton interpreter on CPU tensors in a child process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "triton and not interpreter"],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, timeout=900, check=False)
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    print("interpreter run:", summary)
+    assert result.returncode == 0 and "skipped" not in summary, result.stdout[-6000:] + result.stderr[-3000:]
