@@ -110,7 +110,7 @@ $(I)/model/params.json: $(I)/pairs.jsonl
 $(I)/eval/head_to_head.json: $(I)/model/params.json
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
-	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
+	$(PY) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
 		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json

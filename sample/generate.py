@@ -12,6 +12,7 @@ Output: one line per sample: the input's fields plus "sample", "response", "fini
 or Ctrl-C and it continues where it stopped, writing every (id, sample) exactly once.
 """
 import argparse
+import atexit
 import hashlib
 import json
 import os
@@ -136,7 +137,9 @@ def setup_distributed():
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # once per process: a CLI may run several stages
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -201,7 +204,7 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
         written = requests if on_too_long is not None else fits
         rows = writer.finalize([k for r in written for k in r.keys])
     if world > 1:
-        dist.destroy_process_group()
+        dist.barrier()  # the output is complete before any rank goes on to a next stage
     return rows, stats, len(too_long)
 
 

@@ -1,0 +1,208 @@
+"""Head to head: two models answer the same prompts and a judge model says which answer is better.
+
+    python eval/head_to_head.py --a runs/R/iter3/model --b runs/R/iter2/model --prompts heldout.jsonl \\
+        --judge checkpoints/judge --out runs/R/iter3/eval/head_to_head.json
+
+1. A and B answer every prompt ({"id", "prompt"} or {"id", "messages"} lines, as sample/generate.py
+   reads them), greedily by default (--temperature 0; the result file states the settings).
+2. The judge (any checkpoint: a stronger model, or A or B itself, which the output says loudly)
+   compares the two answers with the pairwise prompt of eval/pairwise.py (for a conversation, under
+   its last user turn), twice: once with A's answer shown first, once with B's, to cancel the judge's
+   position bias.
+3. Each order's verdict names a winner (A, B or tie). A prompt's outcome adds them up, +1 for A and
+   -1 for B per order: A wins, B wins, or a tie, so a judge that always prefers the first answer
+   gives a tie, and A winning one order and tying the other is a win for A. A prompt where either
+   order gave no readable verdict has no outcome and is left out of the percentages (counted as
+   "no verdict"); so is a prompt too long for either model's context ("too long").
+Win / tie / loss are A's, in % of the prompts with an outcome, as in the paper's head-to-head tables.
+The answers' mean lengths are reported too: judges favour longer answers.
+
+Output: --out, the summary as JSON: {"a", "b", "judge", "self_judged", "prompts", "answer_sampling",
+"judge_sampling", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
+"win", "tie", "loss" (fractions of the prompts with an outcome), "verdict_parse_rate", "position_1_rate"
+(of the decisive verdicts, the share for the answer shown first), "mean_chars_a", "mean_chars_b",
+"mean_tokens_a", "mean_tokens_b" (each in its own tokenizer), "length_limited_a", "length_limited_b"};
+and in OUT's work folder (eval/stages.py) answers_a.jsonl, answers_b.jsonl, judgements.jsonl (one line
+per prompt and order, sample 0 = A shown first) and outcomes.jsonl (one line per prompt).
+One process (not torchrun; see eval/stages.py's single_process).
+"""
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from eval.pairwise import pairwise_messages, parse_verdict
+from eval.stages import (add_answer_args, answer, check_work_dir, number, percent, sampling_settings, single_process,
+                         stage_args, work_dir, write_json)
+from model.errors import FormatError
+from model.jsonl import write_jsonl_atomic
+from sample.generate import Request, read_prompts, run_stage
+
+# A judge takes items {"id", "sample", "prompt", "response_1", "response_2", ...} and returns its raw
+# output for each, in order (None for an item it could not judge).
+Judge = Callable[[list[dict]], list[str | None]]
+POINTS = {"a": 1, "b": -1, "tie": 0}
+
+
+def judge_items(prompts: list[dict], answers_a: dict, answers_b: dict) -> list[dict]:
+    """Two items per prompt: sample 0 shows A's answer first, sample 1 shows B's."""
+    items = []
+    for p in prompts:
+        a, b = answers_a[p["id"]], answers_b[p["id"]]
+        for sample, (first, one, two) in enumerate((("a", a, b), ("b", b, a))):
+            items.append({"id": p["id"], "sample": sample, "first": first, "prompt": a["prompt"],
+                          "response_1": one["response"], "response_2": two["response"]})
+    return items
+
+
+def winner(item: dict, verdict: str | None) -> str | None:
+    """Which contestant ("a", "b", "tie") a verdict on an item ("1", "2", "tie" or None) picks."""
+    if verdict in (None, "tie"):
+        return verdict
+    second = "b" if item["first"] == "a" else "a"
+    return item["first"] if verdict == "1" else second
+
+
+def outcome(winners: list[str | None]) -> str | None:
+    """A prompt's outcome from its two orders' winners (see the module doc): "a", "b", "tie" or None."""
+    if None in winners:
+        return None
+    points = sum(POINTS[w] for w in winners)
+    return "a" if points > 0 else "b" if points < 0 else "tie"
+
+
+def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge) -> tuple[list[dict], dict]:
+    """Judge A's answers against B's (both dicts id -> answer row) in both orders: (one row per prompt, tally).
+    Prompts that either model found too long are not judged."""
+    compared = [p for p in prompts if "too long" not in (answers_a[p["id"]]["finish_reason"],
+                                                         answers_b[p["id"]]["finish_reason"])]
+    items = judge_items(compared, answers_a, answers_b)
+    texts = judge(items)
+    assert len(texts) == len(items), f"the judge returned {len(texts)} outputs for {len(items)} items"
+    rows = []
+    for p, pair, judgements in zip(compared, zip(items[::2], items[1::2]), zip(texts[::2], texts[1::2])):
+        parsed = [parse_verdict(t) if t is not None else None for t in judgements]
+        winners = [winner(item, v.verdict if v else None) for item, v in zip(pair, parsed)]
+        rows.append({"id": p["id"], "prompt": pair[0]["prompt"], "response_a": answers_a[p["id"]]["response"],
+                     "response_b": answers_b[p["id"]]["response"], "judgements": list(judgements),
+                     "verdicts": [v.verdict if v else None for v in parsed],
+                     "parse_errors": [v.reason if v else "not judged: too long" for v in parsed],
+                     "winners": winners, "outcome": outcome(winners)})
+    return rows, tally(rows, [answers_a[p["id"]] for p in compared], [answers_b[p["id"]] for p in compared],
+                       n_too_long=len(prompts) - len(compared))
+
+
+def _mean(xs: list) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def tally(rows: list[dict], answers_a: list[dict], answers_b: list[dict], n_too_long: int = 0) -> dict:
+    """Win / tie / loss of A (fractions of the prompts with an outcome), counts, and the answers' lengths."""
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("a", "tie", "b")}
+    decided = sum(counts.values())
+    verdicts = [v for r in rows for v in r["verdicts"]]
+    decisive = [v for v in verdicts if v in ("1", "2")]
+    return {
+        "n_prompts": len(rows) + n_too_long, "n_too_long": n_too_long, "n_compared": len(rows),
+        "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "no_verdict": len(rows) - decided,
+        "win": counts["a"] / decided if decided else None,
+        "tie": counts["tie"] / decided if decided else None,
+        "loss": counts["b"] / decided if decided else None,
+        "verdict_parse_rate": _mean([v is not None for v in verdicts]),
+        "position_1_rate": _mean([v == "1" for v in decisive]),
+        "mean_chars_a": _mean([len(x["response"]) for x in answers_a]),
+        "mean_chars_b": _mean([len(x["response"]) for x in answers_b]),
+        "mean_tokens_a": _mean([x["n_tokens"] for x in answers_a]),
+        "mean_tokens_b": _mean([x["n_tokens"] for x in answers_b]),
+        "length_limited_a": sum(x["finish_reason"] == "length" for x in answers_a),
+        "length_limited_b": sum(x["finish_reason"] == "length" for x in answers_b),
+    }
+
+
+def model_judge(a, judge_model, out) -> Judge:
+    """A Judge that samples checkpoint `judge_model` with a's judge options, resumably into `out`."""
+    def judged(request: Request, completions) -> list[dict]:
+        c = completions[0]
+        return [{**request.fields, "judgement": c.text, "finish_reason": c.finish_reason, "n_tokens": c.n_tokens}]
+
+    def judge(items: list[dict]) -> list[str | None]:
+        def requests(tokenizer):
+            return [Request([it["id"], it["sample"]], it, tokenizer.encode_chat(
+                pairwise_messages(it["prompt"], it["response_1"], it["response_2"])), [(it["id"], it["sample"])])
+                for it in items]
+
+        rows, _, _ = run_stage(stage_args(a, judge_model, out, judge=True), requests, judged, 1, desc="judging",
+                               on_too_long=lambda r: {**r.fields, "judgement": None, "finish_reason": "too long"})
+        return [r["judgement"] for r in rows]
+    return judge
+
+
+def same_checkpoint(path, other) -> bool:
+    return Path(path).resolve() == Path(other).resolve()
+
+
+def self_judged(judge, a, b) -> str | None:
+    """"a", "b" or "a and b" when the judge checkpoint is a contestant (the same directory), else None."""
+    return " and ".join(name for name, path in (("a", a), ("b", b)) if same_checkpoint(judge, path)) or None
+
+
+def summary_lines(s: dict) -> list[str]:
+    lines = []
+    if s.get("self_judged"):
+        who = {"a": "A", "b": "B", "a and b": "both A and B"}[s["self_judged"]]
+        lines += ["!" * 78, f"!!! SELF-JUDGED: the judge is {who} itself. A model judging its own answers is "
+                  "biased towards them;", "!!! read these numbers as the model's opinion, not as an "
+                  "independent evaluation.", "!" * 78]
+    lines += [f"A = {s['a']}", f"B = {s['b']}", f"judge = {s['judge']}",
+              f"answers: {'greedy' if s['answer_sampling']['greedy'] else 'sampled'}; "
+              f"judge: {'greedy' if s['judge_sampling']['greedy'] else 'sampled'}; both orders judged",
+              f"A vs B over {s['n_compared']} prompts: win {percent(s['win'])} / tie {percent(s['tie'])} / loss "
+              f"{percent(s['loss'])} ({s['wins']} / {s['ties']} / {s['losses']}); {s['no_verdict']} without a verdict, "
+              f"{s['n_too_long']} too long for a model's context",
+              f"verdicts parsed: {percent(s['verdict_parse_rate'])}; the judge preferred the answer shown first in "
+              f"{percent(s['position_1_rate'])} of its decisive verdicts",
+              f"mean answer length: A {number(s['mean_chars_a'])} chars ({number(s['mean_tokens_a'])} tokens), "
+              f"B {number(s['mean_chars_b'])} chars ({number(s['mean_tokens_b'])} tokens); hit the length limit: "
+              f"A {s['length_limited_a']}, B {s['length_limited_b']}"]
+    return lines
+
+
+def judge_answers(a, prompts: list[dict], answers_a: list[dict], answers_b: list[dict], model_a, model_b,
+                  work: Path) -> dict:
+    """Judge two models' answers with a's judge options (judgements into `work`), write the outcomes there,
+    and return the summary."""
+    by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
+    rows, tallied = compare(prompts, *by_id, model_judge(a, a.judge, work / "judgements.jsonl"))
+    summary = {"a": str(model_a), "b": str(model_b), "judge": str(a.judge),
+               "self_judged": self_judged(a.judge, model_a, model_b), "prompts": str(a.prompts),
+               "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True), **tallied}
+    write_jsonl_atomic(work / "outcomes.jsonl", rows)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", required=True, help="checkpoint A (its wins are the reported wins)")
+    parser.add_argument("--b", required=True, help="checkpoint B")
+    parser.add_argument("--judge", required=True, help="checkpoint of the judge (may be A or B: said loudly)")
+    parser.add_argument("--prompts", required=True, help="held-out prompts, JSONL {\"id\", \"prompt\"}")
+    parser.add_argument("--out", required=True, help="summary JSON to write; stage files go to its .work folder")
+    add_answer_args(parser)
+    a = parser.parse_args(argv)
+    single_process("eval/head_to_head.py")
+    try:
+        prompts, _ = read_prompts(a.prompts)
+        work = work_dir(a.out)
+        check_work_dir(work, {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
+                              "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
+    except FormatError as e:
+        sys.exit(f"error: {e}")
+    answers_a = answer(a, a.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
+    answers_b = answer(a, a.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
+    summary = judge_answers(a, prompts, answers_a, answers_b, a.a, a.b, work)
+    write_json(a.out, summary)
+    print("\n".join(summary_lines(summary)) + f"\nwrote {a.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The run report: one Markdown file that shows what every iteration did, with PNG plots when matplotlib is installed.
+
+    python eval/report.py --run runs/R          # -> runs/R/report.md, runs/R/plots/*.png
+
+Reads, for every runs/R/iterN/ (N a number; any file may be missing, and so may any key: shown "-"):
+  summary.json                 eval/summary.py, from which these keys are shown:
+      "prompts"                  prompts answered in the iteration (self-instruct)
+      "finish_reasons"           {"stop": n, "length": n} over the candidate answers
+      "pairs"                    DPO pairs built (judge/pairs.py)
+      "judge_parse_rate"         fraction of the judge's outputs that gave a score (judge/score.py)
+      "score_histogram"          {"0": count, ..., "5": count}: every parsed judgement, rounded
+      "mean_chars_chosen", "mean_chars_rejected"   mean lengths of the pairs' answers (judge/pairs.py)
+      "dpo_reward_accuracy"      fraction of pairs whose implicit DPO reward prefers the chosen answer
+  eval/reward_metrics.json     eval/reward_metrics.py --out: M_N as a reward model (else summary.json's
+                               "reward_metrics"); iter0's is the base model M0's, and runs/R/baseline/'s
+                               the IFT-only SFT baseline's, shown when there
+  eval/head_to_head.json       eval/head_to_head.py --out, with A = M_N and B = M_{N-1} (else summary.json's
+                               "head_to_head")
+  selection.json               eval/select_checkpoint.py: the DPO checkpoint chosen as M_N
+and writes runs/R/report.md: a table per concern with a row per iteration (the loop's own statistics;
+reward-model metrics; head to head against the previous model; checkpoint selection), the paper's
+numbers beside them, and, when matplotlib imports, plots in runs/R/plots/ (score distributions,
+reward-model metrics, win rates, answer lengths) linked from the report. Whether the loop helps shows
+as rising pairwise accuracy and win rates; saturation as win rates sinking towards ties; drift
+towards long answers as the A / B length ratio, the chosen / rejected ratio and the share of answers
+cut at the length limit growing.
+"""
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from eval.reward_metrics import COLUMNS as RM_COLUMNS, PAPER as PAPER_REWARD
+from eval.stages import is_number, number, percent
+
+# The paper's head-to-head result the issue quotes (Llama-2-70B, GPT-4 as the judge): win / tie / loss.
+PAPER_HEAD_TO_HEAD = {"M2 vs M1": (0.555, 0.328, 0.117)}
+SCORES = [str(s) for s in range(6)]
+
+
+def read_json(path: Path) -> dict:
+    """The object in a JSON file, {} if there is none; a file that is not a JSON object is an error."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_iteration(n: int | str, d: Path) -> dict:
+    """{"iter", "summary", "reward", "h2h", "selection"} of one iteration directory (each {} when absent)."""
+    summary = read_json(d / "summary.json")
+    reward = read_json(d / "eval" / "reward_metrics.json") or summary.get("reward_metrics")
+    h2h = read_json(d / "eval" / "head_to_head.json") or summary.get("head_to_head")
+    return {"iter": n, "summary": summary, "reward": reward if isinstance(reward, dict) else {},
+            "h2h": h2h if isinstance(h2h, dict) else {}, "selection": read_json(d / "selection.json")}
+
+
+def read_run(run: Path) -> tuple[list[dict], dict | None]:
+    """(every iteration, in order, see read_iteration; the IFT-only baseline's, or None)."""
+    iters = sorted((int(m.group(1)), d) for d in run.glob("iter*") if d.is_dir()
+                   and (m := re.fullmatch(r"iter(\d+)", d.name)))
+    baseline = run / "baseline"
+    return ([read_iteration(n, d) for n, d in iters],
+            read_iteration("SFT baseline", baseline) if baseline.is_dir() else None)
+
+
+def score_counts(histogram) -> list[float]:
+    """The counts of scores 0..5 in a summary's "score_histogram", [] if it holds none."""
+    if not isinstance(histogram, dict):
+        return []
+    counts = [c if is_number(c := histogram.get(s, 0)) else 0 for s in SCORES]
+    return counts if sum(counts) > 0 else []
+
+
+def _histogram(histogram) -> str:
+    counts = score_counts(histogram)
+    return " / ".join(f"{100 * c / sum(counts):.0f}" for c in counts) if counts else "-"
+
+
+def _ratio(x, y) -> str:
+    return number(x / y, ".2f") if is_number(x) and is_number(y) and y else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _length_limited(finish_reasons) -> str:
+    if not isinstance(finish_reasons, dict):
+        return "-"
+    counts = {k: v for k, v in finish_reasons.items() if is_number(v)}
+    return percent(counts.get("length", 0) / sum(counts.values()), 0) if sum(counts.values()) else "-"
+
+
+def loop_table(iters: list[dict]) -> list[str]:
+    rows = [[it["iter"], number(s.get("prompts")), _length_limited(s.get("finish_reasons")), number(s.get("pairs")),
+             percent(s.get("judge_parse_rate")), _histogram(s.get("score_histogram")),
+             percent(s.get("dpo_reward_accuracy")),
+             f"{number(s.get('mean_chars_chosen'))} / {number(s.get('mean_chars_rejected'))}",
+             _ratio(s.get("mean_chars_chosen"), s.get("mean_chars_rejected"))]
+            for it in iters if it["iter"] != 0 for s in [it["summary"]]]
+    return _table(["iter", "prompts", "answers cut at length limit", "pairs", "judge parse rate",
+                   "scores 0/1/2/3/4/5 (% of judgements)", "DPO reward acc", "chars chosen / rejected", "ratio"], rows)
+
+
+def reward_table(iters: list[dict], baseline: dict | None) -> list[str]:
+    def cells(m):
+        return [number(m.get(k), ".3f") if k in ("spearman", "kendall_tau") else percent(m.get(k))
+                for k, _ in RM_COLUMNS]
+
+    labelled = ([(baseline["iter"], baseline)] if baseline else []) + [
+        ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters if it["iter"] != 0 or it["reward"]]
+    rows = [[label, *cells(m), percent(m.get("pairwise_tie_rate")), percent(m.get("parse_rate")),
+             number(m.get("n_prompts"))] for label, it in labelled for m in [it["reward"]]]
+    rows += [[f"*paper {name}*", *cells(m), "", "", ""] for name, m in PAPER_REWARD.items()]
+    return _table(["iter", *(title for _, title in RM_COLUMNS), "tied pairs", "parse rate", "prompts"], rows)
+
+
+def head_to_head_table(iters: list[dict]) -> list[str]:
+    rows = []
+    for it in (it for it in iters if it["iter"] != 0):
+        h = it["h2h"]
+        judge = "/".join(Path(str(h.get("judge", "-"))).parts[-2:])   # runs/R/iter2/model -> iter2/model
+        judge += " **(self-judged)**" * bool(h.get("self_judged"))
+        rows.append([it["iter"], f"M{it['iter']} vs M{it['iter'] - 1}", percent(h.get("win")), percent(h.get("tie")),
+                     percent(h.get("loss")), number(h.get("no_verdict")), number(h.get("n_compared")),
+                     f"{number(h.get('mean_chars_a'))} / {number(h.get('mean_chars_b'))}",
+                     _ratio(h.get("mean_chars_a"), h.get("mean_chars_b")), percent(h.get("position_1_rate")), judge])
+    rows += [[f"*paper {name}*", "", *map(percent, wtl), "", "", "", "", "", "GPT-4"]
+             for name, wtl in PAPER_HEAD_TO_HEAD.items()]
+    return _table(["iter", "A vs B", "win", "tie", "loss", "no verdict", "prompts", "answer chars A / B",
+                   "ratio", "judge picks 1st", "judge"], rows)
+
+
+def selection_table(iters: list[dict]) -> list[str]:
+    rows = []
+    for it in iters:
+        sel = it["selection"]
+        if not sel:
+            continue
+        chosen = (sel.get("chosen") or {}).get("name", "none")
+        wins = ", ".join(f"{'**' * (c.get('name') == chosen)}{c.get('name')}: {percent(c.get('win'), 0)}"
+                         f"{'**' * (c.get('name') == chosen)}" for c in sel.get("candidates", []))
+        rows.append([it["iter"], chosen, sel.get("against", "-"), wins or "-"])
+    return _table(["iter", "chosen", "against", "win % per checkpoint"], rows) if rows else ["(no selection.json)"]
+
+
+def plot(iters: list[dict], out_dir: Path) -> list[Path]:
+    """PNG plots of the tables across iterations (only those with data); [] without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        written.append(out_dir / name)
+
+    hists = [(it["iter"], score_counts(it["summary"].get("score_histogram"))) for it in iters]
+    hists = [(n, counts) for n, counts in hists if counts]
+    if hists:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / len(hists)
+        for k, (n, counts) in enumerate(hists):
+            ax.bar([s + k * width for s in range(6)], [c / sum(counts) for c in counts], width, label=f"iter {n}")
+        ax.set(xticks=[s + 0.4 - width / 2 for s in range(6)], xticklabels=SCORES, xlabel="judge score",
+               ylabel="fraction of judgements", title="Score distribution")
+        ax.legend()
+        save(fig, "scores.png")
+    rm = [(it["iter"], it["reward"]) for it in iters if it["reward"]]
+    if rm:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, title in RM_COLUMNS:
+            points = [(n, m[key]) for n, m in rm if is_number(m.get(key))]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=title)
+        ax.set(xlabel="iteration", ylabel="fraction / correlation", title="Reward-model metrics",
+               xticks=[n for n, _ in rm])
+        ax.legend()
+        save(fig, "reward_model.png")
+    h2h = [(it["iter"], it["h2h"]) for it in iters if it["h2h"].get("win") is not None]
+    if h2h:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = [f"M{n} vs M{n - 1}" for n, _ in h2h]
+        left = [0.0] * len(h2h)
+        for key, color in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
+            values = [h[key] for _, h in h2h]
+            ax.barh(labels, values, left=left, color=color, label=key)
+            left = [x + v for x, v in zip(left, values)]
+        ax.set(xlim=(0, 1), xlabel="fraction of prompts", title="Head to head with the previous model")
+        ax.legend()
+        save(fig, "head_to_head.png")
+    series = {"answers, M_N (head to head)": [(it["iter"], it["h2h"].get("mean_chars_a")) for it in iters],
+              "chosen (pairs)": [(it["iter"], it["summary"].get("mean_chars_chosen")) for it in iters],
+              "rejected (pairs)": [(it["iter"], it["summary"].get("mean_chars_rejected")) for it in iters]}
+    series = {k: [(n, v) for n, v in pts if is_number(v)] for k, pts in series.items()}
+    if any(series.values()):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for label, points in series.items():
+            if points:
+                ax.plot(*zip(*points), marker="o", label=label)
+        ax.set(xlabel="iteration", ylabel="mean characters", title="Answer lengths",
+               xticks=sorted({n for points in series.values() for n, _ in points}))
+        ax.legend()
+        save(fig, "lengths.png")
+    return written
+
+
+def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
+    """The Markdown report of a run directory, and the plots written (see the module doc)."""
+    iters, baseline = read_run(run)
+    pngs = plot(iters, run / "plots") if plots and iters else []
+    self_judged = [it["iter"] for it in iters if it["h2h"].get("self_judged")]
+    lines = [f"# Run `{run.name}`", "",
+             f"{len([it for it in iters if it['iter'] != 0])} iterations, from `{run}/iter*/` (eval/report.py, "
+             f"{time.strftime('%Y-%m-%d %H:%M')}). \"-\": not recorded.", "",
+             "## The self-rewarding loop", "", *loop_table(iters), "",
+             "## The model as a reward model (eval/reward_metrics.py)", "",
+             "Against human rankings. Tied scores count as wrong in pairwise accuracy; correlations are "
+             "averaged over prompts (eval/metrics.py). The paper's rows: Llama-2-70B on Open Assistant (Table 4).", "",
+             *reward_table(iters, baseline), "",
+             "## Instruction following: head to head with the previous model (eval/head_to_head.py)", "",
+             "Win / tie / loss of M_N, in % of the prompts with a verdict, each prompt judged in both orders. "
+             "\"judge picks 1st\": the judge's share of decisive verdicts for the answer shown first (50% = no "
+             "position bias). Length ratio above 1: M_N answers longer.", ""]
+    if self_judged:
+        lines += [f"> **Self-judged** in iteration{'s' * (len(self_judged) > 1)} "
+                  f"{', '.join(map(str, self_judged))}: the judge was one of the contestants, so those win rates are "
+                  "the model's opinion of itself, not an independent evaluation.", ""]
+    lines += [*head_to_head_table(iters), "", "## Checkpoint selection (eval/select_checkpoint.py)", "",
+              *selection_table(iters), ""]
+    if pngs:
+        lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in pngs] + [""]
+    elif plots:
+        lines += ["(no plots: matplotlib is not installed; `pip install -e \".[plots]\"` adds it)", ""]
+    return "\n".join(lines), pngs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory (runs/RUN)")
+    parser.add_argument("--no-plots", action="store_true", help="write only the Markdown")
+    a = parser.parse_args(argv)
+    run = Path(a.run)
+    if not run.is_dir():
+        sys.exit(f"error: {run}: no such run directory")
+    try:
+        text, pngs = report(run, plots=not a.no_plots)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    out = run / "report.md"
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}" + (f" and {len(pngs)} plots in {run / 'plots'}" if pngs else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Checkpoint selection, the paper's early stopping: which DPO checkpoint of iteration N becomes M_N.
+
+    python eval/select_checkpoint.py --run runs/R --iter 3 --prompts valid.jsonl --judge checkpoints/judge
+
+train/dpo.py writes the DPO model of iteration N to runs/R/iterN/model and plain checkpoints along the
+way to runs/R/iterN/model.train/snapshots/step-000200/, step-000400/, ... Every snapshot, and the final
+model (named "final"), answers the validation prompts and is compared head to head with a baseline by
+eval/head_to_head.py's procedure (same pairwise judge prompt, both orders, greedy by default). The
+chosen checkpoint is the one that wins most often: the highest win %; equal win % go to the lower
+loss %, then to the earlier checkpoint (less training, less drift towards long answers).
+
+The baseline (--against):
+  previous-model (default)  every checkpoint against the previous iteration's model M_{N-1}
+                            (runs/R/iter{N-1}/model, or --previous). A fixed baseline makes the win %
+                            of all checkpoints comparable, so "the one that wins most often" is well
+                            defined, and M_{N-1} answers only once.
+  previous-checkpoint       every checkpoint against the one saved before it (the first against
+                            M_{N-1}), the literal reading of the paper's "against the previous
+                            checkpoint". Win % then measure steps, not standing: a checkpoint that
+                            beats its predecessor may still lose to one saved earlier.
+Writes runs/R/iterN/selection.json: {"iter", "against", "baseline" (M_{N-1}'s path), "judge",
+"self_judged" (the names of the compared models that are the judge, or null), "prompts",
+"answer_sampling", "judge_sampling", "rule", "candidates": [{"name", "step" (null for final), "path",
+"baseline" (the name of what it was compared with: "previous" or a checkpoint), and the counts and rates
+of eval/head_to_head.py's summary: "win", "tie", "loss", "wins", ..., "mean_chars_a" (the checkpoint),
+"mean_chars_b" (its baseline), ...}], "chosen": {"name", "step", "path"} or null}. It moves no
+checkpoint. Answers and judgements are kept in runs/R/iterN/selection.work/ (resumable; see
+eval/stages.py); each checkpoint answers once, whatever the baseline. One process (not torchrun).
+(The file is not called select.py: run as a script, eval/ comes first on the import path, and a
+select.py there would stand in for Python's own `select` module, which torch imports.)
+"""
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from eval.head_to_head import judge_answers, same_checkpoint
+from eval.stages import (add_answer_args, answer, check_work_dir, percent, sampling_settings, single_process,
+                         write_json)
+from model.errors import FormatError
+from sample.generate import read_prompts
+
+RULE = "highest win %, then lowest loss %, then the earliest checkpoint"
+SHARED = ("a", "b", "judge", "prompts", "answer_sampling", "judge_sampling")  # the same for every candidate
+_STEP = re.compile(r"step-(\d+)")
+
+
+def find_candidates(model_dir: Path) -> list[dict]:
+    """The snapshots of a DPO run, by step, then its final model: [{"name", "step", "path"}]."""
+    snapshots = []
+    for path in (model_dir.parent / f"{model_dir.name}.train" / "snapshots").glob("step-*"):
+        m = _STEP.fullmatch(path.name)
+        if m and (path / "params.json").is_file():
+            snapshots.append({"name": path.name, "step": int(m.group(1)), "path": str(path)})
+    snapshots.sort(key=lambda c: c["step"])
+    if (model_dir / "params.json").is_file():
+        snapshots.append({"name": "final", "step": None, "path": str(model_dir)})
+    return snapshots
+
+
+def choose(candidates: list[dict]) -> dict | None:
+    """The candidate that wins most often (RULE); candidates are in training order. None if none has a win %."""
+    rated = [(i, c) for i, c in enumerate(candidates) if c["win"] is not None]
+    if not rated:
+        return None
+    return min(rated, key=lambda ic: (-ic[1]["win"], ic[1]["loss"], ic[0]))[1]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory (runs/RUN)")
+    parser.add_argument("--iter", type=int, required=True, help="iteration N whose checkpoints to choose from")
+    parser.add_argument("--prompts", required=True, help="validation prompts, JSONL {\"id\", \"prompt\"}")
+    parser.add_argument("--judge", required=True, help="checkpoint of the judge")
+    parser.add_argument("--previous", help="M_{N-1} (default: RUN/iter{N-1}/model)")
+    parser.add_argument("--against", choices=["previous-model", "previous-checkpoint"], default="previous-model",
+                        help="the baseline each checkpoint is compared with (default %(default)s; see above)")
+    add_answer_args(parser)
+    a = parser.parse_args(argv)
+    single_process("eval/select_checkpoint.py")
+    iter_dir = Path(a.run) / f"iter{a.iter}"
+    previous = Path(a.previous or Path(a.run) / f"iter{a.iter - 1}" / "model")
+    work = iter_dir / "selection.work"
+    try:
+        if not (previous / "params.json").is_file():
+            raise FormatError(f"{previous}: no checkpoint there (the previous model; name it with --previous)")
+        candidates = find_candidates(iter_dir / "model")
+        if not candidates:
+            raise FormatError(f"{iter_dir / 'model.train/snapshots'}: no step-* checkpoints, and no final model")
+        prompts, _ = read_prompts(a.prompts)
+        check_work_dir(work, {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
+                              "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
+    except FormatError as e:
+        sys.exit(f"error: {e}")
+
+    answers = {"previous": answer(a, previous, prompts, work / "answers" / "previous.jsonl",
+                                  desc="answering (previous model)")}
+    baseline = {"name": "previous", "path": str(previous)}
+    for c in candidates:
+        answers[c["name"]] = answer(a, c["path"], prompts, work / "answers" / f"{c['name']}.jsonl",
+                                    desc=f"answering ({c['name']})")
+        summary = judge_answers(a, prompts, answers[c["name"]], answers[baseline["name"]], c["path"],
+                                baseline["path"], work / f"{c['name']}-vs-{baseline['name']}")
+        c.update(baseline=baseline["name"], **{k: v for k, v in summary.items() if k not in SHARED})
+        print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
+              f"{percent(c['loss'])} ({c['no_verdict']} without a verdict)", file=sys.stderr)
+        if a.against == "previous-checkpoint":
+            baseline = c
+    chosen = choose(candidates)
+    judged_by = [name for name, path in [("previous", previous), *((c["name"], c["path"]) for c in candidates)]
+                 if same_checkpoint(a.judge, path)]
+    selection = {"iter": a.iter, "against": a.against, "baseline": str(previous), "judge": str(a.judge),
+                 "self_judged": judged_by or None, "prompts": str(a.prompts),
+                 "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True),
+                 "rule": RULE, "candidates": candidates,
+                 "chosen": chosen and {k: chosen[k] for k in ("name", "step", "path")}}
+    write_json(iter_dir / "selection.json", selection)
+    if judged_by:
+        print(f"!!! SELF-JUDGED: the judge is {', '.join(judged_by)}, one of the compared models: its verdicts "
+              "favour its own answers", file=sys.stderr)
+    print(f"chosen: {chosen['name'] if chosen else 'none (no comparison gave a verdict)'}; "
+          f"wrote {iter_dir / 'selection.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""What the evaluation CLIs share: answering prompts with a checkpoint, their sampling options, their files.
+
+    a = parser.parse_args()                                    # after add_answer_args(parser)
+    rows = answer(a, "runs/R/iter2/model", prompts, work_dir(a.out) / "answers_a.jsonl")
+
+Every eval CLI writes one result file (--out) and keeps the resumable outputs of its sampling stages
+in the folder beside it named like it with ".work" for its suffix (`head_to_head.json` ->
+`head_to_head.work/`): rerun the same command after a crash and it goes on where it stopped;
+delete the folder to start over. Sampling goes through sample/generate.py's run_stage, so it is
+batched, prefix-shared and seeded exactly as the loop's own stages. A CLI of one stage runs under
+torchrun as they do; one of several stages runs in one process (see single_process).
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from model.errors import FormatError
+from sample.generate import Request, chat_ids, run_stage, sample_rows
+
+
+def work_dir(out) -> Path:
+    """Where a CLI whose result is `out` keeps its intermediate files (see the module doc)."""
+    out = Path(out)
+    return out.with_name(out.stem + ".work")
+
+
+def write_json(path, obj) -> None:
+    """Write `obj` as indented JSON to `path`, atomically (a temporary sibling renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_work_dir(work: Path, settings: dict) -> None:
+    """Refuse a work folder that a run with other settings made (its stage files would be reused for the
+    wrong models); record the settings in a new one. Path values are compared resolved."""
+    settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in settings.items()}
+    path = work / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if differ:
+            raise FormatError(f"{work}: made by a run with other settings ({', '.join(differ)} differ); "
+                              "delete it to start over, or write to another --out")
+    else:
+        write_json(path, settings)
+
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def percent(x, digits: int = 1) -> str:
+    """A fraction as a percentage for people; "-" for None or anything that is not a number."""
+    return f"{100 * x:.{digits}f}%" if is_number(x) else "-"
+
+
+def number(x, fmt: str = ".0f") -> str:
+    """A number for people; "-" for None or anything that is not a number."""
+    return format(x, fmt) if is_number(x) else "-"
+
+
+def is_rank_zero() -> bool:
+    """True in a plain process and on torchrun's rank 0: the one that writes results and prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def single_process(prog: str) -> None:
+    """Refuse torchrun for a CLI of several sampling stages: each stage (run_stage) sets up and tears down
+    its own process group, and setting one up again in the same processes can hang (torch reuses the
+    group's name, and its keys in torchrun's store are stale); the next stage also needs the rows that
+    run_stage returns only on rank 0."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.exit(f"error: {prog} runs its stages in one process: run it with python, not torchrun")
+
+
+def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> None:
+    """Sampling options for CLIs that run several models: the contestants answer with --temperature etc.
+    (greedy by default), the judge decides with --judge-temperature etc. (greedy by default)."""
+    g = parser.add_argument_group("answers")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling (default %(default)s)")
+    g.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0 = off)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help="answer length limit (default %(default)s)")
+    if judge:
+        g = parser.add_argument_group("judge")
+        g.add_argument("--judge-temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
+        g.add_argument("--judge-top-p", type=float, default=1.0, help="default %(default)s")
+        g.add_argument("--judge-max-new-tokens", type=int, default=256, help="default %(default)s")
+    g = parser.add_argument_group("running")
+    g.add_argument("--batch-size", type=int, default=16, help="rows decoded together (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
+    g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    g.add_argument("--no-share-prefix", action="store_true", help="prefill every row on its own (slower)")
+
+
+def stage_args(a, model, out, judge: bool = False) -> argparse.Namespace:
+    """The arguments run_stage reads, for one stage: `model` answering (a's answer options) or judging
+    (a's judge options) into `out`."""
+    if judge:
+        sampling = {"temperature": a.judge_temperature, "top_p": a.judge_top_p, "top_k": 0,
+                    "max_new_tokens": a.judge_max_new_tokens}
+    else:
+        sampling = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k,
+                    "max_new_tokens": a.max_new_tokens}
+    return argparse.Namespace(**{**vars(a), **sampling, "model": str(model), "out": str(out), "tp": False})
+
+
+def sampling_settings(a, judge: bool = False) -> dict:
+    """The sampling options of a stage, as written into a result file."""
+    s = stage_args(a, "", "", judge)
+    return {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
+            "seed": s.seed, "greedy": s.temperature == 0}
+
+
+def too_long_row(request: Request) -> dict:
+    """The row written for a prompt that does not fit the model's context: an empty answer, marked."""
+    fields = request.fields
+    prompt = fields["prompt"] if "prompt" in fields else fields["messages"][-1]["content"]
+    return {**fields, "prompt": prompt, "sample": 0, "response": "", "finish_reason": "too long", "n_tokens": 0}
+
+
+def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[dict] | None:
+    """One answer per prompt ({"id", "prompt"} or {"id", "messages"}) from checkpoint `model`, resumably
+    into `out`, in sample/generate.py's output format (sample 0), in prompt order; None on torchrun
+    ranks other than 0. A prompt too long for the context gets too_long_row."""
+    def requests(tokenizer):
+        return [Request(p["id"], p, chat_ids(tokenizer, p), [(p["id"], 0)]) for p in prompts]
+
+    rows, _, _ = run_stage(stage_args(a, model, out), requests, sample_rows, 1, desc=desc, on_too_long=too_long_row)
+    return rows

@@ -1,0 +1,115 @@
+"""eval/report.py on a fake run directory: a row per iteration in every table, "-" for what is missing, the
+paper's numbers, the self-judged warning, and PNG plots when matplotlib is installed."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval.report import read_run, report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def fake_run(tmp_path) -> Path:
+    run = tmp_path / "runs" / "demo"
+    # the base model M0 as a judge, and the IFT-only SFT baseline
+    write(run / "iter0" / "eval" / "reward_metrics.json", {"pairwise_accuracy": 0.3, "parse_rate": 0.05})
+    write(run / "baseline" / "eval" / "reward_metrics.json", {"pairwise_accuracy": 0.5, "parse_rate": 0.6})
+    # iteration 1: the SFT model, only reward-model metrics
+    write(run / "iter1" / "eval" / "reward_metrics.json",
+          {"pairwise_accuracy": 0.6, "pairwise_tie_rate": 0.2, "five_best": None, "exact_match": 0.1,
+           "spearman": 0.2, "kendall_tau": 0.15, "parse_rate": 0.9, "n_prompts": 59})
+    # iteration 2: everything
+    write(run / "iter2" / "summary.json",
+          {"prompts": 100, "finish_reasons": {"stop": 360, "length": 40}, "pairs": 40, "judge_parse_rate": 0.95,
+           "score_histogram": {"0": 0, "1": 10, "2": 10, "3": 20, "4": 50, "5": 10}, "mean_chars_chosen": 900.0,
+           "mean_chars_rejected": 600.0, "dpo_reward_accuracy": 0.8})
+    write(run / "iter2" / "eval" / "reward_metrics.json",
+          {"pairwise_accuracy": 0.7, "pairwise_tie_rate": 0.1, "five_best": 0.5, "exact_match": 0.12,
+           "spearman": 0.3, "kendall_tau": 0.25, "parse_rate": 0.97, "n_prompts": 59})
+    write(run / "iter2" / "eval" / "head_to_head.json",
+          {"a": "runs/demo/iter2/model", "b": "runs/demo/iter1/model", "judge": "checkpoints/big-judge",
+           "self_judged": None, "win": 0.5, "tie": 0.3, "loss": 0.2, "no_verdict": 3, "n_compared": 50,
+           "mean_chars_a": 1000.0, "mean_chars_b": 800.0, "position_1_rate": 0.55})
+    write(run / "iter2" / "selection.json",
+          {"against": "previous-model", "chosen": {"name": "step-000400", "step": 400, "path": "x"},
+           "candidates": [{"name": "step-000200", "win": 0.4}, {"name": "step-000400", "win": 0.55},
+                          {"name": "final", "win": None}]})
+    # iteration 10 (sorted after 2): a summary with keys missing or of the wrong type, and a self-judged
+    # head to head only in the summary's copy
+    write(run / "iter10" / "summary.json", {"pairs": 12, "judge_parse_rate": "n/a", "score_histogram": {"4": 3},
+                                            "head_to_head": {"judge": "runs/demo/iter10/model", "self_judged": "a",
+                                                             "win": 0.6, "tie": 0.3, "loss": 0.1}})
+    (run / "iter3").mkdir()            # an iteration still running: nothing yet
+    (run / "iterations.txt").write_text("not an iteration")
+    return run
+
+
+def section(text: str, title: str) -> list[str]:
+    """The table rows under a '## title' heading."""
+    part = text.split(f"## {title}")[1].split("\n## ")[0]
+    return [line for line in part.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
+
+
+def test_report_rows_per_iteration(tmp_path):
+    run = fake_run(tmp_path)
+    iters, baseline = read_run(run)
+    assert [it["iter"] for it in iters] == [0, 1, 2, 3, 10] and baseline["reward"]["pairwise_accuracy"] == 0.5
+    text, _ = report(run, plots=False)
+    assert "4 iterations" in text
+    loop = section(text, "The self-rewarding loop")                                     # no row for M0
+    assert loop[0] == "| 1 | - | - | - | - | - | - | - / - | - |"
+    assert loop[1] == "| 2 | 100 | 10% | 40 | 95.0% | 0 / 10 / 10 / 20 / 50 / 10 | 80.0% | 900 / 600 | 1.50 |"
+    assert loop[3].startswith("| 10 | - | - | 12 | - | 0 / 0 / 0 / 0 / 100 / 0 |")     # wrong types shown as "-"
+    rm = section(text, "The model as a reward model")
+    assert rm[0].startswith("| SFT baseline | 50.0% | - |") and rm[1].startswith("| 0 (M0, base) | 30.0% |")
+    assert rm[2] == "| 1 | 60.0% | - | 10.0% | 0.200 | 0.150 | 20.0% | 90.0% | 59 |"
+    assert rm[4].startswith("| 3 | - | - |")
+    assert "| *paper M3* | 81.7% | 43.2% | 14.3% | 0.349 | 0.324 |" in text
+    assert "| *paper SFT baseline* | 65.1% | 39.6% | 10.1% | 0.253 | 0.233 |" in text
+    h2h = section(text, "Instruction following")                                       # from iteration 1
+    assert h2h[0].startswith("| 1 | M1 vs M0 | - |")
+    assert h2h[1] == ("| 2 | M2 vs M1 | 50.0% | 30.0% | 20.0% | 3 | 50 | 1000 / 800 | 1.25 | 55.0% | "
+                      "checkpoints/big-judge |")
+    assert h2h[3].startswith("| 10 | M10 vs M9 | 60.0% |") and h2h[3].endswith("iter10/model **(self-judged)** |")
+    assert "| *paper M2 vs M1* |  | 55.5% | 32.8% | 11.7% |" in text
+    assert "**Self-judged** in iteration 10:" in text
+    sel = section(text, "Checkpoint selection")
+    assert sel == ["| 2 | step-000400 | previous-model | step-000200: 40%, **step-000400: 55%**, final: - |"]
+
+
+def test_cli_writes_the_report_and_plots_when_matplotlib_is_installed(tmp_path):
+    run = fake_run(tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "eval/report.py"), "--run", str(run)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (run / "report.md").read_text()
+    assert text.startswith("# Run `demo`")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "no plots: matplotlib is not installed" in text
+        pytest.skip("matplotlib is not installed (the optional `plots` extra): the Markdown was checked, the "
+                    "plots were not")
+    pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
+    assert pngs == ["head_to_head.png", "lengths.png", "reward_model.png", "scores.png"]
+    for name in pngs:
+        assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](plots/{name})" in text
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "eval/report.py"), "--run", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run directory"
+    (tmp_path / "r" / "iter1").mkdir(parents=True)
+    (tmp_path / "r" / "iter1" / "summary.json").write_text("[1, 2]")
+    proc = subprocess.run([sys.executable, str(ROOT / "eval/report.py"), "--run", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip().endswith("summary.json: expected a JSON object")
