@@ -74,10 +74,10 @@ def bench_vs_transformers(ckpt: Path, device, batch_sizes, new_tokens: int) -> l
             hf.generate(ids[:1], **{**kwargs, "attention_mask": mask[:1], "max_new_tokens": 4, "min_new_tokens": 4})
             hf_out, hf_s = timed(lambda: hf.generate(ids, **kwargs))
         assert hf_out.shape[1] == width + new_tokens
-        # transformers' min_new_tokens bans stop tokens, ours just keeps going past them: compare the
-        # answers up to the first stop token, where both models stop for real
-        same = sum(until_stop(hf_out[i, width:].tolist(), tok.stop_ids) == until_stop(c.token_ids, tok.stop_ids)
-                   for i, [c] in enumerate(outs))
+        # transformers' min_new_tokens bans stop tokens, ours just keeps going past them: compare our
+        # answer up to its first stop token with as many of transformers' tokens
+        answers = [until_stop(c.token_ids, tok.stop_ids) for [c] in outs]
+        same = sum(hf_out[i, width:width + len(a)].tolist() == a for i, a in enumerate(answers))
         n = bs * new_tokens
         rows.append({"batch": bs, "ours_tok_s": n / ours_s, "hf_tok_s": n / hf_s, "ratio": hf_s / ours_s,
                      "greedy_rows_identical": f"{same}/{bs}"})
