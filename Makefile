@@ -70,7 +70,7 @@ $(I)/sft.jsonl:
 	$(PY) judge/sft_data.py --ift $(IFT) $(if $(filter 1,$(BASELINE)),,--eft $(EFT)) --out $@
 
 $(I)/model/params.json: $(I)/sft.jsonl $(BASE_MODEL)/params.json
-	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $(I)/model $(SFT_SET)
+	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $(I)/model --resume $(SFT_SET)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(filter 1,$(BASELINE)),,$(R)/iter0/eval/reward_metrics.json)
 	$(PY) eval/summary.py --iter $(I) --out $@
@@ -105,7 +105,7 @@ $(I)/pairs.jsonl: $(I)/judged.jsonl
 	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
 # 5. M_N = DPO(M_{N-1}) on the pairs, M_{N-1} as the reference
 $(I)/model/params.json: $(I)/pairs.jsonl
-	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(I)/model $(DPO_SET)
+	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(I)/model --resume $(DPO_SET)
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
 $(I)/eval/head_to_head.json: $(I)/model/params.json
 	mkdir -p $(I)/eval

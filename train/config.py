@@ -1,0 +1,151 @@
+"""Trainer settings: one dataclass per trainer, read from YAML, every key overridable on the command line.
+
+    cfg = load_config(DPOConfig, "configs/dpo.yaml", ["lr=5e-7", "max_steps=100"])
+
+A YAML file may leave keys out (the dataclass default is used) but may not name a key the dataclass
+does not have: a typo is an error naming the key and the closest known one. Overrides are
+`KEY=VALUE`, VALUE read as YAML (`lr=1e-6`, `activation_checkpointing=true`); numbers written as
+strings ("1e-6", which YAML 1.1 reads as text) are accepted for numeric keys.
+"""
+import difflib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from model.errors import FormatError
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by SFT and DPO. The defaults are the paper's where it gives them."""
+    lr: float = 1e-6                # peak learning rate, reached after warmup
+    final_lr: float = 1e-7          # cosine decay ends here, at the last step
+    warmup_steps: int = 0           # linear warmup from lr / warmup_steps (not stated in the paper)
+    weight_decay: float = 0.0       # AdamW's decoupled decay (not stated in the paper)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95        # Llama-2's fine-tuning betas
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0          # clip the global gradient norm to this; 0 = no clipping
+    batch_size: int = 16            # examples (SFT) or pairs (DPO) per optimizer step, over all ranks
+    micro_batch_size: int = 1       # examples or pairs per forward on one rank; accumulation makes up the rest
+    epochs: int = 1                 # passes over the data (the paper does not say; it picks among snapshots)
+    max_steps: int = 0              # > 0: stop after this many optimizer steps instead (the schedule follows it)
+    max_seq_len: int = 2048         # tokens per sequence, prompt + response; longer ones are cut (see train/data.py)
+    dropout: float = 0.1            # on the residual branches while training
+    seed: int = 0                   # data order, dropout
+    save_every: int = 200           # steps between training states and snapshots (the paper's checkpoint selection)
+    param_dtype: str = "bfloat16"   # the dtype forward and backward run in on CUDA (fp32 master weights,
+                                    # fp32 gradient reduction); CPU always runs in float32
+    activation_checkpointing: bool = False  # recompute each block in the backward instead of storing it
+    save_dtype: str = "auto"        # weights written to checkpoints: auto = the input checkpoint's dtype
+
+    CHOICES = {"param_dtype": ("bfloat16", "float32"), "save_dtype": ("auto", "float32", "bfloat16", "float16")}
+
+    def validate(self):
+        for key, choices in self.CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key} must be one of {choices}, got {getattr(self, key)!r}")
+        positive = ("lr", "batch_size", "micro_batch_size", "epochs", "max_seq_len", "save_every")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("final_lr", "warmup_steps", "weight_decay", "grad_clip", "max_steps", "adam_eps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must not be negative, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning: the paper's learning rate 5.5e-6 decaying to 1.1e-6."""
+    lr: float = 5.5e-6
+    final_lr: float = 1.1e-6
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO: the paper's learning rate 1e-6 decaying to 1e-7, beta 0.1."""
+    lr: float = 1e-6
+    final_lr: float = 1e-7
+    beta: float = 0.1
+    loss_type: str = "sigmoid"      # sigmoid = DPO; ipo = IPO (Azar et al.)
+    label_smoothing: float = 0.0    # > 0: conservative DPO (cDPO)
+    reference: str = "cached"       # cached: reference log-probs computed once before training;
+                                    # live: a second, frozen copy of the model scores every batch
+
+    CHOICES = {**TrainConfig.CHOICES, "loss_type": ("sigmoid", "ipo"), "reference": ("cached", "live")}
+
+    def validate(self):
+        super().validate()
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not 0 <= self.label_smoothing < 0.5 or (self.loss_type == "ipo" and self.label_smoothing):
+            raise ValueError(f"label_smoothing must be in [0, 0.5), and 0 with loss_type ipo; "
+                             f"got {self.label_smoothing}")
+
+
+def _coerce(key: str, kind: type, value, where: str):
+    """value as the field's type, or a FormatError naming where it came from."""
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise FormatError(f"{where}: key {key!r} must be {kind.__name__}, got {value!r}")
+
+
+def _unknown(key: str, known: list[str], where: str) -> FormatError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
+    return FormatError(f"{where}: unknown key {key!r}{hint}")
+
+
+def load_config(cls, path, overrides: list[str] = ()):
+    """cls (a TrainConfig dataclass) from a YAML file and KEY=VALUE overrides, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FormatError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(values, dict):
+        raise FormatError(f"{path}: expected a mapping of keys to values")
+    kinds = {f.name: f.type for f in fields(cls)}
+    known = list(kinds)
+    where = {}
+    for key in values:
+        if key not in kinds:
+            raise _unknown(str(key), known, str(path))
+        where[key] = str(path)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise FormatError(f"override {item!r}: expected KEY=VALUE")
+        if key not in kinds:
+            raise _unknown(key, known, f"override {item!r}")
+        values[key] = yaml.safe_load(text)
+        where[key] = f"override {item!r}"
+    for key, value in values.items():
+        values[key] = _coerce(key, kinds[key], value, where[key])
+    cfg = cls(**values)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise FormatError(f"{path} with overrides {list(overrides)}: {e}" if overrides else f"{path}: {e}") from None
+    return cfg
+
+
+def dump_config(cfg, header: str = "") -> str:
+    """The resolved config as YAML that load_config reads back (header lines become comments)."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return comments + yaml.safe_dump(asdict(cfg), sort_keys=False)

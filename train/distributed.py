@@ -1,0 +1,194 @@
+"""Processes, devices and the sharded model: FSDP2 applied from outside to the unchanged Transformer.
+
+Under torchrun every block and then the root are sharded with `fully_shard` over a 1-D mesh of all
+ranks (NCCL on CUDA, gloo on CPU). On CUDA the sharded master weights stay fp32 while forward and
+backward run in `param_dtype` (bf16) and gradients are reduced in fp32 (MixedPrecisionPolicy); a
+single CUDA process gets a one-rank group so that it uses the same policy. A single CPU process
+trains the plain model in fp32 -- which is what the tests compare the sharded runs against.
+
+The model is built on the meta device and filled from the checkpoint one layer at a time: rank 0
+reads a layer and `set_model_state_dict(..., broadcast_from_rank0=True)` sends each rank its shard,
+so no rank ever holds more than its shard plus one layer. Writing a plain checkpoint runs the
+other way: one tensor at a time is all-gathered and rank 0 streams it into model.save.
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from torch import nn
+from torch.distributed._composable import checkpoint as checkpoint_activations
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+import kernels
+import model
+from model.checkpoint import read_params, read_tensors, verify, weight_files
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+    mesh: Optional[object]  # the DeviceMesh FSDP shards over; None: a plain single-process model
+
+    def barrier(self):
+        if dist.is_initialized():
+            dist.barrier()
+
+    def all_reduce(self, values: list[float]) -> list[float]:
+        """Sums over ranks, in float64."""
+        if not dist.is_initialized():
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def setup() -> Dist:
+    """Join torchrun's process group if there is one; see the module doc."""
+    cuda = torch.cuda.is_available()
+    if "WORLD_SIZE" in os.environ:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    elif cuda:
+        device = torch.device("cuda", 0)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+    else:
+        return Dist(0, 1, torch.device("cpu"), None)
+    world = dist.get_world_size()
+    return Dist(dist.get_rank(), world, device, init_device_mesh(device.type, (world,)))
+
+
+def teardown(d: Dist):
+    if dist.is_initialized():
+        dist.barrier()  # let every rank finish its last collective before the group goes
+        dist.destroy_process_group()
+
+
+class LogProbModel(nn.Module):
+    """The Transformer plus its output layer as log-probs of given tokens, never as (B, T, V) logits.
+
+    It is the root FSDP unit, so the output weight is unsharded while forward runs.
+    """
+
+    def __init__(self, net: model.Transformer):
+        super().__init__()
+        self.model = net
+
+    def forward(self, inputs, index, labels):
+        """inputs (B, T), index (M,) flat positions into B * T, labels (M,) -> (M,) fp32 log p(label)."""
+        hidden = self.model(inputs, return_hidden=True)                      # (B, T, dim)
+        return kernels.linear_logprob(hidden.flatten(0, 1)[index], self.model.output_weight, labels)
+
+
+def apply_activation_checkpointing(net: model.Transformer):
+    """Keep only each block's input for the backward and recompute the rest (same dropout masks)."""
+    for layer in net.layers:
+        checkpoint_activations(layer)
+
+
+def apply_fsdp(net: LogProbModel, d: Dist, param_dtype: torch.dtype):
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for layer in net.model.layers:
+        fully_shard(layer, mesh=d.mesh, mp_policy=policy)
+    fully_shard(net, mesh=d.mesh, mp_policy=policy)  # the root: embeddings, final norm, output
+
+
+def reshard(net: nn.Module):
+    """Free the gathered root parameters that a forward without backward leaves behind (FSDP keeps the
+    root unsharded after forward, expecting the backward), and register the shards again."""
+    if isinstance(net, FSDPModule):
+        net.reshard()
+
+
+def _layer_groups(names: list[str]) -> list[list[str]]:
+    """Parameter names grouped by block ("layers.7.*"); every other tensor is a group of its own."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        key = ".".join(name.split(".")[:2]) if name.startswith("layers.") else name
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+def _load_sharded(net: LogProbModel, path, d: Dist):
+    files = weight_files(path) if d.rank == 0 else {}
+    handles = {}
+    for group in _layer_groups(list(net.model.state_dict())):
+        tensors = {}
+        if d.rank == 0:
+            for name in group:
+                if files[name] not in handles:
+                    handles[files[name]] = safe_open(files[name], framework="pt")
+                tensors["model." + name] = handles[files[name]].get_tensor(name).float()
+        set_model_state_dict(net, tensors, options=StateDictOptions(
+            full_state_dict=True, broadcast_from_rank0=True, strict=False))
+
+
+def checkpoint_dtype(path) -> torch.dtype:
+    """The dtype of a checkpoint's weights (of its first tensor)."""
+    name, file = next(iter(weight_files(path).items()))
+    with safe_open(file, framework="pt") as f:
+        return SAFETENSORS_DTYPES.get(f.get_slice(name).get_dtype(), torch.float32)
+
+
+def checkpoint_fingerprint(path) -> str:
+    """Identifies a checkpoint without reading its weights: params.json and each weight file's name,
+    size and modification time."""
+    digest = hashlib.sha256(read_params(path).__repr__().encode())
+    for file in sorted(set(weight_files(path).values())):
+        stat = file.stat()
+        digest.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def build(path, d: Dist, *, dropout: float, param_dtype: str, activation_checkpointing: bool,
+          trainable: bool = True) -> LogProbModel:
+    """The checkpoint at `path` as a LogProbModel on d.device, sharded when d.mesh is set."""
+    verify(path)  # names and shapes, on every rank: a bad checkpoint is an error before any work
+    args = read_params(path)
+    args.dropout = dropout
+    with torch.device("meta"):
+        net = LogProbModel(model.Transformer(args))
+    net.requires_grad_(trainable)
+    if activation_checkpointing:
+        apply_activation_checkpointing(net.model)
+    if d.mesh is None:
+        net.load_state_dict({"model." + k: v.float() for k, v in read_tensors(path)}, assign=True)
+        return net
+    apply_fsdp(net, d, DTYPES[param_dtype] if d.device.type == "cuda" else torch.float32)
+    net.to_empty(device=d.device)
+    _load_sharded(net, path, d)
+    return net
+
+
+def full_tensors(net: LogProbModel, dtype: torch.dtype):
+    """Yield (name, whole tensor on CPU) for the Transformer's weights; a collective on every rank."""
+    for name, t in net.model.state_dict().items():
+        if isinstance(t, DTensor):
+            t = t.full_tensor()
+        yield name, t.detach().to("cpu", dtype)
+
+
+def save_plain(directory, net: LogProbModel, args: model.ModelArgs, tokenizer, dtype: torch.dtype, d: Dist):
+    """A checkpoint directory in the project's format, written atomically by rank 0."""
+    tensors = full_tensors(net, dtype)
+    if d.rank == 0:
+        model.save(directory, args, tensors, tokenizer)
+    else:
+        for _ in tensors:  # take part in the gathers
+            pass
+    d.barrier()

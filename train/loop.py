@@ -1,0 +1,285 @@
+"""What SFT and DPO share around their loss: the run directory, the optimizer and its schedule,
+resumable training states, metrics, and the loop over optimizer steps.
+
+Run directory, for `--out DIR`:
+  DIR/                      the final model checkpoint (params.json, model.safetensors, tokenizer)
+  DIR.train/config.yaml     the resolved config (loadable with --config), the command in a comment
+  DIR.train/metrics.jsonl   one JSON line per optimizer step
+  DIR.train/state/          the latest training state: torch.distributed.checkpoint shards of model
+                            and optimizer (one file per rank), rng-RANK.pt, meta.json (the step)
+  DIR.train/snapshots/step-000200/   a model checkpoint every save_every steps
+Every directory is written under a temporary name and renamed when complete, so a crash leaves the
+previous one in place. Every rank writes its shard of the state, so with several nodes OUT must be on
+a filesystem they all see. The schedule is a function of the step, and the data order one of the seed
+and the step, so model, optimizer, RNG states and the step number are all a resume needs.
+"""
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from tqdm import tqdm
+
+import model
+from model.checkpoint import read_params
+from model.errors import FormatError
+from train.config import TrainConfig, dump_config, load_config
+from train.data import micro_batches, step_batches
+from train.distributed import DTYPES, Dist, checkpoint_dtype
+
+STATE_FORMAT = 1
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class RunDir:
+    def __init__(self, out):
+        self.out = Path(out)
+        self.train = self.out.with_name(self.out.name + ".train")
+        self.state = self.train / "state"
+        self.snapshots = self.train / "snapshots"
+        self.metrics = self.train / "metrics.jsonl"
+        self.config = self.train / "config.yaml"
+
+    def snapshot(self, step: int) -> Path:
+        return self.snapshots / f"step-{step:06d}"
+
+
+def add_args(parser, config: str):
+    parser.add_argument("--config", default=config, help="YAML settings (default %(default)s)")
+    parser.add_argument("--model", required=True, help="the checkpoint to start from")
+    parser.add_argument("--out", required=True, help="the trained model's checkpoint directory; training "
+                                                     "state, snapshots and metrics go to OUT.train/")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT.train/state, with the same config "
+                        "and inputs (starts afresh if no state was saved yet)")
+    parser.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set lr=1e-6 max_steps=50")
+
+
+@dataclass
+class Session:
+    """What both trainers know before reading their data."""
+    d: Dist
+    cfg: TrainConfig
+    run: RunDir
+    args: model.ModelArgs   # the input checkpoint's, written unchanged into the output checkpoints
+    tokenizer: object
+    max_len: int            # tokens per sequence: max_seq_len, or the model's context if shorter
+    save_dtype: torch.dtype
+    command: str            # the command line, for config.yaml
+
+
+def start(a, config_class, d: Dist) -> Session:
+    """Read and check the config, the input checkpoint's params and tokenizer, and the run directory."""
+    cfg = load_config(config_class, a.config, a.set)
+    if cfg.batch_size % (cfg.micro_batch_size * d.world):
+        raise FormatError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+                          f"{cfg.micro_batch_size} x {d.world} ranks")
+    args = read_params(a.model)
+    tokenizer = model.load_tokenizer(a.model)
+    run = RunDir(a.out)
+    check_run_dir(run, cfg, a.resume)
+    d.barrier()  # every rank has looked before rank 0 creates anything
+    torch.manual_seed(cfg.seed + d.rank)  # dropout; the data order has its own generator
+    save_dtype = checkpoint_dtype(a.model) if cfg.save_dtype == "auto" else DTYPES[cfg.save_dtype]
+    return Session(d, cfg, run, args, tokenizer, min(cfg.max_seq_len, args.max_seq_len), save_dtype, command_line())
+
+
+def plan_steps(lengths: list[int], cfg: TrainConfig, d: Dist) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """(the example indices of every step, this rank's micro-batches of every step)."""
+    try:
+        batches = step_batches(len(lengths), cfg.batch_size, total_steps(cfg, len(lengths)), cfg.seed)
+    except ValueError as e:
+        raise FormatError(f"the data: {e}") from None
+    return batches, [micro_batches(b, lengths, cfg.micro_batch_size, d.rank, d.world) for b in batches]
+
+
+def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool):
+    """Check that --out and --resume agree with what is on disk."""
+    if not resume:
+        for path in (run.out, run.train):
+            if path.exists():
+                raise FormatError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+    elif run.config.is_file():
+        saved = load_config(type(cfg), run.config)
+        changed = [f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in vars(cfg)
+                   if getattr(saved, k) != getattr(cfg, k)]
+        if changed:
+            raise FormatError(f"{run.config}: the run being resumed had other settings ({'; '.join(changed)}); "
+                              "resume with the same config, or start a new --out")
+
+
+def open_run_dir(s: Session):
+    """Create OUT.train/ and write config.yaml (rank 0), once the inputs are known to be good."""
+    if s.d.rank == 0:
+        s.run.train.mkdir(parents=True, exist_ok=True)
+        s.run.config.write_text(dump_config(s.cfg, s.command))
+    s.d.barrier()
+
+
+def make_optimizer(net, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup to lr, then cosine to final_lr,
+    reached at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps - 1)
+    return cfg.final_lr + (cfg.lr - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def total_steps(cfg: TrainConfig, n_examples: int) -> int:
+    return cfg.max_steps or cfg.epochs * (n_examples // cfg.batch_size)
+
+
+def _rng_state() -> dict:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+@contextmanager
+def _single_process_quiet():
+    """dcp warns every time it runs without a process group, which a single CPU process means to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_state(run: RunDir, net, optimizer, step: int, d: Dist, meta: dict):
+    """Write the training state after `step` steps to a temporary directory, then swap it in."""
+    tmp, old = run.train / ".state.tmp", run.train / ".state.old"
+    if d.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    d.barrier()
+    model_state, optim_state = get_state_dict(net, optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp, no_dist=d.mesh is None)
+    torch.save(_rng_state(), tmp / f"rng-{d.rank}.pt")
+    d.barrier()
+    if d.rank == 0:
+        (tmp / "meta.json").write_text(json.dumps({"format": STATE_FORMAT, "step": step, "world": d.world, **meta}))
+        if run.state.exists():
+            run.state.rename(old)
+        tmp.rename(run.state)
+        shutil.rmtree(old, ignore_errors=True)
+    d.barrier()
+
+
+def load_state(run: RunDir, net, optimizer, d: Dist, meta: dict) -> int:
+    """Restore the latest training state, if any; returns the number of steps it had done."""
+    state = run.state
+    if not (state / "meta.json").is_file() and (run.train / ".state.old" / "meta.json").is_file():
+        state = run.train / ".state.old"  # a crash between the two renames of save_state
+    if not (state / "meta.json").is_file():
+        return 0
+    saved = json.loads((state / "meta.json").read_text())
+    for key, value in meta.items():
+        if saved.get(key) != value:
+            raise FormatError(f"{state}: the run being resumed used another {key} ({saved.get(key)!r}, now "
+                              f"{value!r}); resume with the same inputs, or start a new --out")
+    model_state, optim_state = get_state_dict(net, optimizer)
+    loaded = {"model": model_state, "optim": optim_state}
+    with _single_process_quiet():
+        dcp.load(loaded, checkpoint_id=state, no_dist=d.mesh is None)
+    set_state_dict(net, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    rng = state / f"rng-{d.rank}.pt"
+    if saved["world"] == d.world and rng.is_file():  # dropout masks continue as if never stopped
+        rng = torch.load(rng, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    return saved["step"]
+
+
+def _trim_metrics(path: Path, step: int):
+    """Keep the metrics of steps 1..step: a killed run may have logged steps after its last state."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines(keepends=True)
+                 if line.endswith("\n") and json.loads(line)["step"] <= step]
+        path.write_text("".join(lines))
+
+
+def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[list[list[int]]], micro_step,
+          start: int, snapshot, meta: dict, desc: str) -> dict:
+    """Optimizer steps start .. len(plan) - 1; returns the last step's metrics.
+
+    plan[s] is this rank's micro-batches of step s. micro_step(s, micro_batch) runs forward and backward
+    and returns sums over its examples, already divided by the step's size: {"loss", "tokens", other
+    metrics}. Every save_every steps it writes snapshot(directory) and the training state (with `meta`,
+    which a resume must match), and at the end the training state.
+    """
+    if d.rank == 0:
+        _trim_metrics(run.metrics, start)
+    bar = tqdm(total=len(plan), initial=start, desc=desc, unit="step", disable=d.rank != 0, dynamic_ncols=True)
+    record, saved = {}, start
+    net.train()
+    with open(run.metrics, "a") if d.rank == 0 else nullcontext() as log, bar:
+        for step in range(start, len(plan)):
+            record = _step(cfg, net, optimizer, d, step, plan, micro_step)
+            if not math.isfinite(record["loss"]) or not math.isfinite(record["grad_norm"]):
+                last = (f"the last good training state, {run.state} (step {saved}), is kept; resume from it "
+                        f"with --resume, perhaps with a lower lr" if saved else "no training state was saved yet")
+                raise NonFiniteLoss(f"step {step + 1}: the loss ({record['loss']}) or its gradient norm "
+                                    f"({record['grad_norm']}) is not finite; stopped before updating the weights: "
+                                    f"{last}")
+            if log:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            tok_s=f"{record['tokens_per_s']:.0f}")
+            if (step + 1) % cfg.save_every == 0:
+                snapshot(run.snapshot(step + 1))
+            if (step + 1) % cfg.save_every == 0 or step + 1 == len(plan):
+                save_state(run, net, optimizer, step + 1, d, meta)
+                saved = step + 1
+    return record
+
+
+def _step(cfg: TrainConfig, net, optimizer, d: Dist, step: int, plan, micro_step) -> dict:
+    """One optimizer step; returns its metrics. Weights are left alone if loss or gradients are not finite."""
+    began = time.perf_counter()
+    lr = lr_at(step, cfg, len(plan))
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    sums: dict[str, float] = {}
+    for micro in plan[step]:
+        for key, value in micro_step(step, micro).items():
+            sums[key] = sums.get(key, 0.0) + value
+    keys = sorted(sums)
+    sums = dict(zip(keys, d.all_reduce([sums[k] for k in keys])))
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or math.inf)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - began
+    return {"step": step + 1, **sums, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": sums["tokens"] / seconds,
+            "seconds": seconds}
+
+
+def fail(message: str, d: Dist):
+    """One line on stderr and a non-zero exit (each rank says it, prefixed with its number when there are several:
+    a problem that only one rank meets must not go unreported)."""
+    prefix = f"rank {d.rank}: " if d is not None and d.world > 1 else ""
+    print(f"{prefix}error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def command_line() -> str:
+    return " ".join([os.path.relpath(sys.argv[0]) if sys.argv else ""] + sys.argv[1:])

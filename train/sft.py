@@ -1,0 +1,72 @@
+"""Supervised fine-tuning on chat data, the loss on response tokens only (M1 and the SFT baseline).
+
+    python train/sft.py --config configs/sft.yaml --model checkpoints/llama2-70b \\
+        --data data/seed/ift.jsonl runs/R/eft.jsonl --out runs/R/iter1/model
+    torchrun --nproc_per_node=8 train/sft.py ...                      # FSDP over 8 GPUs
+    python train/sft.py ... --set lr=1e-5 max_steps=100               # override config keys
+    python train/sft.py ... --resume                                  # continue after a crash
+
+Input lines: {"prompt": str, "response": str} or {"messages": [...], "response": str} (IFT, and EFT
+already written as prompt/response), several files in one run. The loss is the mean negative
+log-likelihood of the response tokens of a step's batch, the end-of-turn token included (see
+train/data.py for which tokens those are and how long examples are cut).
+Output: OUT/ the fine-tuned checkpoint; OUT.train/ metrics.jsonl, config.yaml, state/ and
+snapshots/step-NNNNNN/ every save_every steps (see train/loop.py). Settings: configs/sft.yaml.
+"""
+import argparse
+import sys
+
+from model.errors import FormatError
+from train.config import SFTConfig
+from train.data import collate, fingerprint, read_sft
+from train.distributed import build, checkpoint_fingerprint, save_plain, setup, teardown
+from train.loop import NonFiniteLoss, add_args, fail, load_state, make_optimizer, open_run_dir, plan_steps, start, train
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(parser, "configs/sft.yaml")
+    parser.add_argument("--data", nargs="+", required=True, metavar="JSONL", help="training data, one or more files")
+    a = parser.parse_args(argv)
+    d = setup()
+    try:
+        s = start(a, SFTConfig, d)
+        cfg, run = s.cfg, s.run
+        examples, report = read_sft(a.data, s.tokenizer, s.max_len)
+        if d.rank == 0:
+            print(f"sft: data: {report}", file=sys.stderr)
+        batches, plan = plan_steps([len(e.tokens) for e in examples], cfg, d)
+        open_run_dir(s)
+        if d.rank == 0:
+            print(f"sft: {len(plan)} steps of {cfg.batch_size} examples on {d.world} rank(s); output {run.out}, "
+                  f"training files in {run.train}", file=sys.stderr)
+        # the step's loss is a mean over all its response tokens, on every rank and micro-batch
+        loss_tokens = [sum(len(examples[i].tokens) - examples[i].n_prompt for i in b) for b in batches]
+        net = build(a.model, d, dropout=cfg.dropout, param_dtype=cfg.param_dtype,
+                    activation_checkpointing=cfg.activation_checkpointing)
+        optimizer = make_optimizer(net, cfg)
+        meta = {"model": checkpoint_fingerprint(a.model), "data": fingerprint(examples), "steps": len(plan)}
+        done = load_state(run, net, optimizer, d, meta) if a.resume else 0
+
+        def micro_step(step, micro):
+            batch = collate([examples[i] for i in micro], s.tokenizer.pad_id, d.device)
+            loss = -net(batch.inputs, batch.index, batch.labels).sum() / loss_tokens[step]
+            (loss * d.world).backward()  # FSDP averages gradients over ranks; the loss is already global
+            return {"loss": loss.item(), "tokens": batch.n_tokens}
+
+        def snapshot(directory):
+            save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, d)
+
+        last = train(run, cfg, net, optimizer, d, plan, micro_step, done, snapshot, meta, "sft")
+        if last or not run.out.exists():
+            snapshot(run.out)
+        if d.rank == 0:
+            loss = f", last loss {last['loss']:.4f}" if last else " (the run was already complete)"
+            print(f"sft: {len(plan)} steps{loss}; model in {run.out}", file=sys.stderr)
+    except (FormatError, NonFiniteLoss) as e:
+        fail(str(e), d)
+    teardown(d)
+
+
+if __name__ == "__main__":
+    main()
