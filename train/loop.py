@@ -40,7 +40,7 @@ STATE_FORMAT = 1
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A step's loss or gradient norm was NaN or inf: the run stops and keeps its last good state."""
 
 
 class RunDir:
