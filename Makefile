@@ -63,6 +63,7 @@ ifeq ($(BASELINE),1)
 I := $(R)/baseline
 endif
 iteration: $(I)/summary.json
+	@$(PY) model/checkpoint.py $(I)/model
 	@cat $<
 
 $(I)/sft.jsonl:
@@ -83,6 +84,7 @@ $(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json
 		--seed $(SEED) $(EVAL_ARGS)
 else
 iteration: $(I)/summary.json
+	@$(PY) model/checkpoint.py $(I)/model
 	@cat $<
 	$(PY) eval/report.py --run $(R)
 

@@ -186,3 +186,23 @@ def load(directory, device="cpu", dtype=torch.float32):
         model = Transformer(args)
     model.load_state_dict(dict(read_tensors(directory, device, dtype)), assign=True)
     return model.eval(), load_tokenizer(directory)
+
+
+def main(argv=None):
+    """python model/checkpoint.py DIR [DIR ...]: check that each checkpoint is complete (params.json, every
+    weight file whole and matching it, a readable tokenizer) without loading its weights."""
+    import sys
+    dirs = sys.argv[1:] if argv is None else argv
+    if not dirs or dirs[0] in ("-h", "--help"):
+        sys.exit(main.__doc__)
+    for d in dirs:
+        try:
+            args = verify(d)
+            load_tokenizer(d)
+        except (FormatError, OSError, ValueError) as e:
+            sys.exit(f"error: {e}\n(remove {d} and rerun the command that made it to rebuild it)")
+        print(f"{d}: complete (dim {args.dim}, {args.n_layers} layers, vocab {args.vocab_size})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""`make iteration N=2` killed with SIGKILL in the middle of each stage and rerun gives what an
+uninterrupted run gives; a corrupted stage output is reported, not used.
+
+For iteration 2 to build pairs, M1 must judge: its replies have to end in "Score: X" with X varying.
+A random model never writes that, so M1 here is built by hand: with every attention and feed-forward
+output projection zero, the residual stream is the current token's embedding, and the model is a
+bigram table we can write. Ours sends any token to "score", "score" to ":", ":" to " ", " " to a digit
+1-5 (equally likely) and a digit to end-of-text: every reply, answer or judgement, is "score: X" with
+X drawn from the sampler's seeded generator, and the judge's mean scores differ between candidates.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import Transformer, load, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+SETTINGS = ["self_instruct.n_prompts=6", "self_instruct.batch_size=2", "generate.n=4", "generate.batch_size=2",
+            "judge.samples=3", "judge.batch_size=2", "dpo.set.save_every=1", "dpo.set.epochs=2"]
+
+
+def score_writer(base: Path, out: Path) -> Path:
+    """A checkpoint with base's tokenizer whose every reply is "score: X", X uniform in 1..5."""
+    model, tok = load(base)
+    args = model.args
+    args.tie_embeddings = False
+    chain = tok.encode("score: 1")[:-1]                       # "▁score", ":", "▁" in the test vocabulary
+    digits = [tok.encode(f"score: {k}")[-1] for k in range(1, 6)]
+    assert all(tok.encode(f"score: {k}")[:-1] == chain for k in range(1, 6))
+    states = chain + digits + [tok.eos_id]
+    assert len(set(states)) == len(states) and len(states) < args.dim, "the bigram needs one direction a state"
+    net = Transformer(args)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for layer in net.layers:  # blocks add nothing to the residual stream (norm weights stay 0: unused)
+            layer.attention_norm.weight.fill_(1.0)
+            layer.ffn_norm.weight.fill_(1.0)
+        net.norm.weight.fill_(1.0)
+        emb, out_w = net.tok_embeddings.weight, net.output.weight
+        emb[:, 0] = 1.0                                       # direction 0: every other token
+        for j, t in enumerate(states, start=1):
+            emb[t] = 0.0
+            emb[t, j] = 1.0
+        # after RMSNorm a one-hot state is sqrt(dim) along its direction: logits of 25 vs 0 elsewhere
+        big = 25.0 / args.dim ** 0.5
+        nxt = {0: [chain[0]], **{j: [chain[j]] for j in range(1, len(chain))},
+               len(chain): digits, **{len(chain) + 1 + i: [tok.eos_id] for i in range(len(digits))}}
+        for direction, targets in nxt.items():
+            for t in targets:
+                out_w[t, direction] = big
+    save_model(out, net, tok)
+    return out
+
+
+def make(runs: Path, base: Path, *args, **popen):
+    cmd = ["make", "-C", str(ROOT), "iteration", "N=2", f"RUNS={runs}", "RUN=r", "CONFIG=configs/tiny.yaml",
+           f"SET=base_model={base} self_instruct.model={base} " + " ".join(SETTINGS), f"PY={sys.executable}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def kill_when(runs: Path, base: Path, ready, what: str):
+    """Start `make iteration N=2`, SIGKILL make and everything under it once ready() holds."""
+    proc = make(runs, base, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"make finished before the kill {what}:\n{proc.stdout.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting to kill {what}"
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_checkpoint):
+    """Two runs of iteration 2 from the same M1: one uninterrupted, one killed four times."""
+    root = tmp_path_factory.mktemp("runs")
+    m1 = score_writer(tiny_checkpoint, root / "m1")
+    for name in ("whole", "killed"):
+        shutil.copytree(m1, root / name / "r" / "iter1" / "model")
+    done = make(root / "whole", tiny_checkpoint)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    it = root / "killed" / "r" / "iter2"
+    points = [  # (what, the condition met just before the kill, the stage output that must not exist yet)
+        ("while writing prompts", lambda: lines(it / "prompts.attempts.jsonl.part0") >= 2, "prompts.jsonl"),
+        ("while sampling candidates", lambda: lines(it / "candidates.jsonl.part0") >= 2, "candidates.jsonl"),
+        ("while judging", lambda: lines(it / "judged.jsonl.part0") >= 6, "judged.jsonl"),
+        ("during DPO, after a saved state", lambda: (it / "model.train/state/meta.json").is_file(), "model"),
+    ]
+    for what, ready, output in points:
+        kill_when(root / "killed", tiny_checkpoint, ready, what)
+        assert not (it / output).exists(), f"the kill {what} came after the stage had finished"
+    finish = make(root / "killed", tiny_checkpoint)
+    assert finish.returncode == 0, finish.stdout[-3000:] + finish.stderr[-3000:]
+    return root / "whole" / "r", root / "killed" / "r"
+
+
+def test_judge_writes_scores(runs):
+    whole, _ = runs
+    judged = [json.loads(line) for line in (whole / "iter2/judged.jsonl").read_text().splitlines()]
+    assert judged and all(r["n_parsed"] == 3 for r in judged)
+    assert len({r["score"] for r in judged}) > 1
+    summary = json.loads((whole / "iter2/summary.json").read_text())
+    assert summary["pairs"] > 0 and summary["pairs"] == lines(whole / "iter2/pairs.jsonl")
+
+
+def test_killed_run_ends_as_uninterrupted(runs):
+    whole, killed = runs
+    for name in ("prompts.jsonl", "candidates.jsonl", "judged.jsonl", "pairs.jsonl"):
+        assert (killed / "iter2" / name).read_bytes() == (whole / "iter2" / name).read_bytes(), name
+    a, _ = load(whole / "iter2/model")
+    b, _ = load(killed / "iter2/model")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6, msg=name)
+    # the DPO run was resumed, not restarted: its metrics have one line per step, none doubled
+    steps = [json.loads(line)["step"] for line in (killed / "iter2/model.train/metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+    assert not list((killed / "iter2").glob("*.part*")) and not list((killed / "iter2").glob(".*tmp*"))
+
+
+def test_torn_stage_output_is_reported(runs, tiny_checkpoint):
+    _, killed = runs
+    candidates = killed / "iter2/candidates.jsonl"
+    data, stat = candidates.read_bytes(), candidates.stat()
+    candidates.write_bytes(data[:-10])  # a torn last line: now newer than judged.jsonl, so judging reruns
+    proc = make(killed.parent, tiny_checkpoint)
+    assert proc.returncode != 0
+    n = data.count(b"\n")
+    assert f"{candidates}:{n}" in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "judged.jsonl" not in [p.name for p in (killed / "iter2").glob("*.tmp*")]
+    candidates.write_bytes(data)
+    os.utime(candidates, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as it was: nothing downstream is stale
+
+
+def test_half_written_checkpoint_is_reported(runs, tiny_checkpoint):
+    _, killed = runs
+    weights = killed / "iter2/model/model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    proc = make(killed.parent, tiny_checkpoint)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert str(weights) in out and "not a readable safetensors file" in out, out[-2000:]
+    weights.write_bytes(data)
+    again = make(killed.parent, tiny_checkpoint)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
