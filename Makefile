@@ -36,8 +36,10 @@ gpu-check:
 #   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed)      (BASELINE=1: IFT only, into runs/RUN/baseline)
 #   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation
 #   make iteration N=2 RUN=exp CONFIG=configs/llama2-7b.yaml SET="generate.n=2 dpo.set.lr=5e-7"
+#   make iteration N=2 SELECT=1        M2 = the DPO snapshot that wins most often against M1 (early stopping)
 # Every stage is a file under runs/$(RUN)/iter$(N)/, so a rerun does only what is missing; the sampling
 # stages also resume inside a stage. runs/$(RUN)/config.mk shows every setting the stages run with.
+# `make iteration` ends by checking M_N's files are whole: a checkpoint damaged later is reported, not used.
 RUN    ?= demo
 CONFIG ?= configs/smollm2-135m.yaml
 SET    ?=
@@ -52,6 +54,7 @@ ifneq ($(filter-out setup test model gpu-check,$(MAKECMDGOALS)),)
 $(shell mkdir -p $(R) && $(PY) configs/iteration.py $(CONFIG) $(SET) > $(R)/config.mk.new \
 	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk); rm -f $(R)/config.mk.new)
 include $(R)/config.mk
+SELECT ?= $(SELECT_ENABLED)
 endif
 
 # Under torchrun when NPROC > 1 (sampling: data parallel; training: FSDP).
@@ -105,9 +108,19 @@ $(I)/judged.jsonl: $(I)/candidates.jsonl
 # 4. best vs worst per prompt
 $(I)/pairs.jsonl: $(I)/judged.jsonl
 	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
-# 5. M_N = DPO(M_{N-1}) on the pairs, M_{N-1} as the reference
-$(I)/model/params.json: $(I)/pairs.jsonl
-	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(I)/model --resume $(DPO_SET)
+# 5. M_N = DPO(M_{N-1}) on the pairs, M_{N-1} as the reference (with SELECT=1 into $(I)/dpo, then 5b)
+DPO_OUT := $(if $(filter 1,$(SELECT)),$(I)/dpo,$(I)/model)
+$(DPO_OUT)/params.json: $(I)/pairs.jsonl
+	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(DPO_OUT) --resume $(DPO_SET)
+ifeq ($(SELECT),1)
+# 5b. M_N = the DPO snapshot (or final model) that wins most often head to head against M_{N-1}. Prompts: the
+# config's select.prompts, or the last select.limit held-out prompts (the head-to-head below takes the first).
+$(I)/model/params.json: $(I)/dpo/params.json
+	$(if $(SELECT_PROMPTS),head,tail) -n $(or $(filter-out 0,$(SELECT_LIMIT)),1000000) \
+		$(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) > $(I)/selection.prompts.jsonl
+	$(PY) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
+		--prompts $(I)/selection.prompts.jsonl --judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS)
+endif
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
 $(I)/eval/head_to_head.json: $(I)/model/params.json
 	mkdir -p $(I)/eval

@@ -62,6 +62,20 @@ class Eval(Sampling):
 
 
 @dataclass
+class Select:
+    """Checkpoint selection (the paper's early stopping): M_N is the DPO snapshot that wins most often
+    head to head against M_{N-1}, not the last one. `make iteration SELECT=1` or enabled: true."""
+    enabled: bool = False
+    judge: str = ""             # the judge's checkpoint (the paper: Claude 2); empty = M_{N-1}, self-judged
+    prompts: str = ""           # validation prompts (the paper: 253); empty = the LAST `limit` held-out prompts,
+    limit: int = 0              #   apart from the head-to-head's first eval.heldout_limit when both fit
+    against: str = "previous-model"  # or previous-checkpoint (see eval/select_checkpoint.py)
+    max_new_tokens: int = 512
+    judge_max_new_tokens: int = 256
+    batch_size: int = 16
+
+
+@dataclass
 class Iteration:
     base_model: str             # M0, a checkpoint directory
     ift: str = "data/seed/ift.jsonl"
@@ -77,6 +91,7 @@ class Iteration:
     sft: Trainer = field(default_factory=lambda: Trainer("configs/sft.yaml"))
     dpo: Trainer = field(default_factory=lambda: Trainer("configs/dpo.yaml"))
     eval: Eval = field(default_factory=Eval)
+    select: Select = field(default_factory=Select)
 
 
 def build(cls, values: dict, where: str):
@@ -137,6 +152,9 @@ def make_variables(cfg: Iteration) -> str:
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
         "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit")),
         "EVAL_RANKED_LIMIT": cfg.eval.ranked_limit, "EVAL_HELDOUT_LIMIT": cfg.eval.heldout_limit,
+        "SELECT_ENABLED": int(bool(cfg.select.enabled)), "SELECT_JUDGE": cfg.select.judge,
+        "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
+        "SELECT_ARGS": flags(cfg.select, skip=("enabled", "judge", "prompts", "limit")),
     }
     return "".join(f"{k} := {v}\n" for k, v in lines.items())
 

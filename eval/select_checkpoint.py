@@ -1,9 +1,12 @@
 """Checkpoint selection, the paper's early stopping: which DPO checkpoint of iteration N becomes M_N.
 
     python eval/select_checkpoint.py --run runs/R --iter 3 --prompts valid.jsonl --judge checkpoints/judge
+    python eval/select_checkpoint.py --run runs/R --iter 3 --prompts valid.jsonl --judge checkpoints/judge \
+        --model-dir runs/R/iter3/dpo --promote runs/R/iter3/model      (what `make iteration SELECT=1` runs)
 
-train/dpo.py writes the DPO model of iteration N to runs/R/iterN/model and plain checkpoints along the
-way to runs/R/iterN/model.train/snapshots/step-000200/, step-000400/, ... Every snapshot, and the final
+train/dpo.py writes the DPO model of iteration N to runs/R/iterN/model (or --model-dir) and plain
+checkpoints along the way to runs/R/iterN/model.train/snapshots/step-000200/, step-000400/, ... Every
+snapshot, and the final
 model (named "final"), answers the validation prompts and is compared head to head with a baseline by
 eval/head_to_head.py's procedure (same pairwise judge prompt, both orders, greedy by default). The
 chosen checkpoint is the one that wins most often: the highest win %; equal win % go to the lower
@@ -24,19 +27,24 @@ Writes runs/R/iterN/selection.json: {"iter", "against", "baseline" (M_{N-1}'s pa
 "baseline" (the name of what it was compared with: "previous" or a checkpoint), and the counts and rates
 of eval/head_to_head.py's summary: "win", "tie", "loss", "wins", ..., "mean_chars_a" (the checkpoint),
 "mean_chars_b" (its baseline), ...}], "chosen": {"name", "step", "path"} or null}. It moves no
-checkpoint. Answers and judgements are kept in runs/R/iterN/selection.work/ (resumable; see
+checkpoint, unless --promote DIR: then the chosen one (the final model when no comparison gave a verdict,
+with a warning) is copied to DIR, as hard links where the file system allows, and replaces DIR only when
+complete; "promoted" in selection.json says which. Answers and judgements are kept in runs/R/iterN/selection.work/ (resumable; see
 eval/stages.py); each checkpoint answers once, whatever the baseline. One process (not torchrun).
 (The file is not called select.py: run as a script, eval/ comes first on the import path, and a
 select.py there would stand in for Python's own `select` module, which torch imports.)
 """
 import argparse
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 from eval.head_to_head import judge_answers, same_checkpoint
 from eval.stages import (add_answer_args, answer, check_work_dir, percent, sampling_settings, single_process,
                          write_json)
+from model.checkpoint import atomic_directory, verify
 from model.errors import FormatError
 from sample.generate import read_prompts
 
@@ -58,6 +66,21 @@ def find_candidates(model_dir: Path) -> list[dict]:
     return snapshots
 
 
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a checkpoint directory, hard-linking its files where possible (a snapshot is never written
+    again, and a 70B checkpoint is 140 GB); dst is replaced only once the copy is complete."""
+    def link_or_copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    verify(src)
+    with atomic_directory(dst) as tmp:
+        for f in sorted(src.iterdir()):
+            if f.is_file():
+                link_or_copy(f, tmp / f.name)
+
+
 def choose(candidates: list[dict]) -> dict | None:
     """The candidate that wins most often (RULE); candidates are in training order. None if none has a win %."""
     rated = [(i, c) for i, c in enumerate(candidates) if c["win"] is not None]
@@ -73,6 +96,9 @@ def main(argv=None):
     parser.add_argument("--prompts", required=True, help="validation prompts, JSONL {\"id\", \"prompt\"}")
     parser.add_argument("--judge", required=True, help="checkpoint of the judge")
     parser.add_argument("--previous", help="M_{N-1} (default: RUN/iter{N-1}/model)")
+    parser.add_argument("--model-dir", help="the DPO run's output directory, whose snapshots are in MODEL_DIR.train/ "
+                        "(default: RUN/iterN/model)")
+    parser.add_argument("--promote", metavar="DIR", help="copy the chosen checkpoint to DIR (M_N)")
     parser.add_argument("--against", choices=["previous-model", "previous-checkpoint"], default="previous-model",
                         help="the baseline each checkpoint is compared with (default %(default)s; see above)")
     add_answer_args(parser)
@@ -84,9 +110,10 @@ def main(argv=None):
     try:
         if not (previous / "params.json").is_file():
             raise FormatError(f"{previous}: no checkpoint there (the previous model; name it with --previous)")
-        candidates = find_candidates(iter_dir / "model")
+        model_dir = Path(a.model_dir or iter_dir / "model")
+        candidates = find_candidates(model_dir)
         if not candidates:
-            raise FormatError(f"{iter_dir / 'model.train/snapshots'}: no step-* checkpoints, and no final model")
+            raise FormatError(f"{model_dir}.train/snapshots: no step-* checkpoints, and no final model")
         prompts, _ = read_prompts(a.prompts)
         check_work_dir(work, {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
                               "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
@@ -114,6 +141,12 @@ def main(argv=None):
                  "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True),
                  "rule": RULE, "candidates": candidates,
                  "chosen": chosen and {k: chosen[k] for k in ("name", "step", "path")}}
+    if a.promote:
+        promoted = chosen or candidates[-1]
+        if not chosen:
+            print(f"warning: no comparison gave a verdict; promoting {promoted['name']}", file=sys.stderr)
+        copy_checkpoint(Path(promoted["path"]), Path(a.promote))
+        selection["promoted"] = {"name": promoted["name"], "path": a.promote}
     write_json(iter_dir / "selection.json", selection)
     if judged_by:
         print(f"!!! SELF-JUDGED: the judge is {', '.join(judged_by)}, one of the compared models: its verdicts "

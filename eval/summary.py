@@ -10,7 +10,9 @@ summary) and writes, with the keys eval/report.py reads:
   "neutralised", "pairs", "pairs_dropped" ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
   "chosen_longer", "train" (the trainer's last metrics line), "dpo_reward_accuracy", "final_loss",
   "reward_metrics" and "head_to_head" (copied from eval/), and, for iteration 1, "base_reward_metrics"
-  (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training.
+  (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training; with
+  checkpoint selection (SELECT=1), "selected" (the snapshot promoted to M_N) and "selection" (each
+  snapshot's win/tie/loss against M_{N-1}).
 The summary is also printed, a line per stage.
 """
 import argparse
@@ -55,7 +57,13 @@ def summarise(it: Path) -> dict:
     if pairs:
         s.update(pairs=pairs["pairs"], pairs_dropped=pairs["dropped"], mean_chars_chosen=pairs["mean_chars_chosen"],
                  mean_chars_rejected=pairs["mean_chars_rejected"], chosen_longer=pairs["chosen_longer"])
-    train = last_line(it / "model.train" / "metrics.jsonl")
+    # the trainer's files: beside M_N, or beside the DPO run M_N was selected from (SELECT=1)
+    selection = read_json(it / "selection.json")
+    selected = selection and selection.get("promoted")
+    train = last_line(it / ("dpo.train" if selected else "model.train") / "metrics.jsonl")
+    if selected:
+        s["selected"] = selected["name"]
+        s["selection"] = {c["name"]: {k: c.get(k) for k in ("win", "tie", "loss")} for c in selection["candidates"]}
     if train:
         s["train"] = train
         s["final_loss"] = train.get("loss")
@@ -87,6 +95,8 @@ def describe(s: dict) -> list[str]:
     if "train" in s:
         lines.append("training, last step: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                          for k, v in s["train"].items()))
+    if "selected" in s:
+        lines.append(f"selected as M_N: {s['selected']} of {json.dumps(s['selection'])[:300]}")
     for key in ("base_reward_metrics", "reward_metrics", "head_to_head"):
         if key in s:
             short = {k: v for k, v in s[key].items() if not isinstance(v, (dict, list))}

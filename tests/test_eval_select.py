@@ -53,7 +53,8 @@ def test_cli_end_to_end_on_a_fake_run(tmp_path, tiny_checkpoint):
     (tmp_path / "valid.jsonl").write_text('{"id": "v1", "prompt": "the model"}\n{"id": "v2", "prompt": "pairs"}\n')
     proc = subprocess.run([sys.executable, str(ROOT / "eval/select_checkpoint.py"), "--run", str(run), "--iter", "2",
                            "--prompts", str(tmp_path / "valid.jsonl"), "--judge", str(tiny_checkpoint),
-                           "--max-new-tokens", "4", "--judge-max-new-tokens", "6", "--against", "previous-checkpoint"],
+                           "--max-new-tokens", "4", "--judge-max-new-tokens", "6", "--against", "previous-checkpoint",
+                           "--promote", str(tmp_path / "promoted")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     sel = json.loads((run / "iter2" / "selection.json").read_text())
@@ -67,6 +68,12 @@ def test_cli_end_to_end_on_a_fake_run(tmp_path, tiny_checkpoint):
     assert sorted(p.name for p in (work / "answers").iterdir()) == [
         "final.jsonl", "previous.jsonl", "step-000002.jsonl", "step-000004.jsonl"]   # each model answered once
     assert (work / "step-000004-vs-step-000002" / "judgements.jsonl").is_file()
+    promoted = sel["chosen"] or {"name": "final", "path": str(run / "iter2" / "model")}
+    assert sel["promoted"] == {"name": promoted["name"], "path": str(tmp_path / "promoted")}
+    source = Path(promoted["path"])
+    assert sorted(p.name for p in (tmp_path / "promoted").iterdir()) == sorted(p.name for p in source.iterdir())
+    for f in source.iterdir():
+        assert (tmp_path / "promoted" / f.name).read_bytes() == f.read_bytes()
     assert sorted(p.name for p in (run / "iter2" / "model.train" / "snapshots").iterdir()) == [
         "step-000002", "step-000004", "step-000006", "step-final"]                     # nothing moved
 

@@ -164,3 +164,29 @@ def test_half_written_checkpoint_is_reported(runs, tiny_checkpoint):
     weights.write_bytes(data)
     again = make(killed.parent, tiny_checkpoint)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+
+
+def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
+    """SELECT=1: DPO into iter2/dpo with a snapshot each step, M2 = the one selection.json names."""
+    whole, _ = runs
+    run = tmp_path / "r"
+    shutil.copytree(whole / "iter1", run / "iter1")
+    (run / "iter2").mkdir()
+    for name in ("prompts.jsonl", "candidates.jsonl", "judged.jsonl", "pairs.jsonl", "pairs.summary.json"):
+        shutil.copy2(whole / "iter2" / name, run / "iter2" / name)
+    proc = make(tmp_path, tiny_checkpoint, "SELECT=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sample/generate.py" not in proc.stdout and "judge/score.py" not in proc.stdout
+    it = run / "iter2"
+    sel = json.loads((it / "selection.json").read_text())
+    steps = lines(it / "dpo.train/metrics.jsonl")
+    assert [c["name"] for c in sel["candidates"]] == [f"step-{k:06d}" for k in range(1, steps + 1)] + ["final"]
+    promoted = next(c for c in sel["candidates"] if c["name"] == sel["promoted"]["name"])
+    assert sel["chosen"] is None or sel["chosen"]["name"] == promoted["name"]
+    for f in Path(promoted["path"]).iterdir():
+        assert (it / "model" / f.name).read_bytes() == f.read_bytes(), f.name
+    summary = json.loads((it / "summary.json").read_text())
+    assert summary["selected"] == promoted["name"] and "dpo_reward_accuracy" in summary
+    prompts = (it / "selection.prompts.jsonl").read_text().splitlines()
+    heldout = (ROOT / "data/seed/heldout.jsonl").read_text().splitlines()
+    assert prompts == heldout[-len(prompts):]
