@@ -189,7 +189,7 @@ def test_sft_memorises_and_writes_the_run_directory(tmp_path, tiny_checkpoint, c
     (["--set", "lrr=1e-5"], r"error: override 'lrr=1e-5': unknown key 'lrr' \(did you mean 'lr'\?\)"),
     (["--model", "nowhere"], r"error: nowhere/params.json: no such file \(is nowhere a checkpoint directory\?\)"),
     (["--data", "BAD"], r"error: .*d.jsonl:2: \"response\" must be a string"),
-    (["--data", "EMPTY"], r"error: the data: 0 usable examples are fewer than one batch"),
+    (["--data", "EMPTY"], r"error: .*d.jsonl: 0 usable examples are fewer than one batch"),
     (["--set", "lr=1e30", "save_every=1", "epochs=3"],
      r"error: step 2: the loss \(.*\) or its gradient norm \(.*\) is not finite; stopped before updating the "
      r"weights: the last good training state, .*state \(step 1\), is kept"),

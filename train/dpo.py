@@ -98,7 +98,7 @@ def main(argv=None):
         lengths = [max(len(c.tokens), len(r.tokens)) for c, r in pairs]
         if d.rank == 0:
             print(f"dpo: pairs: {report}", file=sys.stderr)
-        batches, plan = plan_steps(lengths, cfg, d)
+        batches, plan = plan_steps(lengths, cfg, d, a.pairs)
         open_run_dir(s)
         if d.rank == 0:
             print(f"dpo: {len(plan)} steps of {cfg.batch_size} pairs on {d.world} rank(s); output {run.out}, "

@@ -96,12 +96,12 @@ def start(a, config_class, d: Dist) -> Session:
     return Session(d, cfg, run, args, tokenizer, min(cfg.max_seq_len, args.max_seq_len), save_dtype, command_line())
 
 
-def plan_steps(lengths: list[int], cfg: TrainConfig, d: Dist) -> tuple[list[list[int]], list[list[list[int]]]]:
-    """(the example indices of every step, this rank's micro-batches of every step)."""
+def plan_steps(lengths: list[int], cfg: TrainConfig, d: Dist, data: str) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """(the example indices of every step, this rank's micro-batches of every step); `data` names the file."""
     try:
         batches = step_batches(len(lengths), cfg.batch_size, total_steps(cfg, len(lengths)), cfg.seed)
     except ValueError as e:
-        raise FormatError(f"the data: {e}") from None
+        raise FormatError(f"{data}: {e}") from None
     return batches, [micro_batches(b, lengths, cfg.micro_batch_size, d.rank, d.world) for b in batches]
 
 

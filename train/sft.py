@@ -35,7 +35,7 @@ def main(argv=None):
         examples, report = read_sft(a.data, s.tokenizer, s.max_len)
         if d.rank == 0:
             print(f"sft: data: {report}", file=sys.stderr)
-        batches, plan = plan_steps([len(e.tokens) for e in examples], cfg, d)
+        batches, plan = plan_steps([len(e.tokens) for e in examples], cfg, d, ", ".join(map(str, a.data)))
         open_run_dir(s)
         if d.rank == 0:
             print(f"sft: {len(plan)} steps of {cfg.batch_size} examples on {d.world} rank(s); output {run.out}, "
