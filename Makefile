@@ -126,7 +126,7 @@ $(I)/eval/head_to_head.json: $(I)/model/params.json
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
 	$(PY) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
-		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED)
+		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED) $(H2H_ARGS)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json
 	$(PY) eval/summary.py --iter $(I) --out $@

@@ -57,6 +57,7 @@ class Trainer:
 class Eval(Sampling):
     samples: int = 3            # judgements per reply for the reward-model metrics
     max_new_tokens: int = 256
+    answer_max_new_tokens: int = 512  # head-to-head answers (greedy); max_new_tokens bounds every judgement
     ranked_limit: int = 0       # judge only the first K prompts of the ranked set (0 = all)
     heldout_limit: int = 0      # head-to-head on the first K held-out prompts (0 = all)
 
@@ -150,7 +151,9 @@ def make_variables(cfg: Iteration) -> str:
         "PAIRS_ARGS": flags(cfg.pairs),
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
-        "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit")),
+        "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit", "answer_max_new_tokens")),
+        "H2H_ARGS": f"--max-new-tokens {cfg.eval.answer_max_new_tokens} --judge-max-new-tokens "
+                    f"{cfg.eval.max_new_tokens} --batch-size {cfg.eval.batch_size}",
         "EVAL_RANKED_LIMIT": cfg.eval.ranked_limit, "EVAL_HELDOUT_LIMIT": cfg.eval.heldout_limit,
         "SELECT_ENABLED": int(bool(cfg.select.enabled)), "SELECT_JUDGE": cfg.select.judge,
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,

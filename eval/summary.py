@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from eval.stages import write_json
+from eval.stages import percent, write_json
 from model.jsonl import read_jsonl
 
 
@@ -95,6 +95,9 @@ def describe(s: dict) -> list[str]:
     if "train" in s:
         lines.append("training, last step: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                          for k, v in s["train"].items()))
+    if "base_reward_metrics" in s and "reward_metrics" in s:  # the first visible effect of EFT training
+        before, after = s["base_reward_metrics"]["parse_rate"], s["reward_metrics"]["parse_rate"]
+        lines.append(f"judge parse rate (\"Score: X\" found): M0 {percent(before)} -> M1 {percent(after)}")
     if "selected" in s:
         lines.append(f"selected as M_N: {s['selected']} of {json.dumps(s['selection'])[:300]}")
     for key in ("base_reward_metrics", "reward_metrics", "head_to_head"):
