@@ -67,5 +67,9 @@ def test_iteration_settings_are_checked(tmp_path):
     cmd = [sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml")]
     ok = subprocess.run(cmd + ["generate.n=3", "dpo.set.beta=0.2"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--num-samples 3" in ok.stdout and "--set beta=0.2" in ok.stdout
+    assert "--tp" not in ok.stdout
+    tp = subprocess.run(cmd + ["tp=true"], capture_output=True, text=True)
+    variables = dict(line.split(" := ", 1) for line in tp.stdout.splitlines())
+    assert all(variables[k].endswith(" --tp") for k in ("GEN_ARGS", "JUDGE_ARGS", "EVAL_ARGS"))
     bad = subprocess.run(cmd + ["genrate.n=3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown key 'genrate'" in bad.stderr

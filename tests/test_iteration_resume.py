@@ -43,7 +43,7 @@ def score_writer(base: Path, out: Path) -> Path:
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
-        for layer in net.layers:  # blocks add nothing to the residual stream (norm weights stay 0: unused)
+        for layer in net.layers:  # wo and w2 stay zero: the blocks add nothing to the residual stream
             layer.attention_norm.weight.fill_(1.0)
             layer.ffn_norm.weight.fill_(1.0)
         net.norm.weight.fill_(1.0)
