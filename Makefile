@@ -57,8 +57,11 @@ include $(R)/config.mk
 SELECT ?= $(SELECT_ENABLED)
 endif
 
-# Under torchrun when NPROC > 1 (sampling: data parallel; training: FSDP).
+# Under torchrun when NPROC > 1 (sampling: data parallel, or with tp: true tensor parallel; training: FSDP).
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
+TP_FLAG = $(if $(and $(filter 1,$(TP)),$(filter-out 1,$(NPROC))),--tp)
+# self-instruct has no data parallelism (each request depends on the prompts kept before it)
+SI_LAUNCH = $(if $(TP_FLAG),$(LAUNCH),$(PY))
 
 .PHONY: iteration
 ifeq ($(N),1)
@@ -84,7 +87,7 @@ $(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json
 	mkdir -p $(R)/iter0/eval
 	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(R)/iter0/eval/ranked.trees.jsonl
 	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(R)/iter0/eval/ranked.trees.jsonl --out $@ \
-		--seed $(SEED) $(EVAL_ARGS)
+		--seed $(SEED) $(EVAL_ARGS) $(TP_FLAG)
 else
 iteration: $(I)/summary.json
 	@$(PY) model/checkpoint.py $(I)/model
@@ -97,14 +100,14 @@ $(PREV)/model/params.json:
 # 1. new prompts, written by M_{N-1} (or the fixed writer named in the config)
 $(I)/prompts.jsonl: $(PREV)/model/params.json
 	mkdir -p $(I)
-	$(PY) sample/self_instruct.py --model $(or $(SI_MODEL),$(PREV)/model) --seed-prompts $(IFT) --out $@ \
-		--seed $(SEED) --id-prefix it$(N) $(SI_ARGS)
+	$(SI_LAUNCH) sample/self_instruct.py --model $(or $(SI_MODEL),$(PREV)/model) \
+		--seed-prompts $(IFT) --out $@ --seed $(SEED) --id-prefix it$(N) $(SI_ARGS) $(TP_FLAG)
 # 2. candidates: M_{N-1} answers each prompt n times
 $(I)/candidates.jsonl: $(I)/prompts.jsonl
-	$(LAUNCH) sample/generate.py --model $(PREV)/model --prompts $< --out $@ --seed $(SEED) $(GEN_ARGS)
+	$(LAUNCH) sample/generate.py --model $(PREV)/model --prompts $< --out $@ --seed $(SEED) $(GEN_ARGS) $(TP_FLAG)
 # 3. M_{N-1} judges each candidate
 $(I)/judged.jsonl: $(I)/candidates.jsonl
-	$(LAUNCH) judge/score.py --model $(PREV)/model --candidates $< --out $@ --seed $(SEED) $(JUDGE_ARGS)
+	$(LAUNCH) judge/score.py --model $(PREV)/model --candidates $< --out $@ --seed $(SEED) $(JUDGE_ARGS) $(TP_FLAG)
 # 4. best vs worst per prompt
 $(I)/pairs.jsonl: $(I)/judged.jsonl
 	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
@@ -137,4 +140,4 @@ $(I)/eval/reward_metrics.json: $(I)/model/params.json
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(I)/eval/ranked.trees.jsonl
 	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(I)/eval/ranked.trees.jsonl --out $@ \
-		--seed $(SEED) $(EVAL_ARGS)
+		--seed $(SEED) $(EVAL_ARGS) $(TP_FLAG)

@@ -86,7 +86,8 @@ class Iteration:
     seed: int = 0
     nproc: int = 1              # processes per stage under torchrun (1: plain python)
     tp: bool = False            # sampling stages under torchrun: one model split over the ranks (a 70B in bf16
-                                # does not fit one GPU) instead of a copy per rank (data parallel)
+                                # does not fit one GPU) instead of a copy per rank (data parallel); without
+                                # it, self-instruct runs as one process
     self_instruct: SelfInstruct = field(default_factory=SelfInstruct)
     generate: Generate = field(default_factory=Generate)
     judge: Judge = field(default_factory=Judge)
@@ -145,16 +146,16 @@ def overrides(trainer: Trainer) -> str:
 
 
 def make_variables(cfg: Iteration) -> str:
-    tp = " --tp" if cfg.tp else ""
     lines = {
         "BASE_MODEL": cfg.base_model, "IFT": cfg.ift, "EFT": cfg.eft, "RANKED": cfg.ranked,
         "HELDOUT": cfg.heldout, "SEED": cfg.seed, "NPROC": cfg.nproc,
         "SI_MODEL": cfg.self_instruct.model, "SI_ARGS": flags(cfg.self_instruct, skip=("model",)),
-        "GEN_ARGS": flags(cfg.generate) + tp, "JUDGE_ARGS": flags(cfg.judge) + tp,
+        "TP": int(cfg.tp),
+        "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge),
         "PAIRS_ARGS": flags(cfg.pairs),
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
-        "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit", "answer_max_new_tokens")) + tp,
+        "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit", "answer_max_new_tokens")),
         "H2H_ARGS": f"--max-new-tokens {cfg.eval.answer_max_new_tokens} --judge-max-new-tokens "
                     f"{cfg.eval.max_new_tokens} --batch-size {cfg.eval.batch_size}",
         "EVAL_RANKED_LIMIT": cfg.eval.ranked_limit, "EVAL_HELDOUT_LIMIT": cfg.eval.heldout_limit,

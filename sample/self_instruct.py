@@ -21,6 +21,8 @@ Requests go on, a batch at a time, until --n-prompts are kept or --max-requests 
 Every attempt, kept or dropped and why, is recorded in OUT.attempts.jsonl, which also makes the
 stage resumable: a rerun continues from the attempts written so far and gives what an
 uninterrupted run gives. OUT ({"id", "prompt"} lines) is written when the stage is complete.
+A model too big for one GPU (the paper's writer was Llama-2-Chat 70B) runs tensor parallel:
+    torchrun --standalone --nproc_per_node=8 sample/self_instruct.py --tp --model ... (same options)
 """
 import argparse
 import os
@@ -29,11 +31,11 @@ import re
 import sys
 from pathlib import Path
 
-import torch
+import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import read_jsonl, write_jsonl_atomic
-from sample.generate import add_sampling_args, load_model, row_seed
+from sample.generate import add_sampling_args, load_model, row_seed, setup_distributed
 from sample.resume import ResumableJSONL
 from sample.sampler import Sampler, SamplingParams
 
@@ -129,20 +131,26 @@ def main(argv=None):
     parser.add_argument("--max-words", type=int, default=150)
     parser.add_argument("--id-prefix", default="gen", help="ids are PREFIX-<request number>")
     a = parser.parse_args(argv)
-    if a.tp or "WORLD_SIZE" in os.environ:
-        sys.exit("error: self_instruct.py runs in one process (each request depends on the prompts kept before it)")
+    # Each request depends on the prompts kept before it, so there is no data parallelism: under torchrun
+    # with --tp every rank runs the same loop over one model split across them (the sampler gives every
+    # rank the same tokens, so every rank keeps the same prompts) and rank 0 writes.
+    if "WORLD_SIZE" in os.environ and not a.tp:
+        sys.exit("error: under torchrun self_instruct.py needs --tp (one model over all ranks); "
+                 "without it, run it as one process")
+    rank, world, device = setup_distributed()
     try:
         seeds = [row["prompt"] for row in read_jsonl(a.seed_prompts, required_fields=("prompt",))]
         if len(seeds) < 8:
             raise FormatError(f"{a.seed_prompts}: needs at least 8 seed prompts, has {len(seeds)}")
         params = SamplingParams(a.temperature, a.top_p, a.top_k, a.max_new_tokens)
-        net, tokenizer = load_model(a.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-                                    a.dtype, False)
+        net, tokenizer = load_model(a.model, device, a.dtype, a.tp)
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     max_requests = a.max_requests or 20 * a.n_prompts
     out = Path(a.out)
     log = ResumableJSONL(out.with_name(out.stem + ".attempts.jsonl"), key_fields=("request",))
+    if world > 1:
+        dist.barrier()  # every rank has read the attempts so far before rank 0 appends
     sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
     B = a.batch_size
     # A batch is redone whole if a crash left it partly written; rows already there are not rewritten.
@@ -167,17 +175,21 @@ def main(argv=None):
                 known.append(rouge_tokens(task))
             rows.append({"request": r, "id": f"{a.id_prefix}-{r}", "prompt": task, "dropped": reason,
                          "raw": completion.text})
-        log.append(rows)
-        print(f"requests {batch.stop}, kept {len(kept)}/{a.n_prompts}", file=sys.stderr)
         start = batch.stop
-    attempts = log.finalize(sorted(log.done))
-    new = [{"id": r["id"], "prompt": r["prompt"]} for r in attempts if r["dropped"] is None][:a.n_prompts]
-    write_jsonl_atomic(out, new)
-    reasons = {}
-    for r in attempts:
-        reasons[r["dropped"] or "kept"] = reasons.get(r["dropped"] or "kept", 0) + 1
-    print(f"self-instruct: {len(attempts)} requests, {len(new)} prompts written to {out}; " +
-          ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])), file=sys.stderr)
+        if rank == 0:
+            log.append(rows)
+            print(f"requests {batch.stop}, kept {len(kept)}/{a.n_prompts}", file=sys.stderr)
+    if rank == 0:
+        attempts = log.finalize(sorted(log.done))
+        new = [{"id": r["id"], "prompt": r["prompt"]} for r in attempts if r["dropped"] is None][:a.n_prompts]
+        write_jsonl_atomic(out, new)
+        reasons = {}
+        for r in attempts:
+            reasons[r["dropped"] or "kept"] = reasons.get(r["dropped"] or "kept", 0) + 1
+        print(f"self-instruct: {len(attempts)} requests, {len(new)} prompts written to {out}; " +
+              ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])), file=sys.stderr)
+    if world > 1:
+        dist.barrier()  # no rank leaves before the output is written
 
 
 if __name__ == "__main__":

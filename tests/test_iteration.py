@@ -67,9 +67,23 @@ def test_iteration_settings_are_checked(tmp_path):
     cmd = [sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml")]
     ok = subprocess.run(cmd + ["generate.n=3", "dpo.set.beta=0.2"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--num-samples 3" in ok.stdout and "--set beta=0.2" in ok.stdout
-    assert "--tp" not in ok.stdout
-    tp = subprocess.run(cmd + ["tp=true"], capture_output=True, text=True)
-    variables = dict(line.split(" := ", 1) for line in tp.stdout.splitlines())
-    assert all(variables[k].endswith(" --tp") for k in ("GEN_ARGS", "JUDGE_ARGS", "EVAL_ARGS"))
     bad = subprocess.run(cmd + ["genrate.n=3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown key 'genrate'" in bad.stderr
+
+
+def test_tensor_parallel_stages(tmp_path):
+    """tp: true with NPROC > 1 puts every sampling stage, self-instruct too, under torchrun with --tp."""
+    def commands(*settings):
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", f"RUNS={tmp_path}", "RUN=t",
+                               "CONFIG=configs/tiny.yaml", f"PY={sys.executable}",
+                               "SET=base_model=nowhere " + " ".join(settings)], capture_output=True, text=True)
+        return {script: line for line in proc.stdout.replace("\\\n", " ").splitlines()
+                for script in ("self_instruct.py", "generate.py", "score.py", "reward_metrics.py") if script in line}
+    parallel = commands("tp=true", "nproc=2")
+    assert len(parallel) == 4
+    assert all("torchrun" in line and "--nproc_per_node=2" in line and line.endswith("--tp")
+               for line in parallel.values()), parallel
+    data_parallel = commands("nproc=2")
+    assert "torchrun" not in data_parallel["self_instruct.py"] and "torchrun" in data_parallel["generate.py"]
+    assert not any("--tp" in line for line in data_parallel.values())
+    assert not any("--tp" in line for line in commands("tp=true").values())  # one process: nothing to split

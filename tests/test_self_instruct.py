@@ -1,6 +1,7 @@
 """Self-instruction creation: ROUGE-L against hand-computed values, the clean-up and each filter,
 and the CLI end to end (and resumed) on the tiny model."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -81,3 +82,25 @@ def test_cli_counts_add_up_and_resume_gives_the_same_attempts(tmp_path, tiny_che
     assert run(tmp_path, tiny_checkpoint, 100, 8).returncode == 0
     again = [json.loads(line) for line in (tmp_path / "p.attempts.jsonl").read_text().splitlines()]
     assert again == attempts
+
+
+@pytest.mark.slow
+def test_tensor_parallel_equals_one_process(tmp_path, tiny_checkpoint):
+    """Under torchrun with --tp all ranks run the loop on one split model and rank 0 writes. Greedy, so
+    that the order of the all-reduce's float sums cannot tip a sample; the attempts must be the same."""
+    common = ["--model", str(tiny_checkpoint), "--seed-prompts", str(ROOT / "data/seed/ift.jsonl"),
+              "--n-prompts", "100", "--max-requests", "8", "--batch-size", "4", "--max-new-tokens", "12",
+              "--min-words", "1", "--temperature", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(ROOT / "sample/self_instruct.py"), *common,
+                          "--out", str(tmp_path / "one.jsonl")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(ROOT / "sample/self_instruct.py"), *common, "--out", str(tmp_path / "two.jsonl")]
+    refused = subprocess.run(torchrun, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "needs --tp" in refused.stderr
+    two = subprocess.run(torchrun + ["--tp"], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "two.attempts.jsonl").read_text() == (tmp_path / "one.attempts.jsonl").read_text()
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
+    assert not list(tmp_path.glob("*.part*"))
