@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from eval.stages import percent, write_json
+from eval.stages import number, percent, write_json
 from model.jsonl import read_jsonl
 
 
@@ -91,7 +91,7 @@ def describe(s: dict) -> list[str]:
                      f"scores {s['score_histogram']}, neutralised {s['neutralised']}")
     if "pairs" in s:
         lines.append(f"pairs: {s['pairs']} (dropped {s['pairs_dropped']}); mean chars chosen "
-                     f"{s['mean_chars_chosen']} vs rejected {s['mean_chars_rejected']}")
+                     f"{number(s['mean_chars_chosen'])} vs rejected {number(s['mean_chars_rejected'])}")
     if "train" in s:
         lines.append("training, last step: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                          for k, v in s["train"].items()))
