@@ -63,8 +63,8 @@ def score_writer(base: Path, out: Path) -> Path:
     return out
 
 
-def make(runs: Path, base: Path, *args, **popen):
-    cmd = ["make", "-C", str(ROOT), "iteration", "N=2", f"RUNS={runs}", "RUN=r", "CONFIG=configs/tiny.yaml",
+def make(runs: Path, base: Path, *args, n: int = 2, **popen):
+    cmd = ["make", "-C", str(ROOT), "iteration", f"N={n}", f"RUNS={runs}", "RUN=r", "CONFIG=configs/tiny.yaml",
            f"SET=base_model={base} self_instruct.model={base} " + " ".join(SETTINGS), f"PY={sys.executable}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if popen:
@@ -190,3 +190,20 @@ def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
     prompts = (it / "selection.prompts.jsonl").read_text().splitlines()
     heldout = (ROOT / "data/seed/heldout.jsonl").read_text().splitlines()
     assert prompts == heldout[-len(prompts):]
+
+
+def test_third_iteration(runs, tiny_checkpoint, tmp_path):
+    """N=3 starts from M2 (itself a DPO model) and uses it as writer, answerer, judge and reference."""
+    whole, _ = runs
+    shutil.copytree(whole, tmp_path / "r")
+    run = tmp_path / "r"
+    proc = make(tmp_path, tiny_checkpoint, n=3)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"--model {run}/iter2/model --prompts {run}/iter3/prompts.jsonl" in out      # M2 answers
+    assert f"train/dpo.py --config configs/dpo-tiny.yaml --model {run}/iter2/model" in out  # from M2, M2 as reference
+    assert "train/sft.py" not in out and "iter2/candidates" not in out                  # nothing of N <= 2 redone
+    summary = json.loads((run / "iter3/summary.json").read_text())
+    assert summary["pairs"] == lines(run / "iter3/pairs.jsonl") > 0
+    report = (run / "report.md").read_text()
+    assert "\n| 3 | M3 vs M2 |" in report
