@@ -7,7 +7,8 @@
 
 Each takes backend="auto" | "triton" | "torch": auto runs Triton on CUDA tensors, and on CPU tensors when
 TRITON_INTERPRET=1 was set before this package was imported (Triton's interpreter: slow, for tests);
-otherwise the PyTorch reference.
+otherwise the PyTorch reference. The Triton kernels live in logprob_triton.py and dpo_loss_triton.py,
+imported on first use, so this package imports (and runs its references) without Triton installed.
 """
 from kernels.dpo_loss import dpo_loss, sequence_logps
 from kernels.linear_logprob import linear_logprob

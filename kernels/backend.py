@@ -1,14 +1,20 @@
 """Which implementation a public kernel function runs: the Triton kernel or the PyTorch reference.
 
 `backend="auto"` picks Triton for CUDA tensors, and for CPU tensors when Triton's interpreter is on
-(`TRITON_INTERPRET=1`, which Triton reads when a kernel is decorated, i.e. when `kernels` is
-imported: set it before that). Everything else gets the reference.
+(`TRITON_INTERPRET=1`, read here when `kernels` is imported, and by Triton when it decorates the
+kernels in kernels/*_triton.py on their first use: set it before either). Everything else gets the
+reference, and everything does where Triton is not installed (it has Linux wheels only; the CPU demo
+runs on a Mac without it).
 """
 import torch
-import triton
+
+try:
+    import triton
+except ImportError:  # Triton ships Linux wheels only: elsewhere (macOS, Windows) the references run
+    triton = None
 
 # Read once, as Triton itself does when it decorates our kernels at import time.
-INTERPRETED = bool(triton.knobs.runtime.interpret)
+INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -18,6 +24,10 @@ def use_triton(tensor: torch.Tensor, backend: str) -> bool:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
+        return False
+    if triton is None:
+        if backend == "triton":
+            raise ValueError("backend='triton': Triton is not installed (it has wheels for Linux only)")
         return False
     runnable = tensor.is_cuda or (INTERPRETED and tensor.device.type == "cpu")
     if backend == "triton" and not runnable:

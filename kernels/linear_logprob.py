@@ -20,25 +20,25 @@ over chunks in the weight's dtype (as Liger does): with bf16 weights that is one
 chunk, well inside bf16's own error for the handful of chunks a step has.
 """
 import torch
-import triton
 
 from kernels.backend import use_triton
-from kernels.logprob import (
-    check_labels,
-    logprob_backward_torch,
-    logprob_backward_triton,
-    logprob_forward_torch,
-    logprob_forward_triton,
-    logprob_reference,
-)
+from kernels.logprob import check_labels, logprob_backward_torch, logprob_forward_torch, logprob_reference
+
+
+def _ops(triton_kernels: bool):
+    """(forward, backward) for one chunk: the Triton kernels, or their PyTorch versions."""
+    if triton_kernels:
+        from kernels.logprob_triton import logprob_backward_triton, logprob_forward_triton
+        return logprob_forward_triton, logprob_backward_triton
+    return logprob_forward_torch, logprob_backward_torch
 
 
 def default_chunk_size(n_tokens: int, vocab_size: int, dim: int) -> int:
     """Tokens per chunk, after Liger-Kernel's rule: a chunk's logits have about as many elements as all
     the hidden states (N * D), so chunking never costs much more than the input's own size; rounded up
     to a power of two, and at least 256 rows, below which the matmuls lose speed (on CPU too)."""
-    rows = triton.next_power_of_2(triton.cdiv(n_tokens, triton.cdiv(vocab_size, dim)))
-    return max(256, rows)
+    rows = -(-n_tokens // -(-vocab_size // dim))        # ceil(N / ceil(V / D))
+    return max(256, 1 << (rows - 1).bit_length())      # the next power of two
 
 
 def linear_logprob_reference(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -50,7 +50,7 @@ def linear_logprob_reference(hidden: torch.Tensor, weight: torch.Tensor, labels:
 class LinearLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index, chunk_size, triton_kernels):
-        forward_op = logprob_forward_triton if triton_kernels else logprob_forward_torch
+        forward_op, _ = _ops(triton_kernels)
         hidden, labels = hidden.contiguous(), labels.contiguous()
         N = hidden.shape[0]
         # fp32 (float64 for float64 inputs, so that gradcheck can check the CPU path)
@@ -66,7 +66,7 @@ class LinearLogProb(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp):
-        backward_op = logprob_backward_triton if ctx.triton_kernels else logprob_backward_torch
+        _, backward_op = _ops(ctx.triton_kernels)
         hidden, weight, labels, lse = ctx.saved_tensors
         grad_logp = grad_logp.contiguous()                                                 # (N,)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None        # (N, D)

@@ -299,3 +299,36 @@ def test_kernels_under_triton_interpreter():
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     print("interpreter run:", summary)
     assert result.returncode == 0 and "skipped" not in summary, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+def test_without_triton_installed():
+    """Where Triton cannot be installed (macOS, Windows), kernels and the trainers still import and run the
+    references; asking for the Triton backend says why it cannot."""
+    script = """
+import sys
+sys.modules["triton"] = None          # `import triton` now raises ImportError, as on a machine without it
+import torch, kernels, train.dpo, train.sft
+from kernels.linear_logprob import linear_logprob_reference
+from kernels.dpo_loss import dpo_loss_reference
+g = torch.Generator().manual_seed(0)
+hidden, weight = torch.randn(37, 16, generator=g), torch.randn(53, 16, generator=g)
+labels = torch.randint(53, (37,), generator=g)
+labels[::5] = -100
+torch.testing.assert_close(kernels.linear_logprob(hidden, weight, labels, chunk_size=8),
+                           linear_logprob_reference(hidden, weight, labels))
+seq_ids = torch.randint(-1, 4, (37,), generator=g)
+ref = torch.randn(4, generator=g)
+loss, _ = kernels.dpo_loss(kernels.logprob(hidden @ weight.T, labels), seq_ids, ref)
+torch.testing.assert_close(loss, dpo_loss_reference(kernels.logprob(hidden @ weight.T, labels), seq_ids, ref, 4,
+                                                    0.1, 0.0, "sigmoid", False)[0].mean())
+try:
+    kernels.logprob(hidden @ weight.T, labels, backend="triton")
+except ValueError as e:
+    print(e)
+assert "triton" not in sys.modules or sys.modules["triton"] is None
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Triton is not installed" in proc.stdout
