@@ -3,8 +3,7 @@
 `backend="auto"` picks Triton for CUDA tensors, and for CPU tensors when Triton's interpreter is on
 (`TRITON_INTERPRET=1`, read here when `kernels` is imported, and by Triton when it decorates the
 kernels in kernels/*_triton.py on their first use: set it before either). Everything else gets the
-reference, and everything does where Triton is not installed (it has Linux wheels only; the CPU demo
-runs on a Mac without it).
+reference, and everything does where Triton is not installed (it has Linux wheels only).
 """
 import torch
 
