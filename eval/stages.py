@@ -13,10 +13,12 @@ torchrun as they do; one of several stages runs in one process (see single_proce
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from model.errors import FormatError
+from model.jsonl import write_json_atomic as write_json
 from sample.generate import Request, chat_ids, run_stage, sample_rows
 
 
@@ -26,28 +28,21 @@ def work_dir(out) -> Path:
     return out.with_name(out.stem + ".work")
 
 
-def write_json(path, obj) -> None:
-    """Write `obj` as indented JSON to `path`, atomically (a temporary sibling renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def check_work_dir(work: Path, settings: dict) -> None:
-    """Refuse a work folder that a run with other settings made (its stage files would be reused for the
-    wrong models); record the settings in a new one. Path values are compared resolved."""
+    """Start the work folder over if a run with other settings made it (its stage files would be reused
+    for the wrong models); record the settings in a new one. Path values are compared resolved. (The
+    stages inside also check the checkpoints' contents and their inputs: see sample/resume.py.)"""
     settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in settings.items()}
     path = work / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if differ:
-            raise FormatError(f"{work}: made by a run with other settings ({', '.join(differ)} differ); "
-                              "delete it to start over, or write to another --out")
-    else:
-        write_json(path, settings)
+        if not differ:
+            return
+        print(f"{work}: made by a run with other settings ({', '.join(differ)} differ); starting it over",
+              file=sys.stderr)
+        shutil.rmtree(work)
+    write_json(path, settings)
 
 
 def is_number(x) -> bool:

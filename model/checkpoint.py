@@ -8,6 +8,7 @@ A checkpoint is a directory holding
 Directories are written under a temporary name and renamed when complete, so a
 crash mid-write never leaves a half checkpoint where a good one was.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -156,6 +157,16 @@ def read_tensors(directory, device="cpu", dtype=None):
             for name in names:
                 t = f.get_tensor(name)
                 yield name, t if dtype is None else t.to(dtype)
+
+
+def fingerprint(directory) -> str:
+    """Identifies a checkpoint without reading its weights: params.json and each weight file's path,
+    size and modification time (a checkpoint rewritten in place gets a new one)."""
+    digest = hashlib.sha256(repr(read_params(directory)).encode())
+    for file in sorted(set(weight_files(directory).values())):
+        stat = file.stat()
+        digest.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def verify(directory) -> ModelArgs:

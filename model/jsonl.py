@@ -99,3 +99,12 @@ def write_jsonl_atomic(path, rows: Iterable[dict]) -> int:
         tmp.unlink(missing_ok=True)
         raise
     return n
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write `obj` as indented JSON to `path`, atomically (a temporary sibling renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

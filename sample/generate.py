@@ -170,6 +170,14 @@ def add_sampling_args(parser, temperature=0.7, top_p=0.9, max_new_tokens=512):
                         help="under torchrun: tensor parallel (one model split over all ranks) instead of data parallel")
 
 
+def requests_digest(requests: list[Request]) -> str:
+    """A hash of what the model is asked: every request's token ids, output keys and carried fields."""
+    digest = hashlib.sha256()
+    for r in requests:
+        digest.update(json.dumps([r.keys, r.token_ids, r.fields], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     """What every sampling CLI does around its own rows: set up torchrun if present, load the model,
     sample the requests that make_requests(tokenizer) builds (resumably, data or tensor parallel),
@@ -184,7 +192,14 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     requests = make_requests(tokenizer)
-    writer = ResumableJSONL(a.out, rank=rank)
+    # what decides the rows (not the batch size or the parallelism: outputs do not depend on them)
+    settings = {"model": model.checkpoint.fingerprint(a.model), "dtype": str(next(net.parameters()).dtype),
+                "sampling": [a.temperature, a.top_p, a.top_k, a.max_new_tokens], "n": n, "seed": a.seed,
+                "requests": requests_digest(requests)}
+    writer = ResumableJSONL(a.out, rank=0, settings=settings) if rank == 0 else None
+    if world > 1:
+        dist.barrier()  # rank 0 has discarded rows made with other settings before any rank reads
+    writer = writer or ResumableJSONL(a.out, rank=rank)
     fits = [r for r in requests if len(r.token_ids) < net.args.max_seq_len]
     too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
     if on_too_long is not None and rank == 0:

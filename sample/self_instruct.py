@@ -25,6 +25,8 @@ A model too big for one GPU (the paper's writer was Llama-2-Chat 70B) runs tenso
     torchrun --standalone --nproc_per_node=8 sample/self_instruct.py --tp --model ... (same options)
 """
 import argparse
+import hashlib
+import json
 import os
 import random
 import re
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from model.jsonl import read_jsonl, write_jsonl_atomic
 from sample.generate import add_sampling_args, load_model, row_seed, setup_distributed
@@ -148,7 +151,17 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     max_requests = a.max_requests or 20 * a.n_prompts
     out = Path(a.out)
-    log = ResumableJSONL(out.with_name(out.stem + ".attempts.jsonl"), key_fields=("request",))
+    # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
+    # size does too (--n-prompts and --max-requests only say when to stop).
+    settings = {"model": checkpoint_fingerprint(a.model), "dtype": str(next(net.parameters()).dtype),
+                "sampling": [a.temperature, a.top_p, a.top_k, a.max_new_tokens], "seed": a.seed,
+                "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": a.batch_size,
+                "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
+    attempts_path = out.with_name(out.stem + ".attempts.jsonl")
+    log = ResumableJSONL(attempts_path, key_fields=("request",), settings=settings) if rank == 0 else None
+    if world > 1:
+        dist.barrier()  # rank 0 has discarded attempts made with other settings before the others read
+    log = log or ResumableJSONL(attempts_path, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
     sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)

@@ -160,9 +160,18 @@ def test_cli_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint):
     assert [o["id"] for o in outcomes] == ["q0", "q1", "q2"]
     # greedy answers from the same weights: A and B answered alike
     assert [o["response_a"] for o in outcomes] == [o["response_b"] for o in outcomes]
-    # the work folder belongs to this comparison: another B is refused, not silently mixed in
-    proc = run_cli(*[x if x != other else tmp_path for x in args])
-    assert proc.returncode != 0 and "made by a run with other settings (b differ)" in proc.stderr
+    # the work folder belongs to this comparison: with another B it starts over, nothing is mixed in
+    from model import PRESETS, ModelArgs, Transformer, load, save_model
+    _, tokenizer = load(tiny_checkpoint)
+    third = tmp_path / "third"
+    save_model(third, Transformer(ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 400, "max_seq_len": 4096}))
+               .init_weights(std=0.3, seed=1), tokenizer)
+    proc = run_cli(*[x if x != other else third for x in args])
+    assert proc.returncode == 0 and "made by a run with other settings (b differ); starting it over" in proc.stderr
+    fresh = run_cli(*[third if x == other else tmp_path / "fresh.json" if x == tmp_path / "h2h.json" else x
+                      for x in args])
+    assert fresh.returncode == 0, fresh.stderr
+    assert (tmp_path / "h2h.json").read_text() == (tmp_path / "fresh.json").read_text()
 
 
 def test_cli_refuses_torchrun(tmp_path):

@@ -128,3 +128,23 @@ def test_parallel_runs_equal_one_process(tmp_path, tiny_checkpoint, mode):
     generate(*common, "--out", tmp_path / "one.jsonl")
     torchrun(2, *common, "--out", tmp_path / "two.jsonl", *(["--tp"] if mode == "tensor" else []))
     assert read(tmp_path / "two.jsonl") == read(tmp_path / "one.jsonl")
+
+
+def test_rows_made_with_other_settings_are_not_reused(tmp_path, tiny_checkpoint):
+    """OUT.settings.json: a rerun with another temperature, other prompts or a rewritten checkpoint starts
+    over (also from the part files of a killed run); the same settings with another batch size resume."""
+    write_prompts(tmp_path / "p.jsonl", 4)
+    base = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--n", 2, "--max-new-tokens", 6]
+    generate(*base, "--temperature", 0.9, "--out", tmp_path / "fresh.jsonl")
+    generate(*base, "--temperature", 0.5, "--out", tmp_path / "o.jsonl")
+    (tmp_path / "o.jsonl").rename(tmp_path / "o.jsonl.part0")  # as if killed before the merge
+    again = generate(*base, "--temperature", 0.9, "--out", tmp_path / "o.jsonl")
+    assert "written with another sampling; discarding it and starting over" in again.stderr
+    assert read(tmp_path / "o.jsonl") == read(tmp_path / "fresh.jsonl")
+    # same settings, another batch size: everything is reused (nothing sampled)
+    same = generate(*base, "--temperature", 0.9, "--batch-size", 3, "--out", tmp_path / "o.jsonl")
+    assert "this run sampled 0" in same.stderr and "discarding" not in same.stderr
+    # other prompts: discarded
+    write_prompts(tmp_path / "p.jsonl", 5)
+    changed = generate(*base, "--temperature", 0.9, "--out", tmp_path / "o.jsonl")
+    assert "written with another requests; discarding" in changed.stderr and len(read(tmp_path / "o.jsonl")) == 10

@@ -11,7 +11,6 @@ reads a layer and `set_model_state_dict(..., broadcast_from_rank0=True)` sends e
 so no rank ever holds more than its shard plus one layer. Writing a plain checkpoint runs the
 other way: one tensor at a time is all-gathered and rank 0 streams it into model.save.
 """
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -152,16 +151,6 @@ def checkpoint_dtype(path) -> torch.dtype:
     name, file = next(iter(weight_files(path).items()))
     with safe_open(file, framework="pt") as f:
         return SAFETENSORS_DTYPES.get(f.get_slice(name).get_dtype(), torch.float32)
-
-
-def checkpoint_fingerprint(path) -> str:
-    """Identifies a checkpoint without reading its weights: params.json and each weight file's name,
-    size and modification time."""
-    digest = hashlib.sha256(read_params(path).__repr__().encode())
-    for file in sorted(set(weight_files(path).values())):
-        stat = file.stat()
-        digest.update(f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
 
 
 def build(path, d: Dist, *, dropout: float, param_dtype: str, activation_checkpointing: bool,

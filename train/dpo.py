@@ -29,10 +29,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import kernels
+from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from train.config import DPOConfig
 from train.data import collate, fingerprint, read_pairs
-from train.distributed import build, checkpoint_fingerprint, reshard, save_plain, setup, teardown
+from train.distributed import build, reshard, save_plain, setup, teardown
 from train.loop import NonFiniteLoss, add_args, fail, load_state, make_optimizer, open_run_dir, plan_steps, start, train
 
 

@@ -16,10 +16,11 @@ snapshots/step-NNNNNN/ every save_every steps (see train/loop.py). Settings: con
 import argparse
 import sys
 
+from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from train.config import SFTConfig
 from train.data import collate, fingerprint, read_sft
-from train.distributed import build, checkpoint_fingerprint, save_plain, setup, teardown
+from train.distributed import build, save_plain, setup, teardown
 from train.loop import NonFiniteLoss, add_args, fail, load_state, make_optimizer, open_run_dir, plan_steps, start, train
 
 
