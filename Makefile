@@ -50,8 +50,11 @@ I      := $(R)/iter$(N)
 PREV   := $(R)/iter$(shell expr $(N) - 1)
 
 ifneq ($(filter-out setup test model gpu-check,$(MAKECMDGOALS)),)
-# Regenerated on every make, replaced only when it changes, so its timestamp means "settings changed".
-$(shell mkdir -p $(R) && $(PY) configs/iteration.py $(CONFIG) $(SET) > $(R)/config.mk.new \
+# Regenerated on every make, replaced only when it changes. Each stage's own settings go to $(S)/<stage>,
+# rewritten only when they change: stage targets depend on them, so a changed setting makes exactly the
+# outputs it affects out of date (and the sampling stages discard rows made with other settings).
+S := $(R)/settings
+$(shell mkdir -p $(R) && $(PY) configs/iteration.py --stamps $(S) $(CONFIG) $(SET) > $(R)/config.mk.new \
 	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk); rm -f $(R)/config.mk.new)
 include $(R)/config.mk
 SELECT ?= $(SELECT_ENABLED)
@@ -72,18 +75,20 @@ iteration: $(I)/summary.json
 	@$(PY) model/checkpoint.py $(I)/model
 	@cat $<
 
-$(I)/sft.jsonl:
+$(I)/sft.jsonl: $(IFT) $(EFT)
 	mkdir -p $(I)
 	$(PY) judge/sft_data.py --ift $(IFT) $(if $(filter 1,$(BASELINE)),,--eft $(EFT)) --out $@
 
-$(I)/model/params.json: $(I)/sft.jsonl $(BASE_MODEL)/params.json
+# (a finished run that is out of date is removed first: resuming is for interrupted runs)
+$(I)/model/params.json: $(I)/sft.jsonl $(BASE_MODEL)/params.json $(S)/sft
+	$(if $(wildcard $@),rm -rf $(I)/model $(I)/model.train)
 	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $(I)/model --resume $(SFT_SET)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(filter 1,$(BASELINE)),,$(R)/iter0/eval/reward_metrics.json)
 	$(PY) eval/summary.py --iter $(I) --out $@
 
 # M0 as a judge, before any EFT training: the parse rate the paper's EFT data is there to raise
-$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json
+$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(S)/eval
 	mkdir -p $(R)/iter0/eval
 	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(R)/iter0/eval/ranked.trees.jsonl
 	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(R)/iter0/eval/ranked.trees.jsonl --out $@ \
@@ -98,34 +103,35 @@ $(PREV)/model/params.json:
 	@echo "$(PREV)/model is missing: make M$$(( $(N) - 1 )) first with 'make iteration N=$$(( $(N) - 1 )) RUN=$(RUN) CONFIG=$(CONFIG)'"; exit 1
 
 # 1. new prompts, written by M_{N-1} (or the fixed writer named in the config)
-$(I)/prompts.jsonl: $(PREV)/model/params.json
+$(I)/prompts.jsonl: $(PREV)/model/params.json $(IFT) $(S)/self_instruct
 	mkdir -p $(I)
 	$(SI_LAUNCH) sample/self_instruct.py --model $(or $(SI_MODEL),$(PREV)/model) \
 		--seed-prompts $(IFT) --out $@ --seed $(SEED) --id-prefix it$(N) $(SI_ARGS) $(TP_FLAG)
 # 2. candidates: M_{N-1} answers each prompt n times
-$(I)/candidates.jsonl: $(I)/prompts.jsonl
+$(I)/candidates.jsonl: $(I)/prompts.jsonl $(S)/generate
 	$(LAUNCH) sample/generate.py --model $(PREV)/model --prompts $< --out $@ --seed $(SEED) $(GEN_ARGS) $(TP_FLAG)
 # 3. M_{N-1} judges each candidate
-$(I)/judged.jsonl: $(I)/candidates.jsonl
+$(I)/judged.jsonl: $(I)/candidates.jsonl $(S)/judge
 	$(LAUNCH) judge/score.py --model $(PREV)/model --candidates $< --out $@ --seed $(SEED) $(JUDGE_ARGS) $(TP_FLAG)
 # 4. best vs worst per prompt
-$(I)/pairs.jsonl: $(I)/judged.jsonl
+$(I)/pairs.jsonl: $(I)/judged.jsonl $(S)/pairs
 	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
 # 5. M_N = DPO(M_{N-1}) on the pairs, M_{N-1} as the reference (with SELECT=1 into $(I)/dpo, then 5b)
 DPO_OUT := $(if $(filter 1,$(SELECT)),$(I)/dpo,$(I)/model)
-$(DPO_OUT)/params.json: $(I)/pairs.jsonl
+$(DPO_OUT)/params.json: $(I)/pairs.jsonl $(S)/dpo
+	$(if $(wildcard $@),rm -rf $(DPO_OUT) $(DPO_OUT).train)
 	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(DPO_OUT) --resume $(DPO_SET)
 ifeq ($(SELECT),1)
 # 5b. M_N = the DPO snapshot (or final model) that wins most often head to head against M_{N-1}. Prompts: the
 # config's select.prompts, or the last select.limit held-out prompts (the head-to-head below takes the first).
-$(I)/model/params.json: $(I)/dpo/params.json
+$(I)/model/params.json: $(I)/dpo/params.json $(S)/select
 	$(if $(SELECT_PROMPTS),head,tail) -n $(or $(filter-out 0,$(SELECT_LIMIT)),1000000) \
 		$(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) > $(I)/selection.prompts.jsonl
 	$(PY) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
 		--prompts $(I)/selection.prompts.jsonl --judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS)
 endif
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
-$(I)/eval/head_to_head.json: $(I)/model/params.json
+$(I)/eval/head_to_head.json: $(I)/model/params.json $(S)/eval
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
 	$(PY) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
@@ -136,7 +142,7 @@ $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eva
 endif
 
 # the judge's quality (the paper's reward-model metrics), for M1 and every later model
-$(I)/eval/reward_metrics.json: $(I)/model/params.json
+$(I)/eval/reward_metrics.json: $(I)/model/params.json $(S)/eval
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(I)/eval/ranked.trees.jsonl
 	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(I)/eval/ranked.trees.jsonl --out $@ \

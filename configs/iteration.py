@@ -2,15 +2,21 @@
 read into the dataclasses below and turned into Make variables for `make iteration`.
 
     python configs/iteration.py configs/smollm2-135m.yaml generate.n=2 judge.samples=1 > runs/demo/config.mk
+    python configs/iteration.py --stamps runs/demo/settings configs/smollm2-135m.yaml ...  (as make does)
 
 Unknown sections or keys are errors that name them; `section.key=value` arguments (VALUE read as
 YAML) override the file, and `make iteration ... SET="generate.n=2 dpo.set.lr=5e-7"` passes them
 through. Each stage's settings become the flags of its script (see the Makefile), so everything a
-stage runs with is visible in runs/RUN/config.mk.
+stage runs with is visible in runs/RUN/config.mk. With --stamps DIR it also writes DIR/<stage>, each
+stage's own settings, touched only when they change, for the Makefile's stage targets to depend on.
 """
+import hashlib
+import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 import yaml
 
@@ -166,11 +172,59 @@ def make_variables(cfg: Iteration) -> str:
     return "".join(f"{k} := {v}\n" for k, v in lines.items())
 
 
+def file_digest(path: str) -> str:
+    """A trainer YAML's content: editing configs/dpo.yaml must make the models trained with it stale."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
+
+
+def stage_settings(cfg: Iteration) -> dict[str, str]:
+    """What each stage's outputs depend on besides its input files, one text per stage. Not the number
+    of processes or tensor parallelism: the outputs do not depend on them."""
+    v = make_variables(cfg)
+
+    def pick(*keys, batch_size=False):
+        text = "".join(line + "\n" for line in v.splitlines() if line.split(" := ")[0] in keys)
+        # the sampler's outputs do not depend on its batch size (self-instruct's requests do)
+        return text if batch_size else re.sub(r" ?--batch-size \S+", "", text)
+    return {
+        "sft": pick("IFT", "EFT", "SFT_CONFIG", "SFT_SET") + f"config {file_digest(cfg.sft.config)}\n",
+        "self_instruct": pick("SI_MODEL", "SI_ARGS", "IFT", "SEED", batch_size=True),
+        "generate": pick("GEN_ARGS", "SEED"),
+        "judge": pick("JUDGE_ARGS", "SEED"),
+        "pairs": pick("PAIRS_ARGS"),
+        "dpo": pick("DPO_CONFIG", "DPO_SET") + f"config {file_digest(cfg.dpo.config)}\n",
+        "eval": pick("RANKED", "HELDOUT", "EVAL_ARGS", "H2H_ARGS", "EVAL_RANKED_LIMIT", "EVAL_HELDOUT_LIMIT", "SEED"),
+        "select": pick("SELECT_JUDGE", "SELECT_PROMPTS", "SELECT_LIMIT", "SELECT_ARGS", "HELDOUT", "SEED"),
+    }
+
+
+def write_stamps(directory: str, cfg: Iteration) -> None:
+    """DIR/<stage> for every stage, rewritten only when its text changes: the Makefile's stage targets
+    depend on them, so a changed setting makes exactly the outputs it affects out of date."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for stage, text in stage_settings(cfg).items():
+        path = Path(directory) / stage
+        if path.is_file() and path.read_text() == text:
+            continue
+        tmp = path.with_name(f".{stage}.tmp")
+        tmp.write_text(text)
+        if not path.is_file():  # a first record is no change: dated 1970, it makes nothing out of date
+            os.utime(tmp, (0, 0))
+        tmp.replace(path)
+
+
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+    args = sys.argv[1:]
+    stamps = None
+    if len(args) >= 2 and args[0] == "--stamps":
+        stamps, args = args[1], args[2:]
+    if not args or args[0] in ("-h", "--help"):
         sys.exit(__doc__)
     try:
-        print(make_variables(load(sys.argv[1], sys.argv[2:])), end="")
+        cfg = load(args[0], args[1:])
+        if stamps:
+            write_stamps(stamps, cfg)
+        print(make_variables(cfg), end="")
     except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
         sys.exit(f"error: {e}")
 

@@ -207,3 +207,28 @@ def test_third_iteration(runs, tiny_checkpoint, tmp_path):
     assert summary["pairs"] == lines(run / "iter3/pairs.jsonl") > 0
     report = (run / "report.md").read_text()
     assert "\n| 3 | M3 vs M2 |" in report
+
+
+def test_a_changed_setting_redoes_what_it_affects(runs, tiny_checkpoint, tmp_path):
+    """judge.samples=2: judging and everything after it is redone, nothing before it; the judgements are
+    made afresh, not mixed with the old ones. Back to 3: the same outputs as the first time."""
+    whole, _ = runs
+    shutil.copytree(whole, tmp_path / "r")
+    it = tmp_path / "r/iter2"
+    before = {name: (it / name).read_bytes() for name in ("judged.jsonl", "pairs.jsonl", "model/model.safetensors")}
+    nothing = make(tmp_path, tiny_checkpoint)
+    assert nothing.returncode == 0 and "judge/score.py" not in nothing.stdout  # the copy is up to date
+
+    two = make(tmp_path, tiny_checkpoint, "SET=base_model={0} self_instruct.model={0} {1} judge.samples=2".format(
+        tiny_checkpoint, " ".join(SETTINGS)))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    ran = [script for script in ("self_instruct.py", "generate.py", "score.py", "pairs.py", "dpo.py",
+                                 "reward_metrics.py", "head_to_head.py") if script in two.stdout]
+    assert ran == ["score.py", "pairs.py", "dpo.py", "reward_metrics.py", "head_to_head.py"]
+    assert "discarding it and starting over" in two.stderr
+    assert all(len(json.loads(line)["scores"]) == 2 for line in (it / "judged.jsonl").read_text().splitlines())
+
+    three = make(tmp_path, tiny_checkpoint)
+    assert three.returncode == 0, three.stdout[-3000:] + three.stderr[-3000:]
+    for name, data in before.items():
+        assert (it / name).read_bytes() == data, name
