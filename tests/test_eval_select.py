@@ -65,7 +65,7 @@ def test_cli_end_to_end_on_a_fake_run(tmp_path, tiny_checkpoint):
     assert sel["self_judged"] == ["previous", "step-000002", "step-000004", "final"] and "SELF-JUDGED" in proc.stderr
     assert sel["chosen"] is None or sel["chosen"]["name"] in {"step-000002", "step-000004", "final"}
     work = run / "iter2" / "selection.work"
-    assert sorted(p.name for p in (work / "answers").iterdir()) == [
+    assert sorted(p.name for p in (work / "answers").glob("*.jsonl")) == [
         "final.jsonl", "previous.jsonl", "step-000002.jsonl", "step-000004.jsonl"]   # each model answered once
     assert (work / "step-000004-vs-step-000002" / "judgements.jsonl").is_file()
     promoted = sel["chosen"] or {"name": "final", "path": str(run / "iter2" / "model")}
