@@ -37,8 +37,8 @@ gpu-check:
 #   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation
 #   make iteration N=2 RUN=exp CONFIG=configs/llama2-7b.yaml SET="generate.n=2 dpo.set.lr=5e-7"
 #   make iteration N=2 SELECT=1        M2 = the DPO snapshot that wins most often against M1 (early stopping)
-# Every stage is a file under runs/$(RUN)/iter$(N)/, so a rerun does only what is missing; the sampling
-# stages also resume inside a stage. runs/$(RUN)/config.mk shows every setting the stages run with.
+# Every stage is a file under runs/$(RUN)/iter$(N)/, so a rerun does only what is missing or out of date
+# (its inputs or its settings changed); the sampling stages also resume inside a stage. runs/$(RUN)/config.mk shows every setting the stages run with.
 # `make iteration` ends by checking M_N's files are whole: a checkpoint damaged later is reported, not used.
 RUN    ?= demo
 CONFIG ?= configs/smollm2-135m.yaml
