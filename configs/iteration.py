@@ -151,8 +151,9 @@ def overrides(trainer: Trainer) -> str:
     return ("--set " + " ".join(shlex.quote(f"{k}={v}") for k, v in trainer.set.items())) if trainer.set else ""
 
 
-def make_variables(cfg: Iteration) -> str:
-    lines = {
+def variables(cfg: Iteration) -> dict:
+    """The Make variables the stages run with, by name."""
+    return {
         "BASE_MODEL": cfg.base_model, "IFT": cfg.ift, "EFT": cfg.eft, "RANKED": cfg.ranked,
         "HELDOUT": cfg.heldout, "SEED": cfg.seed, "NPROC": cfg.nproc,
         "SI_MODEL": cfg.self_instruct.model, "SI_ARGS": flags(cfg.self_instruct, skip=("model",)),
@@ -169,7 +170,10 @@ def make_variables(cfg: Iteration) -> str:
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
         "SELECT_ARGS": flags(cfg.select, skip=("enabled", "judge", "prompts", "limit")),
     }
-    return "".join(f"{k} := {v}\n" for k, v in lines.items())
+
+
+def make_variables(cfg: Iteration) -> str:
+    return "".join(f"{k} := {v}\n" for k, v in variables(cfg).items())
 
 
 def file_digest(path: str) -> str:
@@ -180,10 +184,10 @@ def file_digest(path: str) -> str:
 def stage_settings(cfg: Iteration) -> dict[str, str]:
     """What each stage's outputs depend on besides its input files, one text per stage. Not the number
     of processes or tensor parallelism: the outputs do not depend on them."""
-    v = make_variables(cfg)
+    v = variables(cfg)
 
     def pick(*keys, batch_size=False):
-        text = "".join(line + "\n" for line in v.splitlines() if line.split(" := ")[0] in keys)
+        text = "".join(f"{k} := {value}\n" for k, value in v.items() if k in keys)
         # the sampler's outputs do not depend on its batch size (self-instruct's requests do)
         return text if batch_size else re.sub(r" ?--batch-size \S+", "", text)
     return {

@@ -178,6 +178,22 @@ def requests_digest(requests: list[Request]) -> str:
     return digest.hexdigest()
 
 
+def stage_settings(a, net) -> dict:
+    """What decides a sampling stage's rows besides its requests: the checkpoint, the dtype, the sampling
+    parameters and the seed (not the batch size or the parallelism: outputs do not depend on them)."""
+    return {"model": model.checkpoint.fingerprint(a.model), "dtype": str(next(net.parameters()).dtype),
+            "sampling": [a.temperature, a.top_p, a.top_k, a.max_new_tokens], "seed": a.seed}
+
+
+def open_output(out, rank: int, world: int, settings: dict, **kwargs) -> ResumableJSONL:
+    """OUT's ResumableJSONL on every rank, rank 0's first, so that it has discarded rows made with other
+    settings before any rank reads."""
+    writer = ResumableJSONL(out, rank=rank, settings=settings, **kwargs) if rank == 0 else None
+    if world > 1:
+        dist.barrier()
+    return writer or ResumableJSONL(out, rank=rank, **kwargs)
+
+
 def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     """What every sampling CLI does around its own rows: set up torchrun if present, load the model,
     sample the requests that make_requests(tokenizer) builds (resumably, data or tensor parallel),
@@ -192,14 +208,7 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     requests = make_requests(tokenizer)
-    # what decides the rows (not the batch size or the parallelism: outputs do not depend on them)
-    settings = {"model": model.checkpoint.fingerprint(a.model), "dtype": str(next(net.parameters()).dtype),
-                "sampling": [a.temperature, a.top_p, a.top_k, a.max_new_tokens], "n": n, "seed": a.seed,
-                "requests": requests_digest(requests)}
-    writer = ResumableJSONL(a.out, rank=0, settings=settings) if rank == 0 else None
-    if world > 1:
-        dist.barrier()  # rank 0 has discarded rows made with other settings before any rank reads
-    writer = writer or ResumableJSONL(a.out, rank=rank)
+    writer = open_output(a.out, rank, world, {**stage_settings(a, net), "n": n, "requests": requests_digest(requests)})
     fits = [r for r in requests if len(r.token_ids) < net.args.max_seq_len]
     too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
     if on_too_long is not None and rank == 0:

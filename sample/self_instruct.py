@@ -35,11 +35,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from model.jsonl import read_jsonl, write_jsonl_atomic
-from sample.generate import add_sampling_args, load_model, row_seed, setup_distributed
-from sample.resume import ResumableJSONL
+from sample.generate import add_sampling_args, load_model, open_output, row_seed, setup_distributed, stage_settings
 from sample.sampler import Sampler, SamplingParams
 
 INSTRUCTION = ("Below are some tasks that people have asked an AI assistant to help with.\n\n{examples}\n\n"
@@ -153,15 +151,9 @@ def main(argv=None):
     out = Path(a.out)
     # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
     # size does too (--n-prompts and --max-requests only say when to stop).
-    settings = {"model": checkpoint_fingerprint(a.model), "dtype": str(next(net.parameters()).dtype),
-                "sampling": [a.temperature, a.top_p, a.top_k, a.max_new_tokens], "seed": a.seed,
-                "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": a.batch_size,
-                "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
-    attempts_path = out.with_name(out.stem + ".attempts.jsonl")
-    log = ResumableJSONL(attempts_path, key_fields=("request",), settings=settings) if rank == 0 else None
-    if world > 1:
-        dist.barrier()  # rank 0 has discarded attempts made with other settings before the others read
-    log = log or ResumableJSONL(attempts_path, key_fields=("request",))
+    settings = {**stage_settings(a, net), "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(),
+                "batch_size": a.batch_size, "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
+    log = open_output(out.with_name(out.stem + ".attempts.jsonl"), rank, world, settings, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
     sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)

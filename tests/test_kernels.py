@@ -305,11 +305,10 @@ def test_without_triton_installed():
     """Where Triton cannot be installed (macOS, Windows), kernels and the trainers still import and run the
     references; asking for the Triton backend says why it cannot."""
     script = """
-import sys
+import math, sys
 sys.modules["triton"] = None          # `import triton` now raises ImportError, as on a machine without it
 import torch, kernels, train.dpo, train.sft
 from kernels.linear_logprob import linear_logprob_reference
-from kernels.dpo_loss import dpo_loss_reference
 g = torch.Generator().manual_seed(0)
 hidden, weight = torch.randn(37, 16, generator=g), torch.randn(53, 16, generator=g)
 labels = torch.randint(53, (37,), generator=g)
@@ -318,9 +317,12 @@ torch.testing.assert_close(kernels.linear_logprob(hidden, weight, labels, chunk_
                            linear_logprob_reference(hidden, weight, labels))
 seq_ids = torch.randint(-1, 4, (37,), generator=g)
 ref = torch.randn(4, generator=g)
-loss, _ = kernels.dpo_loss(kernels.logprob(hidden @ weight.T, labels), seq_ids, ref)
-torch.testing.assert_close(loss, dpo_loss_reference(kernels.logprob(hidden @ weight.T, labels), seq_ids, ref, 4,
-                                                    0.1, 0.0, "sigmoid", False)[0].mean())
+token_logps = kernels.logprob(hidden @ weight.T, labels)
+loss, _ = kernels.dpo_loss(token_logps, seq_ids, ref)
+pi = [float(token_logps[seq_ids == s].sum()) for s in range(4)]        # 2 pairs: chosen 0, 1; rejected 2, 3
+z = [(pi[i] - pi[i + 2]) - float(ref[i] - ref[i + 2]) for i in range(2)]
+expected = sum(math.log1p(math.exp(-0.1 * zi)) for zi in z) / 2       # -logsigmoid(beta z), averaged
+assert abs(float(loss) - expected) < 1e-5 * max(1.0, expected), (float(loss), expected)
 try:
     kernels.logprob(hidden @ weight.T, labels, backend="triton")
 except ValueError as e:
