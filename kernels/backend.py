@@ -5,6 +5,8 @@
 kernels in kernels/*_triton.py on their first use: set it before either). Everything else gets the
 reference, and everything does where Triton is not installed (it has Linux wheels only).
 """
+import os
+
 import torch
 
 try:
@@ -12,8 +14,22 @@ try:
 except ImportError:  # Triton ships Linux wheels only: elsewhere (macOS, Windows) the references run
     triton = None
 
+
+
+def _interpreted() -> bool:
+    """Whether Triton will run our kernels in its interpreter, decided the way the installed Triton decides
+    it: from 3.4 on through `triton.knobs` (which also accepts "true", "on", ...); before, its `jit`
+    decorator compares the variable with "1" (Triton 3.2 and 3.3, which torch 2.6 and 2.7 pin)."""
+    if triton is None:
+        return False
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.getenv("TRITON_INTERPRET", "0") == "1"
+
+
 # Read once, as Triton itself does when it decorates our kernels at import time.
-INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+INTERPRETED = _interpreted()
 
 BACKENDS = ("auto", "triton", "torch")
 

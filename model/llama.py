@@ -152,6 +152,32 @@ def attention_mask(key_valid: torch.Tensor, query_slots: torch.Tensor) -> torch.
     return ((causal & key_valid[:, None, None, :]) | own)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax attention: q (B, n_heads, T, head_dim) over k, v (B, n_kv_heads, S, head_dim) -> like q.
+
+    mask: boolean, broadcastable to (B, 1, T, S), True = may attend; None = causal (T == S).
+    The fused kernels accumulate the softmax in fp32. Without a mask, SDPA's enable_gqa reads each K/V
+    head for its group of query heads (flash attention takes that). With a mask, flash attention is
+    out and the memory-efficient kernel takes no unequal head counts, which would leave the math kernel
+    (repeated K/V, the whole T x S score matrix). So grouped-query attention with a mask folds each
+    query group into the query length: the n_heads / n_kv_heads query heads that share a K/V head
+    become one head with group * T queries, all under that head's mask rows. That is ordinary
+    attention with equal head counts, exactly the same sums, which the fused kernels accept.
+    """
+    B, H, T, D = q.shape
+    n_kv = k.shape[1]
+    if mask is None or H == n_kv:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              enable_gqa=H != n_kv)
+    group, S = H // n_kv, k.shape[2]
+    folded = q.reshape(B, n_kv, group * T, D)  # row g*T + t of K/V head j: query t of head j*group + g
+    mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    mask = mask.expand(mask.shape[0], mask.shape[1], T, S)                     # (B|1, 1|H, T, S)
+    mask = mask.repeat(1, 1, group, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], n_kv, group * T, S)
+    out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask)        # (B, n_kv, group*T, D)
+    return out.reshape(B, H, T, D)
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -178,10 +204,7 @@ class Attention(nn.Module):
             k, v = cache.update(slots, k, v)  # (B, n_kv_heads, S, head_dim)
             if mask is None:  # no padding: causal over the slots written so far
                 mask = attention_mask(torch.ones(B, k.shape[2], dtype=torch.bool, device=x.device), slots)
-        # The attention kernels accumulate the softmax in fp32; enable_gqa reads each
-        # K/V head for its group of query heads without materialising copies.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                             enable_gqa=self.n_kv_heads != self.n_heads)
+        out = attend(q, k, v, mask)  # (B, n_heads, T, head_dim)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -25,10 +25,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import model
+from model.distributed import init_process_group
 from model.errors import FormatError
 from model.jsonl import iter_jsonl
 from sample.resume import ResumableJSONL
 from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
+from sample.tp import broadcast_tokens
 
 
 @dataclass
@@ -138,7 +140,7 @@ def setup_distributed():
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():  # once per process: a CLI may run several stages
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        init_process_group(device)
         atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), device
 
@@ -213,12 +215,14 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
     if on_too_long is not None and rank == 0:
         writer.append([on_too_long(r) for r in too_long])
-    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
+    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile,
+                      sync_tokens=broadcast_tokens if a.tp else None)
     dp_rank, dp_world = (0, 1) if a.tp else (rank, world)
     stats = run(sampler, fits, params, n, a.seed, writer, make_rows, dp_rank, dp_world,
                 write=not a.tp or rank == 0, desc=desc)
     if world > 1 and not a.tp:  # throughput of all ranks together
-        totals = torch.tensor([stats[k] for k in ("samples", "tokens", "stop", "length")], dtype=torch.float64)
+        totals = torch.tensor([stats[k] for k in ("samples", "tokens", "stop", "length")], dtype=torch.float64,
+                              device=device)
         dist.all_reduce(totals)
         stats.update(zip(("samples", "tokens", "stop", "length"), map(int, totals.tolist())))
     if world > 1:

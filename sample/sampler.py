@@ -107,11 +107,18 @@ def plan_batches(lengths: list[int], n: int, max_batch_size: int) -> list[list[i
 
 class Sampler:
     def __init__(self, model, tokenizer, max_batch_size: int = 16, share_prefix: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, sync_tokens=None):
+        """sync_tokens: called on each step's sampled tokens (B,) before they are used, e.g. to give every
+        tensor-parallel rank rank 0's tokens (sample/tp.py's broadcast_tokens)."""
         self.model, self.tokenizer = model, tokenizer
+        self.sync_tokens = sync_tokens
         self.max_batch_size, self.share_prefix = max_batch_size, share_prefix
         self.stop_ids = torch.tensor(tokenizer.stop_ids)
         self.device = model.tok_embeddings.weight.device
+        # The output head in fp32: bf16 logits are quantised (to 0.125 above 16), which moves the nucleus.
+        # One fp32 copy of the (V, D) head, made once, so each step's (B, D) x (D, V) product runs in fp32.
+        weight = model.output_weight
+        self.head_weight = weight if weight.dtype == torch.float32 else weight.detach().float()
         self.decode_step = self._decode_step
         self.compact = not compile
         if compile:
@@ -138,7 +145,7 @@ class Sampler:
     @torch.no_grad()
     def _decode_step(self, tokens, positions, mask, cache, slots):
         hidden = self.model(tokens, positions=positions, mask=mask, cache=cache, slots=slots, return_hidden=True)
-        return (hidden[:, -1] @ self.model.output_weight.T).float()  # (B, V)
+        return hidden[:, -1].float() @ self.head_weight.T  # (B, V) fp32
 
     @torch.no_grad()
     def _run_batch(self, prompts: list[list[int]], params: SamplingParams, n: int,
@@ -199,6 +206,8 @@ class Sampler:
         slot = P + S_suffix
         for t in range(n_new):
             token = sample_tokens(logits, params, uniforms[rows, t])
+            if self.sync_tokens is not None:
+                token = self.sync_tokens(token)
             is_stop = torch.isin(token, stop_ids) & ~finished[rows]
             out[rows, t] = torch.where(finished[rows], -1, token)
             stopped[rows] |= is_stop

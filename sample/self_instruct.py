@@ -39,6 +39,7 @@ from model.errors import FormatError
 from model.jsonl import read_jsonl, write_jsonl_atomic
 from sample.generate import add_sampling_args, load_model, open_output, row_seed, setup_distributed, stage_settings
 from sample.sampler import Sampler, SamplingParams
+from sample.tp import broadcast_tokens
 
 INSTRUCTION = ("Below are some tasks that people have asked an AI assistant to help with.\n\n{examples}\n\n"
                "Write one new task that a person might ask an AI assistant. It should be different from the "
@@ -133,8 +134,8 @@ def main(argv=None):
     parser.add_argument("--id-prefix", default="gen", help="ids are PREFIX-<request number>")
     a = parser.parse_args(argv)
     # Each request depends on the prompts kept before it, so there is no data parallelism: under torchrun
-    # with --tp every rank runs the same loop over one model split across them (the sampler gives every
-    # rank the same tokens, so every rank keeps the same prompts) and rank 0 writes.
+    # with --tp every rank runs the same loop over one model split across them (every rank takes rank 0's
+    # sampled tokens, so every rank keeps the same prompts) and rank 0 writes.
     if "WORLD_SIZE" in os.environ and not a.tp:
         sys.exit("error: under torchrun self_instruct.py needs --tp (one model over all ranks); "
                  "without it, run it as one process")
@@ -156,7 +157,8 @@ def main(argv=None):
     log = open_output(out.with_name(out.stem + ".attempts.jsonl"), rank, world, settings, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
-    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile)
+    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile,
+                      sync_tokens=broadcast_tokens if a.tp else None)
     B = a.batch_size
     # A batch is redone whole if a crash left it partly written; rows already there are not rewritten.
     start = (len(log.done) // B) * B

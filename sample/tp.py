@@ -27,6 +27,14 @@ def _all_reduce_output(module, inputs, output):
     return output
 
 
+def broadcast_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Every rank takes rank 0's sampled tokens. Ranks compute the same logits only up to the order of
+    their reductions; a token drawn differently on one rank would give the ranks batches of different
+    shapes (a row stops on one rank only), and the next all-reduce would hang."""
+    dist.broadcast(tokens, src=0)
+    return tokens
+
+
 def shard_plan(model: Transformer) -> dict[str, int]:
     """{parameter name: split dimension} for every parameter that is split."""
     return {name: SPLIT_DIM[name.split(".")[-2]] for name, _ in model.named_parameters()

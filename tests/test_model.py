@@ -7,7 +7,7 @@ import torch
 
 import model
 from model.convert import convert_hf, export_hf
-from model.llama import PRESETS, ModelArgs, Transformer, attention_mask
+from model.llama import PRESETS, ModelArgs, Transformer, attend, attention_mask
 from model.tokenizer import SentencePieceTokenizer
 
 transformers = pytest.importorskip("transformers", reason="transformers is the reference implementation")
@@ -79,6 +79,42 @@ def test_kv_cache_prefill_then_decode_matches_full_forward():
     for t in range(12, 20):
         got.append(net(tokens[:, t:t + 1], cache=cache, slots=torch.tensor([t])))
     torch.testing.assert_close(torch.cat(got, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def math_attention(q, k, v, mask):
+    """SDPA's math kernel with K/V heads repeated for their query groups: the path attend() avoids."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    group = q.shape[1] // k.shape[1]
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), attn_mask=mask, is_causal=mask is None)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(4, 4), (6, 2), (9, 3)])
+@pytest.mark.parametrize("case", ["decode", "prefill", "causal", "per-head mask", "2-d mask"])
+def test_attend_equals_the_math_kernel(dtype, tol, n_heads, n_kv_heads, case):
+    """Grouped-query attention with a mask, folded into a longer query so that a fused kernel takes it,
+    gives the math kernel's output: for MHA and GQA, decoding (one query over a padded cache), prefill
+    (a padded batch) and causal training attention."""
+    B, D = 3, 16
+    T, S = {"decode": (1, 37), "causal": (13, 13)}.get(case, (9, 23))
+    g = torch.Generator().manual_seed(n_heads * 100 + T)
+    q = torch.randn(B, n_heads, T, D, generator=g).to(dtype)
+    k, v = (torch.randn(B, n_kv_heads, S, D, generator=g).to(dtype) for _ in range(2))
+    valid = torch.rand(B, S, generator=g) > 0.3
+    valid[:, -T:] = True
+    mask = None if case == "causal" else attention_mask(valid, torch.arange(S - T, S))     # (B, 1, T, S)
+    if case == "per-head mask":
+        own_slot = torch.arange(S)[None, :] == torch.arange(S - T, S)[:, None]                # (T, S)
+        mask = mask & (torch.rand(B, n_heads, T, S, generator=g) > 0.2) | own_slot
+    if case == "2-d mask":
+        mask = torch.rand(T, S, generator=g) > 0.4
+        mask[:, 0] = True
+    got = attend(q, k, v, mask)
+    assert got.shape == q.shape and got.dtype == dtype
+    torch.testing.assert_close(got.float(), math_attention(q, k, v, mask).float(), rtol=tol, atol=tol)
 
 
 @torch.no_grad()

@@ -153,3 +153,82 @@ def test_bad_requests():
         sampler.generate([[5] * 64], SamplingParams())
     with pytest.raises(ValueError, match="invalid sampling parameters"):
         SamplingParams(top_p=0)
+
+
+def test_output_head_runs_in_fp32_for_bf16_models():
+    """A bf16 model's logits are not rounded to bf16 (0.125 apart above 16, which moves the nucleus): the
+    sampler's head equals the float64 product of the same bf16 hidden states and weights."""
+    net = tiny().to(torch.bfloat16)
+    with torch.no_grad():
+        net.output.weight.mul_(40)  # logits well above 16
+    sampler = Sampler(net, StubTokenizer())
+    tokens = torch.tensor([[5, 9, 77, 3]])
+    logits = sampler._decode_step(tokens, None, None, None, None)                       # (1, V)
+    hidden = net(tokens, return_hidden=True)[:, -1]
+    exact = hidden.double() @ net.output.weight.double().T
+    assert logits.dtype == torch.float32 and exact.abs().max() > 16
+    assert (logits.double() - exact).abs().max() < 1e-4 * exact.abs().max()
+    assert (exact.bfloat16().double() - exact).abs().max() > 1e-2  # what bf16 logits would have lost
+
+
+TP_SCRIPT = """
+import json, os, sys
+import torch, torch.distributed as dist
+from sample.sampler import Sampler, SamplingParams
+from sample.tp import broadcast_tokens, load_tensor_parallel
+
+class Tok:  # a third of the vocabulary stops a row, so rows stop at different steps
+    pad_id, stop_ids = 0, list(range(3, 400, 3))
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+net, _ = load_tensor_parallel(sys.argv[1], torch.device("cpu"), torch.float32)
+prompts = [[1, 5, 7, 9], [1, 8], [1, 4, 4, 4, 6, 2]]
+# rank 1 draws from other uniforms, as if its reductions had rounded otherwise: its tokens differ
+seeds = [[10 * i + s + 1000 * rank for s in range(3)] for i in range(3)]
+outs = Sampler(net, Tok(), max_batch_size=9, sync_tokens=broadcast_tokens).generate(
+    prompts, SamplingParams(temperature=1.0, max_new_tokens=12), n=3, seeds=seeds)
+got = [[c.token_ids for c in row] for row in outs]
+with open(f"{sys.argv[2]}/rank{rank}.json", "w") as f:  # (two ranks printing at once can mix their lines)
+    json.dump(got, f)
+dist.barrier()
+dist.destroy_process_group()
+os._exit(0)  # as train/distributed.py's teardown: a normal exit can abort a gloo rank after the work is done
+"""
+
+
+@pytest.mark.slow
+def test_tensor_parallel_ranks_take_rank_zeros_tokens(tmp_path, tiny_checkpoint):
+    """Under tensor parallelism every rank uses rank 0's sampled tokens: a rank that would draw other
+    tokens does not leave the ranks with batches of different shapes (a hang), and every rank gets what
+    one process with rank 0's seeds gets."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import model
+    root = Path(__file__).parents[1]
+    (tmp_path / "tp.py").write_text(TP_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "tp.py"), str(tiny_checkpoint), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0] == results[1]
+
+    class Tok:
+        pad_id, stop_ids = 0, list(range(3, 400, 3))
+
+        def decode(self, ids):
+            return ""
+    net, _ = model.load(tiny_checkpoint)
+    prompts = [[1, 5, 7, 9], [1, 8], [1, 4, 4, 4, 6, 2]]
+    outs = Sampler(net, Tok(), max_batch_size=9).generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=12),
+                                                          n=3, seeds=[[10 * i + s for s in range(3)] for i in range(3)])
+    one_process = [[c.token_ids for c in row] for row in outs]
+    assert results[0] == one_process
+    assert len({len(t) for row in one_process for t in row}) > 1  # rows did stop at different steps

@@ -1,7 +1,7 @@
 """Processes, devices and the sharded model: FSDP2 applied from outside to the unchanged Transformer.
 
 Under torchrun every block and then the root are sharded with `fully_shard` over a 1-D mesh of all
-ranks (NCCL on CUDA, gloo on CPU). On CUDA the sharded master weights stay fp32 while forward and
+ranks (NCCL on CUDA, with gloo for CPU tensors; gloo on CPU: model/distributed.py). On CUDA the sharded master weights stay fp32 while forward and
 backward run in `param_dtype` (bf16) and gradients are reduced in fp32 (MixedPrecisionPolicy); a
 single CUDA process gets a one-rank group so that it uses the same policy. A single CPU process
 trains the plain model in fp32 -- which is what the tests compare the sharded runs against.
@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 import kernels
 import model
 from model.checkpoint import read_params, read_tensors, verify, weight_files
+from model.distributed import init_process_group
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -62,11 +63,11 @@ def setup() -> Dist:
         device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        init_process_group(device)
     elif cuda:
         device = torch.device("cuda", 0)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", store=dist.HashStore(), rank=0, world_size=1)
+        init_process_group(device, store=dist.HashStore(), rank=0, world_size=1)
     else:
         return Dist(0, 1, torch.device("cpu"), None)
     world = dist.get_world_size()

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import triton
 
 import model
+from kernels.linear_logprob import default_chunk_size
 from model.checkpoint import read_params
 from model.errors import FormatError
 
@@ -82,7 +82,7 @@ def plan(args: model.ModelArgs, gpus: int, micro_batch: int, seq_len: int, compu
     root = P - args.n_layers * block
     a, d, tokens = compute_bytes, args.dim, micro_batch * seq_len
     per_block = block_activation_bytes(args, a, dropout) * tokens
-    chunk = max(256, triton.next_power_of_2(triton.cdiv(tokens, triton.cdiv(args.vocab_size, d))))
+    chunk = default_chunk_size(tokens, args.vocab_size, d)
     outside = tokens * (4 * args.head_dim + 4 * d + a * d + a * d + 8) + min(chunk, tokens) * args.vocab_size * (a + 4)
     return Plan(
         parameters=4 * P / gpus, gradients=4 * P / gpus, optimizer=8 * P / gpus,
