@@ -213,3 +213,34 @@ def test_resume_after_a_kill_continues_the_same_trajectory(tmp_path, tiny_checkp
     y, _ = model.load(out)
     for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_metrics_are_read_once_per_step_not_per_micro_batch(tmp_path, tiny_checkpoint, capsys):
+    """A micro-step leaves its loss and metrics on the device: the number of tensor-to-host reads
+    (aten._local_scalar_dense, what .item() runs) in a run does not grow with the number of micro-batches
+    per step, and the metrics equal those of the run with fewer, larger micro-batches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountHostReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                type(self).count += 1
+            return func(*args, **(kwargs or {}))
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 8)
+    counts, metrics = {}, {}
+    for micro in (1, 4):  # 4 micro-batches a step, then 1
+        CountHostReads.count = 0
+        with CountHostReads():
+            code, err = run_dpo(capsys, tiny_checkpoint, pairs, tmp_path / f"m{micro}", "batch_size=4",
+                                f"micro_batch_size={micro}", "dropout=0.0")
+        assert code == 0, err
+        counts[micro] = CountHostReads.count
+        metrics[micro] = [json.loads(line) for line in (tmp_path / f"m{micro}.train" / "metrics.jsonl").open()]
+    assert counts[1] == counts[4], counts
+    for small, large in zip(metrics[1], metrics[4]):
+        assert small["tokens"] == large["tokens"] and isinstance(small["tokens"], int)
+        for key in ("loss", "accuracy", "margins", "grad_norm"):
+            assert math.isclose(small[key], large[key], rel_tol=1e-4, abs_tol=1e-6), (key, small, large)

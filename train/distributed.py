@@ -46,13 +46,13 @@ class Dist:
         if dist.is_initialized():
             dist.barrier()
 
-    def all_reduce(self, values: list[float]) -> list[float]:
-        """Sums over ranks, in float64."""
-        if not dist.is_initialized():
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
+    def all_reduce(self, values: list) -> torch.Tensor:
+        """Sums over ranks of numbers or 0-dim tensors, as one float64 tensor on the device. Nothing is
+        copied to the host: a caller reads all of a step's numbers with one .tolist()."""
+        t = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64) for v in values])
+        if dist.is_initialized():
+            dist.all_reduce(t)
+        return t
 
 
 def setup() -> Dist:
@@ -174,17 +174,20 @@ def build(path, d: Dist, *, dropout: float, param_dtype: str, activation_checkpo
     return net
 
 
-def full_tensors(net: LogProbModel, dtype: torch.dtype):
-    """Yield (name, whole tensor on CPU) for the Transformer's weights; a collective on every rank."""
+def full_tensors(net: LogProbModel, dtype: torch.dtype, to_cpu: bool):
+    """Yield (name, whole tensor) for the Transformer's weights, a collective on every rank. Each shard
+    is cast to `dtype` before the gather (a bf16 save gathers half the bytes of the fp32 masters); with
+    to_cpu the whole tensor is then copied to the CPU (rank 0, which writes; the others drop theirs)."""
     for name, t in net.model.state_dict().items():
+        t = t.detach().to(dtype)
         if isinstance(t, DTensor):
             t = t.full_tensor()
-        yield name, t.detach().to("cpu", dtype)
+        yield name, t.to("cpu") if to_cpu else t
 
 
 def save_plain(directory, net: LogProbModel, args: model.ModelArgs, tokenizer, dtype: torch.dtype, d: Dist):
     """A checkpoint directory in the project's format, written atomically by rank 0."""
-    tensors = full_tensors(net, dtype)
+    tensors = full_tensors(net, dtype, to_cpu=d.rank == 0)
     if d.rank == 0:
         model.save(directory, args, tensors, tokenizer)
     else:

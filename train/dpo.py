@@ -132,8 +132,8 @@ def main(argv=None):
                                              average_log_prob=average)
             share = len(micro) / cfg.batch_size  # the step's loss is the mean over all its pairs
             (loss * share * d.world).backward()  # FSDP averages gradients over ranks
-            return {"loss": loss.item() * share, "tokens": batch.n_tokens,
-                    **{k: v.sum().item() / cfg.batch_size for k, v in metrics.items()}}
+            return {"loss": loss.detach() * share, "tokens": batch.n_tokens,  # device tensors: no host sync
+                    **{k: v.detach().sum() / cfg.batch_size for k, v in metrics.items()}}
 
         def snapshot(directory):
             save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, d)

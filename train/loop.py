@@ -220,7 +220,7 @@ def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[lis
 
     plan[s] is this rank's micro-batches of step s. micro_step(s, micro_batch) runs forward and backward
     and returns sums over its examples, already divided by the step's size: {"loss", "tokens", other
-    metrics}. Every save_every steps it writes snapshot(directory) and the training state (with `meta`,
+    metrics}, as numbers or 0-dim device tensors (read once per step, not per micro-batch). Every save_every steps it writes snapshot(directory) and the training state (with `meta`,
     which a resume must match), and at the end the training state.
     """
     if d.rank == 0:
@@ -257,14 +257,17 @@ def _step(cfg: TrainConfig, net, optimizer, d: Dist, step: int, plan, micro_step
     lr = lr_at(step, cfg, len(plan))
     for group in optimizer.param_groups:
         group["lr"] = lr
-    sums: dict[str, float] = {}
+    sums: dict = {}  # numbers and 0-dim device tensors, added up on the device
     for micro in plan[step]:
         for key, value in micro_step(step, micro).items():
-            sums[key] = sums.get(key, 0.0) + value
+            sums[key] = sums.get(key, 0) + value
     keys = sorted(sums)
-    sums = dict(zip(keys, d.all_reduce([sums[k] for k in keys])))
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or math.inf)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    # the step's one host sync: every metric, summed over ranks, and the gradient norm
+    *values, grad_norm = torch.cat([d.all_reduce([sums[k] for k in keys]),
+                                    grad_norm.to(d.device, torch.float64).reshape(1)]).tolist()
+    sums = {k: int(v) if isinstance(sums[k], int) else v for k, v in zip(keys, values)}  # token counts stay whole
     if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
