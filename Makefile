@@ -60,7 +60,8 @@ include $(R)/config.mk
 SELECT ?= $(SELECT_ENABLED)
 endif
 
-# Under torchrun when NPROC > 1 (sampling: data parallel, or with tp: true tensor parallel; training: FSDP).
+# Under torchrun when NPROC > 1 (sampling, evaluation included: data parallel, or with tp: true tensor parallel;
+# training: FSDP).
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
 TP_FLAG = $(if $(and $(filter 1,$(TP)),$(filter-out 1,$(NPROC))),--tp)
 # self-instruct has no data parallelism (each request depends on the prompts kept before it)
@@ -127,15 +128,16 @@ ifeq ($(SELECT),1)
 $(I)/model/params.json: $(I)/dpo/params.json $(S)/select
 	$(if $(SELECT_PROMPTS),head,tail) -n $(or $(filter-out 0,$(SELECT_LIMIT)),1000000) \
 		$(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) > $(I)/selection.prompts.jsonl
-	$(PY) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
-		--prompts $(I)/selection.prompts.jsonl --judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS)
+	$(LAUNCH) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
+		--prompts $(I)/selection.prompts.jsonl --judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) \
+		$(SELECT_ARGS) $(TP_FLAG)
 endif
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
 $(I)/eval/head_to_head.json: $(I)/model/params.json $(S)/eval
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
-	$(PY) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
-		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED) $(H2H_ARGS)
+	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
+		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json
 	$(PY) eval/summary.py --iter $(I) --out $@

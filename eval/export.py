@@ -19,8 +19,8 @@ mt-bench: --questions is MT-Bench's question.jsonl, one {"question_id", "categor
 Answers are greedy by default (--temperature 0) with one sampling setting for every question; FastChat's
 own generation uses a temperature per MT-Bench category. A prompt too long for the model's context gets
 an empty answer, counted in the summary. The answers with their finish reasons and token counts stay in
-OUT's work folder (eval/stages.py), resumably. alpacaeval runs under torchrun (data parallel);
-mt-bench, a stage per turn, in one process.
+OUT's work folder (eval/stages.py), resumably. Both run under torchrun (data parallel, or --tp for
+a model split over the ranks); rank 0 writes --out.
 """
 import argparse
 import hashlib
@@ -29,10 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from eval.stages import (add_answer_args, answer, check_work_dir, is_rank_zero, sampling_settings, single_process,
-                         work_dir, write_json)
+from eval.stages import add_answer_args, answer, prepare_work_dir, sampling_settings, work_dir, write_json
 from model.errors import FormatError
 from model.jsonl import iter_jsonl, write_jsonl_atomic
+from sample.generate import is_rank_zero
 
 
 def read_alpaca_eval(path) -> list[dict]:
@@ -69,11 +69,9 @@ def read_mt_bench(path) -> list[dict]:
 
 
 def export_alpaca_eval(a, eval_set: list[dict], generator: str) -> tuple[list[dict], list[dict]]:
-    """(the AlpacaEval outputs, the answer rows behind them); empty on torchrun ranks other than 0."""
+    """(the AlpacaEval outputs, the answer rows behind them)."""
     prompts = [{"id": i, "prompt": row["instruction"]} for i, row in enumerate(eval_set)]
     answers = answer(a, a.model, prompts, work_dir(a.out) / "answers.jsonl")
-    if answers is None:
-        return [], []  # a torchrun rank other than 0
     outputs = [{"instruction": row["instruction"], "output": ans["response"], "generator": generator,
                 **({"dataset": row["dataset"]} if "dataset" in row else {})} for row, ans in zip(eval_set, answers)]
     return outputs, answers
@@ -120,19 +118,18 @@ def main(argv=None):
         if a.format == "alpacaeval":
             source, name, given = read_alpaca_eval(a.eval_set), a.generator, a.eval_set
         else:
-            single_process("eval/export.py mt-bench")
             source, name, given = read_mt_bench(a.questions), a.model_id or Path(a.out).stem, a.questions
-        check_work_dir(work_dir(a.out), {"model": Path(a.model), "input": Path(given),
+        prepare_work_dir(work_dir(a.out), {"model": Path(a.model), "input": Path(given),
                                          "answer_sampling": sampling_settings(a)})
     except FormatError as e:
         sys.exit(f"error: {e}")
+    export = export_alpaca_eval if a.format == "alpacaeval" else export_mt_bench
+    outputs, answers = export(a, source, name)
+    if not is_rank_zero():
+        return  # torchrun: rank 0 writes the file
     if a.format == "alpacaeval":
-        outputs, answers = export_alpaca_eval(a, source, name)
-        if not is_rank_zero():
-            return  # torchrun: rank 0 writes the file
         write_json(a.out, outputs)
     else:
-        outputs, answers = export_mt_bench(a, source, name)
         write_jsonl_atomic(a.out, outputs)
     too_long = sum(r["finish_reason"] == "too long" for r in answers)
     limited = sum(r["finish_reason"] == "length" for r in answers)

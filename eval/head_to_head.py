@@ -24,7 +24,8 @@ Output: --out, the summary as JSON: {"a", "b", "judge", "self_judged", "prompts"
 "mean_tokens_a", "mean_tokens_b" (each in its own tokenizer), "length_limited_a", "length_limited_b"};
 and in OUT's work folder (eval/stages.py) answers_a.jsonl, answers_b.jsonl, judgements.jsonl (one line
 per prompt and order, sample 0 = A shown first) and outcomes.jsonl (one line per prompt).
-One process (not torchrun; see eval/stages.py's single_process).
+Under torchrun every stage runs data parallel, or with --tp each model split over all ranks
+(eval/stages.py); rank 0 writes the results.
 """
 import argparse
 import sys
@@ -32,11 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eval.pairwise import pairwise_messages, parse_verdict
-from eval.stages import (add_answer_args, answer, check_work_dir, number, percent, sampling_settings, single_process,
-                         stage_args, work_dir, write_json)
+from eval.stages import (add_answer_args, answer, number, percent, prepare_work_dir, sampling_settings, stage_args,
+                         work_dir, write_json)
 from model.errors import FormatError
 from model.jsonl import write_jsonl_atomic
-from sample.generate import Request, read_prompts, run_stage
+from sample.generate import Request, is_rank_zero, read_prompts, run_stage
 
 # A judge takes items {"id", "sample", "prompt", "response_1", "response_2", ...} and returns its raw
 # output for each, in order (None for an item it could not judge).
@@ -169,14 +170,15 @@ def summary_lines(s: dict) -> list[str]:
 
 def judge_answers(a, prompts: list[dict], answers_a: list[dict], answers_b: list[dict], model_a, model_b,
                   work: Path) -> dict:
-    """Judge two models' answers with a's judge options (judgements into `work`), write the outcomes there,
-    and return the summary."""
+    """Judge two models' answers with a's judge options (judgements into `work`), write the outcomes there
+    (rank 0), and return the summary."""
     by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
     rows, tallied = compare(prompts, *by_id, model_judge(a, a.judge, work / "judgements.jsonl"))
     summary = {"a": str(model_a), "b": str(model_b), "judge": str(a.judge),
                "self_judged": self_judged(a.judge, model_a, model_b), "prompts": str(a.prompts),
                "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True), **tallied}
-    write_jsonl_atomic(work / "outcomes.jsonl", rows)
+    if is_rank_zero():
+        write_jsonl_atomic(work / "outcomes.jsonl", rows)
     return summary
 
 
@@ -189,17 +191,18 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="summary JSON to write; stage files go to its .work folder")
     add_answer_args(parser)
     a = parser.parse_args(argv)
-    single_process("eval/head_to_head.py")
     try:
         prompts, _ = read_prompts(a.prompts)
         work = work_dir(a.out)
-        check_work_dir(work, {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
+        prepare_work_dir(work, {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
                               "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     except FormatError as e:
         sys.exit(f"error: {e}")
     answers_a = answer(a, a.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(a, a.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
     summary = judge_answers(a, prompts, answers_a, answers_b, a.a, a.b, work)
+    if not is_rank_zero():
+        return
     write_json(a.out, summary)
     print("\n".join(summary_lines(summary)) + f"\nwrote {a.out}", file=sys.stderr)
 

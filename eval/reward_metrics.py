@@ -26,13 +26,13 @@ from collections import Counter
 from pathlib import Path
 
 from eval.metrics import parse_rate, reward_model_metrics
-from eval.stages import check_work_dir, number, percent, work_dir, write_json
+from eval.stages import number, percent, prepare_work_dir, work_dir, write_json
 from judge.oasst import build_sets, read_messages
 from judge.prompt import judge_messages, neutralise_response
 from judge.score import judged_row
 from model.errors import FormatError
 from model.jsonl import iter_jsonl
-from sample.generate import Request, add_sampling_args, run_stage, throughput
+from sample.generate import Request, add_sampling_args, is_rank_zero, run_stage, throughput
 
 # The paper's Table 4 (Llama-2-70B; SFT baseline, then iterations 1-3), for comparison.
 PAPER = {"SFT baseline": {"pairwise_accuracy": 0.651, "five_best": 0.396, "exact_match": 0.101,
@@ -145,8 +145,8 @@ def main(argv=None):
                 "seed": a.seed}
     try:
         prompts, counts = read_ranked(a.ranked, a.lang)
-        check_work_dir(work_dir(a.out), {"model": Path(a.model), "ranked": Path(a.ranked), "samples": a.samples,
-                                         "lang": a.lang, "sampling": sampling})
+        prepare_work_dir(work_dir(a.out), {"model": Path(a.model), "ranked": Path(a.ranked), "samples": a.samples,
+                                           "lang": a.lang, "sampling": sampling})
     except FormatError as e:
         sys.exit(f"error: {e}")
     stage = argparse.Namespace(**{**vars(a), "out": str(work_dir(a.out) / "judgements.jsonl")})
@@ -162,7 +162,7 @@ def main(argv=None):
                 "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
 
     judged, stats, _ = run_stage(stage, requests, judged_row, a.samples, desc="judging", on_too_long=too_long)
-    if judged is None:
+    if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
     metrics = {"model": a.model, "ranked": a.ranked, "samples": a.samples, "sampling": sampling,
                **metrics_from_judgements(prompts, judged)}

@@ -30,7 +30,8 @@ of eval/head_to_head.py's summary: "win", "tie", "loss", "wins", ..., "mean_char
 checkpoint, unless --promote DIR: then the chosen one (the final model when no comparison gave a verdict,
 with a warning) is copied to DIR, as hard links where the file system allows, and replaces DIR only when
 complete; "promoted" in selection.json says which. Answers and judgements are kept in runs/R/iterN/selection.work/ (resumable; see
-eval/stages.py); each checkpoint answers once, whatever the baseline. One process (not torchrun).
+eval/stages.py); each checkpoint answers once, whatever the baseline. Runs under torchrun as the other
+stages do (data parallel, or --tp); rank 0 writes.
 (The file is not called select.py: run as a script, eval/ comes first on the import path, and a
 select.py there would stand in for Python's own `select` module, which torch imports.)
 """
@@ -42,11 +43,10 @@ import sys
 from pathlib import Path
 
 from eval.head_to_head import judge_answers, same_checkpoint
-from eval.stages import (add_answer_args, answer, check_work_dir, percent, sampling_settings, single_process,
-                         write_json)
+from eval.stages import add_answer_args, answer, percent, prepare_work_dir, sampling_settings, write_json
 from model.checkpoint import atomic_directory, verify
 from model.errors import FormatError
-from sample.generate import read_prompts
+from sample.generate import is_rank_zero, read_prompts
 
 RULE = "highest win %, then lowest loss %, then the earliest checkpoint"
 SHARED = ("a", "b", "judge", "prompts", "answer_sampling", "judge_sampling")  # the same for every candidate
@@ -103,7 +103,6 @@ def main(argv=None):
                         help="the baseline each checkpoint is compared with (default %(default)s; see above)")
     add_answer_args(parser)
     a = parser.parse_args(argv)
-    single_process("eval/select_checkpoint.py")
     iter_dir = Path(a.run) / f"iter{a.iter}"
     previous = Path(a.previous or Path(a.run) / f"iter{a.iter - 1}" / "model")
     work = iter_dir / "selection.work"
@@ -115,7 +114,7 @@ def main(argv=None):
         if not candidates:
             raise FormatError(f"{model_dir}.train/snapshots: no step-* checkpoints, and no final model")
         prompts, _ = read_prompts(a.prompts)
-        check_work_dir(work, {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
+        prepare_work_dir(work, {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
                               "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     except FormatError as e:
         sys.exit(f"error: {e}")
@@ -129,11 +128,14 @@ def main(argv=None):
         summary = judge_answers(a, prompts, answers[c["name"]], answers[baseline["name"]], c["path"],
                                 baseline["path"], work / f"{c['name']}-vs-{baseline['name']}")
         c.update(baseline=baseline["name"], **{k: v for k, v in summary.items() if k not in SHARED})
-        print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
-              f"{percent(c['loss'])} ({c['no_verdict']} without a verdict)", file=sys.stderr)
+        if is_rank_zero():
+            print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
+                  f"{percent(c['loss'])} ({c['no_verdict']} without a verdict)", file=sys.stderr)
         if a.against == "previous-checkpoint":
             baseline = c
     chosen = choose(candidates)
+    if not is_rank_zero():
+        return  # rank 0 promotes and writes
     judged_by = [name for name, path in [("previous", previous), *((c["name"], c["path"]) for c in candidates)]
                  if same_checkpoint(a.judge, path)]
     selection = {"iter": a.iter, "against": a.against, "baseline": str(previous), "judge": str(a.judge),

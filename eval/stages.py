@@ -7,19 +7,21 @@ Every eval CLI writes one result file (--out) and keeps the resumable outputs of
 in the folder beside it named like it with ".work" for its suffix (`head_to_head.json` ->
 `head_to_head.work/`): rerun the same command after a crash and it goes on where it stopped;
 delete the folder to start over. Sampling goes through sample/generate.py's run_stage, so it is
-batched, prefix-shared and seeded exactly as the loop's own stages. A CLI of one stage runs under
-torchrun as they do; one of several stages runs in one process (see single_process).
+batched, prefix-shared and seeded exactly as the loop's own stages, and every CLI runs under torchrun
+as they do (data parallel, or with --tp one model split over the ranks): all ranks run every stage in
+turn, each stage returns its rows on every rank, and rank 0 alone writes results.
 """
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
+import torch.distributed as dist
+
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
-from sample.generate import Request, chat_ids, run_stage, sample_rows
+from sample.generate import Request, chat_ids, is_rank_zero, run_stage, sample_rows, setup_distributed
 
 
 def work_dir(out) -> Path:
@@ -59,18 +61,14 @@ def number(x, fmt: str = ".0f") -> str:
     return format(x, fmt) if is_number(x) else "-"
 
 
-def is_rank_zero() -> bool:
-    """True in a plain process and on torchrun's rank 0: the one that writes results and prints."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def single_process(prog: str) -> None:
-    """Refuse torchrun for a CLI of several sampling stages: each stage (run_stage) sets up and tears down
-    its own process group, and setting one up again in the same processes can hang (torch reuses the
-    group's name, and its keys in torchrun's store are stale); the next stage also needs the rows that
-    run_stage returns only on rank 0."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        sys.exit(f"error: {prog} runs its stages in one process: run it with python, not torchrun")
+def prepare_work_dir(work: Path, settings: dict) -> None:
+    """check_work_dir on rank 0, before any rank reads the folder (under torchrun: every rank joins the
+    process group here, once for all the CLI's stages)."""
+    _, world, _ = setup_distributed()
+    if is_rank_zero():
+        check_work_dir(work, settings)
+    if world > 1:
+        dist.barrier()
 
 
 def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> None:
@@ -94,6 +92,8 @@ def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> No
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     g.add_argument("--no-share-prefix", action="store_true", help="prefill every row on its own (slower)")
+    g.add_argument("--tp", action="store_true",
+                   help="under torchrun: tensor parallel (each model split over all ranks) instead of data parallel")
 
 
 def stage_args(a, model, out, judge: bool = False) -> argparse.Namespace:
@@ -105,7 +105,7 @@ def stage_args(a, model, out, judge: bool = False) -> argparse.Namespace:
     else:
         sampling = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k,
                     "max_new_tokens": a.max_new_tokens}
-    return argparse.Namespace(**{**vars(a), **sampling, "model": str(model), "out": str(out), "tp": False})
+    return argparse.Namespace(**{**vars(a), **sampling, "model": str(model), "out": str(out)})
 
 
 def sampling_settings(a, judge: bool = False) -> dict:
@@ -124,8 +124,8 @@ def too_long_row(request: Request) -> dict:
 
 def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[dict] | None:
     """One answer per prompt ({"id", "prompt"} or {"id", "messages"}) from checkpoint `model`, resumably
-    into `out`, in sample/generate.py's output format (sample 0), in prompt order; None on torchrun
-    ranks other than 0. A prompt too long for the context gets too_long_row."""
+    into `out`, in sample/generate.py's output format (sample 0), in prompt order (on every torchrun rank).
+    A prompt too long for the context gets too_long_row."""
     def requests(tokenizer):
         return [Request(p["id"], p, chat_ids(tokenizer, p), [(p["id"], 0)]) for p in prompts]
 

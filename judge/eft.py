@@ -22,7 +22,7 @@ from judge.prompt import judge_messages
 from judge.score import judged_row
 from model.errors import FormatError
 from model.jsonl import iter_jsonl, write_jsonl_atomic
-from sample.generate import Request, add_sampling_args, run_stage, throughput
+from sample.generate import Request, add_sampling_args, is_rank_zero, run_stage, throughput
 
 
 def read_pool(path) -> list[dict]:
@@ -77,7 +77,7 @@ def main(argv=None):
                 for row in pool for r in row["replies"]]
 
     rows, stats, too_long = run_stage(a, requests, judged_row, 1, desc="judging ranked replies")
-    if rows is None:
+    if not is_rank_zero():
         return
     judged = {(r["id"], r["sample"]): r for r in rows}
     try:

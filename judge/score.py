@@ -22,7 +22,7 @@ from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
 from model.jsonl import iter_jsonl
-from sample.generate import Request, add_sampling_args, run_stage, throughput
+from sample.generate import Request, add_sampling_args, is_rank_zero, run_stage, throughput
 from sample.sampler import Completion
 
 
@@ -85,7 +85,7 @@ def main(argv=None):
                 "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
 
     rows, stats, _ = run_stage(a, requests, judged_row, a.samples, desc="judging", on_too_long=too_long)
-    if rows is not None:
+    if is_rank_zero():
         print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)
 
 

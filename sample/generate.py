@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,7 @@ import model
 from model.distributed import init_process_group
 from model.errors import FormatError
 from model.jsonl import iter_jsonl
-from sample.resume import ResumableJSONL
+from sample.resume import ResumableJSONL, read_rows
 from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
 from sample.tp import broadcast_tokens
 
@@ -129,6 +130,11 @@ def sample_rows(request: Request, completions: list[Completion]) -> list[dict]:
              "n_tokens": c.n_tokens} for s, c in enumerate(completions)]
 
 
+def is_rank_zero() -> bool:
+    """True in a plain process and on torchrun's rank 0: the one that writes results and prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed():
     """(rank, world size, device) under torchrun, or (0, 1, best device) for one process."""
     if "WORLD_SIZE" not in os.environ:
@@ -201,7 +207,8 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     sample the requests that make_requests(tokenizer) builds (resumably, data or tensor parallel),
     and merge the output. A request too long for the context is skipped, or, with on_too_long,
     written as the row on_too_long(request) returns. Returns (output rows, this run's stats, number
-    of requests too long) on rank 0 and (None, stats, n) on the others.
+    of requests too long) on every rank (the others read back what rank 0 merged), so that a CLI of
+    several stages can run them all under torchrun, one after the other, in the same processes.
     """
     rank, world, device = setup_distributed()
     try:
@@ -227,12 +234,13 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
         stats.update(zip(("samples", "tokens", "stop", "length"), map(int, totals.tolist())))
     if world > 1:
         dist.barrier()
-    rows = None
     if rank == 0:
         written = requests if on_too_long is not None else fits
         rows = writer.finalize([k for r in written for k in r.keys])
     if world > 1:
         dist.barrier()  # the output is complete before any rank goes on to a next stage
+    if rank != 0:
+        rows = read_rows(Path(a.out))
     return rows, stats, len(too_long)
 
 
@@ -262,7 +270,7 @@ def main(argv=None):
                 for row in lines]
 
     rows, stats, skipped["too long for the context"] = run_stage(a, requests, sample_rows, a.n, "sampling")
-    if rows is not None:
+    if is_rank_zero():
         skips = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
         print(f"generate: {len(rows)} rows in the output; {throughput(stats)}; skipped prompts: {skips}",
               file=sys.stderr)

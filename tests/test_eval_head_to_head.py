@@ -174,8 +174,25 @@ def test_cli_end_to_end_on_the_tiny_model(tmp_path, tiny_checkpoint):
     assert (tmp_path / "h2h.json").read_text() == (tmp_path / "fresh.json").read_text()
 
 
-def test_cli_refuses_torchrun(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "eval/head_to_head.py"), "--a", "x", "--b", "y", "--judge", "z",
-                           "--prompts", "p", "--out", str(tmp_path / "o.json")],
-                          capture_output=True, text=True, env={**os.environ, "WORLD_SIZE": "2"})
-    assert proc.returncode != 0 and "runs its stages in one process: run it with python, not torchrun" in proc.stderr
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["data", "tensor"])
+def test_cli_under_torchrun_equals_one_process(tmp_path, tiny_checkpoint, mode):
+    """Its three stages (A answers, B answers, the judge) run one after the other in the same torchrun
+    processes, data parallel or with --tp each model split over both ranks, and give one process's files."""
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"the model judges {i}"}) + "\n"
+                                              for i in range(5)))
+    args = ["--a", tiny_checkpoint, "--b", tiny_checkpoint, "--judge", tiny_checkpoint, "--prompts",
+            tmp_path / "p.jsonl", "--max-new-tokens", 6, "--judge-max-new-tokens", 8, "--batch-size", 2,
+            *(["--temperature", 1.0, "--judge-temperature", 1.0] if mode == "data" else [])]
+    one = run_cli(*args, "--out", tmp_path / "one.json")
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "eval/head_to_head.py"), *map(str, args), "--out", str(tmp_path / "two.json"),
+                          *(["--tp"] if mode == "tensor" else [])],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    for name in ("answers_a.jsonl", "answers_b.jsonl", "judgements.jsonl", "outcomes.jsonl"):
+        assert (tmp_path / "two.work" / name).read_text() == (tmp_path / "one.work" / name).read_text(), name
+    one_summary, two_summary = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one_summary == two_summary and one_summary["n_compared"] == 5
+    assert two.stderr.count("A vs B over") == 1  # rank 0 alone reports

@@ -72,15 +72,19 @@ def test_iteration_settings_are_checked(tmp_path):
 
 
 def test_tensor_parallel_stages(tmp_path):
-    """tp: true with NPROC > 1 puts every sampling stage, self-instruct too, under torchrun with --tp."""
+    """tp: true with NPROC > 1 puts every sampling stage, self-instruct and the evaluations too (checkpoint
+    selection included), under torchrun with --tp."""
+    scripts = ("self_instruct.py", "generate.py", "score.py", "reward_metrics.py", "head_to_head.py",
+               "select_checkpoint.py")
+
     def commands(*settings):
-        proc = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", f"RUNS={tmp_path}", "RUN=t",
-                               "CONFIG=configs/tiny.yaml", f"PY={sys.executable}",
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", "SELECT=1", f"RUNS={tmp_path}",
+                               "RUN=t", "CONFIG=configs/tiny.yaml", f"PY={sys.executable}",
                                "SET=base_model=nowhere " + " ".join(settings)], capture_output=True, text=True)
         return {script: line for line in proc.stdout.replace("\\\n", " ").splitlines()
-                for script in ("self_instruct.py", "generate.py", "score.py", "reward_metrics.py") if script in line}
+                for script in scripts if script in line}
     parallel = commands("tp=true", "nproc=2")
-    assert len(parallel) == 4
+    assert sorted(parallel) == sorted(scripts), parallel
     assert all("torchrun" in line and "--nproc_per_node=2" in line and line.endswith("--tp")
                for line in parallel.values()), parallel
     data_parallel = commands("nproc=2")
