@@ -25,12 +25,11 @@ model: checkpoints/smollm2-135m/params.json
 checkpoints/smollm2-135m/params.json:
 	$(PY) model/convert.py gguf "$$($(PY) -c "from model.convert import demo_gguf_path; print(demo_gguf_path())")" checkpoints/smollm2-135m
 
-# On a CUDA machine: the kernel tests with Triton compiled for the GPU (not the interpreter; the
-# reference cases run too), then bench/kernels.py, whose summary table comes last.
+# On a CUDA machine, in a few minutes: the GPU paths checked one by one (compiled Triton kernel tests, kernels at
+# scale, SDPA kernels, the sampler, a bf16 DPO run), a PASS / FAIL / NOT RUN line each, every number in
+# gpu_check.json. Needs only torch and Triton: the venv's python if there is one, else the system's python3.
 gpu-check:
-	@$(PY) -c "import sys, torch; torch.cuda.is_available() or sys.exit('make gpu-check: no CUDA device here')"
-	env -u TRITON_INTERPRET $(PY) -m pytest -q -rs tests/test_kernels.py -k "not interpreter"
-	env -u TRITON_INTERPRET $(PY) bench/kernels.py
+	env -u TRITON_INTERPRET PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py --out gpu_check.json
 
 # ---------------------------------------------------------------- the self-rewarding loop
 #   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed)      (BASELINE=1: IFT only, into runs/RUN/baseline)

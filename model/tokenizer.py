@@ -15,8 +15,6 @@ import re
 import shutil
 from pathlib import Path
 
-import sentencepiece as spm
-
 from model.errors import FormatError
 
 ROLES = ("system", "user", "assistant")
@@ -38,7 +36,8 @@ class SentencePieceTokenizer:
         path = Path(model_path)
         if not path.is_file():
             raise FormatError(f"{path}: no such file")
-        self.sp = spm.SentencePieceProcessor()
+        import sentencepiece  # here, not at the top: `import model` works where only the BPE tokenizer is needed
+        self.sp = sentencepiece.SentencePieceProcessor()
         try:
             self.sp.Load(str(path))
         except Exception as e:  # sentencepiece raises RuntimeError/OSError with a terse message

@@ -1,7 +1,12 @@
 """Per-GPU memory of a training run under full sharding (FSDP2), to size a cluster before renting it.
 
+    python train/plan.py --model llama2-70b --gpus 32 --config configs/dpo-70b.yaml
     python train/plan.py --model llama2-70b --gpus 64 --micro-batch 1 --seq-len 2048
     python train/plan.py --model checkpoints/M1 --gpus 8 --micro-batch 2 --seq-len 2048 --dpo
+
+With --config (a trainer YAML) the micro-batch, sequence length, dropout, compute dtype and activation
+checkpointing are the config's, and the plan says whether its batch_size can be split over the GPUs
+(every rank takes micro_batch_size whole examples or pairs per forward) -- what the trainer checks first.
 
 What is counted, in bytes, for P parameters over G GPUs, as train/distributed.py sets FSDP up:
   parameters        4 P / G   fp32 master shards
@@ -39,6 +44,7 @@ import model
 from kernels.linear_logprob import default_chunk_size
 from model.checkpoint import read_params
 from model.errors import FormatError
+from train.config import DPOConfig, SFTConfig, load_config
 
 GiB = 2 ** 30
 
@@ -99,10 +105,29 @@ def load_args(name: str) -> model.ModelArgs:
     raise FormatError(f"{name}: neither a preset ({', '.join(model.PRESETS)}) nor a checkpoint directory")
 
 
+def apply_config(a) -> None:
+    """Take --micro-batch, --seq-len, --dpo, --fp32 and --no-dropout from the trainer YAML a.config (adding
+    a.checkpointing), and check that its batch_size splits over a.gpus ranks as the trainers require."""
+    try:
+        cfg = load_config(DPOConfig, a.config)
+        a.dpo = True
+    except FormatError:
+        if a.dpo:
+            raise
+        cfg = load_config(SFTConfig, a.config)
+    a.micro_batch, a.seq_len, a.fp32 = cfg.micro_batch_size, cfg.max_seq_len, cfg.param_dtype == "float32"
+    a.no_dropout, a.checkpointing = cfg.dropout == 0, cfg.activation_checkpointing
+    if cfg.batch_size % (cfg.micro_batch_size * a.gpus):
+        raise ValueError(f"{a.config}: batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+                         f"{cfg.micro_batch_size} x {a.gpus} GPUs: the trainer would refuse to start")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a preset (llama2-70b, ...) or a checkpoint directory")
     parser.add_argument("--gpus", type=int, required=True, help="GPUs the model is sharded over")
+    parser.add_argument("--config", help="a trainer YAML (configs/dpo-70b.yaml, ...): the next five options are its "
+                        "values (DPO if it has DPO keys or --dpo), and its batch_size is checked against --gpus")
     parser.add_argument("--micro-batch", type=int, default=1, help="examples (SFT) or pairs (DPO) per forward")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     parser.add_argument("--dpo", action="store_true", help="a pair is two sequences (chosen and rejected)")
@@ -112,12 +137,16 @@ def main(argv=None):
     a = parser.parse_args(argv)
     try:
         args = load_args(a.model)
-    except FormatError as e:
+        if a.config:
+            apply_config(a)
+    except (FormatError, ValueError) as e:
         parser.exit(1, f"error: {e}\n")
     sequences = a.micro_batch * (2 if a.dpo else 1)
     p = plan(args, a.gpus, sequences, a.seq_len, 4 if a.fp32 else 2, not a.no_dropout)
+    checkpointing = getattr(a, "checkpointing", None)  # known with --config
     if a.json:
-        print(json.dumps({**vars(p), "total": p.total, "total_checkpointed": p.total_checkpointed}))
+        print(json.dumps({**vars(p), "total": p.total, "total_checkpointed": p.total_checkpointed,
+                          **({"activation_checkpointing": checkpointing} if a.config else {})}))
         return
     with torch.device("meta"):
         n = model.Transformer(args).num_params()
@@ -131,6 +160,9 @@ def main(argv=None):
     for label, value in rows:
         print(f"  {label:<40} {value / GiB:9.2f} GiB")
     print("  (plus the CUDA context and allocator slack: budget a few GiB)")
+    if a.config:
+        total = p.total_checkpointed if checkpointing else p.total
+        print(f"{a.config}: activation checkpointing {'on' if checkpointing else 'off'}: {total / GiB:.1f} GiB per GPU")
 
 
 if __name__ == "__main__":
