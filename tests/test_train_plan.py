@@ -57,3 +57,25 @@ def test_cli_prints_the_table_and_json(capsys):
     numbers = json.loads(capsys.readouterr().out)
     assert numbers["parameters"] == pytest.approx(4 * 68.98e9 / 64, rel=1e-3)
     assert numbers["total_checkpointed"] < numbers["total"]
+
+
+@pytest.mark.parametrize("config", ["configs/sft-70b.yaml", "configs/dpo-70b.yaml"])
+def test_the_shipped_70b_settings_fit_80_gb_gpus(config, capsys):
+    """The 70B trainer configs, on the 32 GPUs they name: a batch every rank can take a share of, activation
+    checkpointing on, and under 80 GB a GPU with room for the CUDA context and the allocator."""
+    from train.config import DPOConfig, SFTConfig, load_config
+    cfg = load_config(DPOConfig if "dpo" in config else SFTConfig, config)
+    assert cfg.activation_checkpointing and cfg.batch_size % (cfg.micro_batch_size * 32) == 0
+    assert "32 GPUs" in open(config).read()
+    plan.main(["--model", "llama2-70b", "--gpus", "32", "--config", config, "--json", *["--dpo"] * ("dpo" in config)])
+    numbers = json.loads(capsys.readouterr().out)
+    assert numbers["activation_checkpointing"] is True
+    assert numbers["total_checkpointed"] < 70 * 2 ** 30 < numbers["total"]
+
+
+def test_a_batch_the_gpus_cannot_share_is_refused(capsys):
+    """The paper's 16 pairs a step on 64 GPUs: the trainers refuse it, and so does the plan, saying why."""
+    with pytest.raises(SystemExit) as stop:
+        plan.main(["--model", "llama2-70b", "--gpus", "64", "--config", "configs/dpo.yaml", "--dpo"])
+    assert stop.value.code == 1
+    assert "batch_size 16 is not a multiple of micro_batch_size 1 x 64 GPUs" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Per-GPU memory of a training run under full sharding (FSDP2), to size a cluster before renting it.
 
-    python train/plan.py --model llama2-70b --gpus 32 --config configs/dpo-70b.yaml
+    python train/plan.py --model llama2-70b --gpus 32 --config configs/dpo-70b.yaml --dpo
     python train/plan.py --model llama2-70b --gpus 64 --micro-batch 1 --seq-len 2048
     python train/plan.py --model checkpoints/M1 --gpus 8 --micro-batch 2 --seq-len 2048 --dpo
 
@@ -106,15 +106,9 @@ def load_args(name: str) -> model.ModelArgs:
 
 
 def apply_config(a) -> None:
-    """Take --micro-batch, --seq-len, --dpo, --fp32 and --no-dropout from the trainer YAML a.config (adding
-    a.checkpointing), and check that its batch_size splits over a.gpus ranks as the trainers require."""
-    try:
-        cfg = load_config(DPOConfig, a.config)
-        a.dpo = True
-    except FormatError:
-        if a.dpo:
-            raise
-        cfg = load_config(SFTConfig, a.config)
+    """Take --micro-batch, --seq-len, --fp32 and --no-dropout from the trainer YAML a.config (an SFT config, or
+    with --dpo a DPO one; adding a.checkpointing), and check that its batch_size splits over a.gpus ranks as the trainers require."""
+    cfg = load_config(DPOConfig if a.dpo else SFTConfig, a.config)
     a.micro_batch, a.seq_len, a.fp32 = cfg.micro_batch_size, cfg.max_seq_len, cfg.param_dtype == "float32"
     a.no_dropout, a.checkpointing = cfg.dropout == 0, cfg.activation_checkpointing
     if cfg.batch_size % (cfg.micro_batch_size * a.gpus):
@@ -126,8 +120,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a preset (llama2-70b, ...) or a checkpoint directory")
     parser.add_argument("--gpus", type=int, required=True, help="GPUs the model is sharded over")
-    parser.add_argument("--config", help="a trainer YAML (configs/dpo-70b.yaml, ...): the next five options are its "
-                        "values (DPO if it has DPO keys or --dpo), and its batch_size is checked against --gpus")
+    parser.add_argument("--config", help="a trainer YAML (configs/sft-70b.yaml; with --dpo configs/dpo-70b.yaml, ...): "
+                        "micro-batch, sequence length, dtype, dropout and checkpointing are its values, and its "
+                        "batch_size is checked against --gpus")
     parser.add_argument("--micro-batch", type=int, default=1, help="examples (SFT) or pairs (DPO) per forward")
     parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
     parser.add_argument("--dpo", action="store_true", help="a pair is two sequences (chosen and rejected)")
