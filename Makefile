@@ -27,7 +27,8 @@ checkpoints/smollm2-135m/params.json:
 
 # On a CUDA machine, in a few minutes: the GPU paths checked one by one (compiled Triton kernel tests, kernels at
 # scale, SDPA kernels, the sampler, a bf16 DPO run), a PASS / FAIL / NOT RUN line each, every number in
-# gpu_check.json. Needs only torch and Triton: the venv's python if there is one, else the system's python3.
+# gpu_check.json. Needs torch, Triton and what transformers installs with it (safetensors, numpy, PyYAML, tqdm,
+# tokenizers), not our extras: the venv's python if there is one, else the system's python3.
 gpu-check:
 	env -u TRITON_INTERPRET PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py --out gpu_check.json
 

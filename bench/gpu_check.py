@@ -1,9 +1,11 @@
-"""The GPU paths, checked in one run on one CUDA device: about 6 minutes on an H100/H200 (at most 8).
+"""The GPU paths, checked in one run on one CUDA device: an estimated 6 minutes on an H100/H200 (it has not
+run on one yet); --minutes (7.5) bounds it.
 
     PYTHONPATH=. python3 bench/gpu_check.py --out gpu_check.json      # what `make gpu-check` runs
 
-It needs the repository, torch and Triton, nothing else: every model has random weights made on the
-device, nothing is downloaded. Each check prints one line, `PASS name: numbers`, `FAIL name: reason`
+It needs the repository, torch and Triton, and the packages our modules import that transformers brings
+with it (safetensors, numpy, PyYAML, tqdm; tokenizers for the trainer check, pytest for the kernel
+tests), none of our extras: every model has random weights made on the device, nothing is downloaded. Each check prints one line, `PASS name: numbers`, `FAIL name: reason`
 or `NOT RUN name: reason` (an optional module is missing); a check that raises fails alone and the
 others still run. The last line counts them, and --out gets every number, the environment and each
 check's status as JSON. Exit code 1 if a check failed; 2 if there is no CUDA device (nothing runs).
@@ -30,6 +32,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,10 +108,15 @@ class Context:
     dtype: torch.dtype      # bf16 on CUDA, fp32 on the CPU smoke run
     sizes: Sizes
     tmp: Path
+    deadline: float         # time.monotonic() by which the whole run must be over
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    def time_left(self, limit: float) -> float:
+        """Seconds a child process may take: `limit`, or less when the run's deadline is nearer."""
+        return max(1.0, min(limit, self.deadline - time.monotonic()))
 
 
 class NotRun(Exception):
@@ -255,6 +263,14 @@ def child_env(ctx: Context) -> dict:
     return env
 
 
+def require_triton(ctx: Context, tensor: torch.Tensor) -> None:
+    """On CUDA the kernels' "auto" backend must pick Triton: a check of the PyTorch reference against eager proves
+    nothing about the kernels."""
+    from kernels.backend import use_triton
+    if ctx.cuda and not use_triton(tensor, "auto"):
+        raise CheckFailed("the Triton kernels would not run on this CUDA tensor (is Triton installed?)")
+
+
 def last_line(text: str) -> str:
     lines = [line.strip() for line in re.split(r"[\r\n]", text) if line.strip()]
     return lines[-1] if lines else ""
@@ -298,9 +314,10 @@ def check_kernel_tests(ctx, numbers):
     command = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "tests/test_kernels.py",
                "-k", ctx.sizes.kernel_tests]
     try:
-        done = subprocess.run(command, cwd=ROOT, env=child_env(ctx), capture_output=True, text=True, timeout=180)
+        done = subprocess.run(command, cwd=ROOT, env=child_env(ctx), capture_output=True, text=True,
+                              timeout=ctx.time_left(180))
     except subprocess.TimeoutExpired:
-        raise CheckFailed("pytest did not finish in 180 s") from None
+        raise CheckFailed(f"pytest did not finish in {ctx.time_left(180):.0f} s") from None
     numbers["summary"] = last_line(done.stdout)
     found = re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", numbers["summary"])
     numbers.update({word: int(n) for n, word in found})
@@ -308,6 +325,8 @@ def check_kernel_tests(ctx, numbers):
     if done.returncode or not numbers.get("passed"):
         numbers["output_tail"] = (done.stdout + done.stderr)[-4000:]
         raise CheckFailed(f"pytest exit code {done.returncode}: {numbers['summary'] or last_line(done.stderr)}")
+    if ctx.cuda and numbers.get("skipped"):  # on a GPU every case runs: a skip means Triton did not
+        raise CheckFailed(f"{numbers['summary']}: {'; '.join(numbers['report'])[:300]}")
     return numbers["summary"]
 
 
@@ -320,6 +339,7 @@ def check_logprob_int64(ctx, numbers):
     from kernels.logprob import logprob_reference
     N, V = ctx.sizes.big_logprob
     logits, labels = make_inputs("logprob", N, V, 0, ctx.dtype, ctx.device)                # (N, V), (N,)
+    require_triton(ctx, logits)
     grad = torch.randn(N, device=ctx.device)                                                # d loss / d logp
     logp = kernels.logprob(logits, labels)                                                  # (N,)
     logp.backward(grad)
@@ -346,6 +366,7 @@ def check_logprob_speed(ctx, numbers):
     N, failures, parts = ctx.sizes.logprob_tokens, [], []
     for V in ctx.sizes.vocabs:
         inputs = make_inputs("logprob", N, V, 0, ctx.dtype, ctx.device)                     # (N, V), (N,)
+        require_triton(ctx, inputs[0])
         errors = rel_errors(variant("logprob", "fused"), variant("logprob", "eager"), inputs)  # logp, grad
         fused, eager = (fwd_bwd(ctx, variant("logprob", name), inputs) for name in ("fused", "eager"))
         compiled = optional_fwd_bwd(ctx, "logprob", "compile", inputs) if ctx.sizes.compile else "NOT RUN (CPU)"
@@ -373,6 +394,7 @@ def check_linear_logprob(ctx, numbers):
     failures, parts = [], []
     for V in ctx.sizes.vocabs:
         inputs = make_inputs("linear_logprob", N, V, D, ctx.dtype, ctx.device)             # (N, D), (V, D), (N,)
+        require_triton(ctx, inputs[0])
         hidden, weight = inputs[0].detach(), inputs[1].detach()
         flop = 2 * N * V * D                                                               # one (N, D) x (D, V) matmul
         matmul_tflop_s = flop / time_ms(ctx, lambda: hidden @ weight.T) / 1e9
@@ -428,19 +450,19 @@ def check_dpo_loss(ctx, numbers):
 def attention_cases(ctx, n_heads, n_kv_heads, head_dim) -> dict:
     """{mode: (q, k, v, mask)}: training (causal, no mask), prefill (a padding mask, T = S), decode (T = 1)."""
     from model import attention_mask
-    s, device = ctx.sizes, ctx.device
+    sizes, device = ctx.sizes, ctx.device
 
     def qkv(B, T, S):  # (B, n_heads, T, head_dim), and (B, n_kv_heads, S, head_dim) twice
         return [torch.randn(B, heads, length, head_dim, device=device, dtype=ctx.dtype)
                 for heads, length in ((n_heads, T), (n_kv_heads, S), (n_kv_heads, S))]
-    B, T, S = s.attention_batch, s.attention_len, s.decode_len
+    B, T, S = sizes.attention_batch, sizes.attention_len, sizes.decode_len
     valid = torch.ones(B, T, dtype=torch.bool, device=device)
     valid[0, :T // 4] = False                                                               # row 0 left-padded
-    decode_valid = torch.ones(s.decode_batch, S, dtype=torch.bool, device=device)
+    decode_valid = torch.ones(sizes.decode_batch, S, dtype=torch.bool, device=device)
     decode_valid[0, :S // 4] = False
     return {"training": (*qkv(B, T, T), None),
             "prefill": (*qkv(B, T, T), attention_mask(valid, torch.arange(T, device=device))),  # (B, 1, T, T)
-            "decode": (*qkv(s.decode_batch, 1, S),
+            "decode": (*qkv(sizes.decode_batch, 1, S),
                        attention_mask(decode_valid, torch.tensor([S - 1], device=device)))}   # (B, 1, 1, S)
 
 
@@ -527,39 +549,41 @@ def check_sampler(ctx, numbers):
     the bound B x copy bandwidth / (the weights + the KV cache, all read each step), and peak memory. ~1 min."""
     import model
     from sample.sampler import Sampler, SamplingParams
-    s, copy = ctx.sizes, bandwidth(ctx)
+    sizes, copy = ctx.sizes, bandwidth(ctx)
     failures, parts = [], []
     gen = torch.Generator().manual_seed(0)
 
     def greedy(max_new_tokens):
         return SamplingParams(temperature=0, top_p=1, max_new_tokens=max_new_tokens)
-    for preset in s.sampler_models:
+    for preset in sizes.sampler_models:
         args = model.PRESETS[preset]
         net = random_model(args, ctx.device, ctx.dtype)
         # a step reads every weight but the embedding table, of which B rows (all of it when tied: it is the output)
         weight_bytes = sum(p.nbytes for p in net.parameters())
         weight_bytes -= 0 if args.tie_embeddings else net.tok_embeddings.weight.nbytes
         rows = []
-        for B in s.sampler_batches:
+        for B in sizes.sampler_batches:
             sampler = Sampler(net, StubTokenizer(args.vocab_size), max_batch_size=B)
-            prompts = torch.randint(args.vocab_size, (B, s.prompt_len), generator=gen).tolist()
+            if B == sizes.sampler_batches[0]:  # the head is read in fp32 (the sampler's copy), not in bf16
+                weight_bytes += sampler.head_weight.nbytes - net.output_weight.nbytes
+            prompts = torch.randint(args.vocab_size, (B, sizes.prompt_len), generator=gen).tolist()
             sampler.generate(prompts[:1], greedy(2))                                          # warm-up
             _, prefill_s = timed(ctx, lambda: sampler.generate(prompts, greedy(1)))           # and the first token
             if ctx.cuda:
                 torch.cuda.reset_peak_memory_stats()
-            outs, total_s = timed(ctx, lambda: sampler.generate(prompts, greedy(s.new_tokens)))
+            outs, total_s = timed(ctx, lambda: sampler.generate(prompts, greedy(sizes.new_tokens)))
             n_tokens = sum(c.n_tokens for [c] in outs)
-            cache_bytes = (2 * args.n_layers * B * args.n_kv_heads * (s.prompt_len + s.new_tokens) * args.head_dim
+            cache_bytes = (2 * args.n_layers * B * args.n_kv_heads * (sizes.prompt_len + sizes.new_tokens) * args.head_dim
                            * ctx.dtype.itemsize)
             row = numbers[f"{preset} batch {B}"] = {
                 "tokens": n_tokens, "prefill_s": prefill_s, "total_s": total_s,
-                "decode_tok_s": B * (s.new_tokens - 1) / (total_s - prefill_s),
+                "decode_tok_s": B * (sizes.new_tokens - 1) / (total_s - prefill_s),
                 "bound_tok_s": ratio(B * copy, weight_bytes + cache_bytes) if copy else None,
                 "weights_gib": weight_bytes / GiB, "cache_gib": cache_bytes / GiB,
                 "peak_gib": torch.cuda.max_memory_allocated() / GiB if ctx.cuda else None}
             row["of_bound"] = ratio(row["decode_tok_s"], row["bound_tok_s"])
-            if n_tokens != B * s.new_tokens:
-                failures.append(f"{preset} batch {B}: {n_tokens} tokens, not {B} x {s.new_tokens}")
+            if n_tokens != B * sizes.new_tokens:
+                failures.append(f"{preset} batch {B}: {n_tokens} tokens, not {B} x {sizes.new_tokens}")
             rows.append(f"{B}: {row['decode_tok_s']:.0f} tok/s ({show(row['of_bound'], '.0%')} of "
                         f"{show(row['bound_tok_s'])}), peak {show(row['peak_gib'], '.1f')} GiB")
         parts.append(f"{preset} at batch " + ", ".join(rows))
@@ -618,13 +642,13 @@ def check_trainer(ctx, numbers):
         raise NotRun("no module tokenizers (for the checkpoint's byte-level BPE)")
     import model
     from train.plan import plan as memory_plan
-    s, tmp = ctx.sizes, ctx.tmp
-    args = model.ModelArgs(**s.trainer_model)
+    sizes, tmp = ctx.sizes, ctx.tmp
+    args = model.ModelArgs(**sizes.trainer_model)
     model.save_model(tmp / "checkpoint", random_model(args, ctx.device, ctx.dtype), chatml_tokenizer())
     free_memory(ctx)
     write_pairs(tmp / "pairs.jsonl", n_pairs=16, n_words=150)
-    settings = [f"max_steps={s.trainer_steps}", "save_every=2", "batch_size=2", "micro_batch_size=1",
-                f"max_seq_len={s.trainer_seq_len}", "activation_checkpointing=true", "lr=1e-4", "final_lr=1e-5"]
+    settings = [f"max_steps={sizes.trainer_steps}", "save_every=2", "batch_size=2", "micro_batch_size=1",
+                f"max_seq_len={sizes.trainer_seq_len}", "activation_checkpointing=true", "lr=1e-4", "final_lr=1e-5"]
 
     def command(out, resume=False):
         return [sys.executable, "-c", DPO_RUNNER, "--config", "configs/dpo.yaml", "--model", str(tmp / "checkpoint"),
@@ -634,18 +658,18 @@ def check_trainer(ctx, numbers):
         name = f"{out.name}{' --resume' * resume}"
         began = time.perf_counter()
         done = subprocess.run(command(out, resume), cwd=ROOT, env=child_env(ctx), capture_output=True, text=True,
-                              timeout=600)
+                              timeout=ctx.time_left(600))
         numbers[f"{name} seconds"] = time.perf_counter() - began
         if done.returncode:
             raise CheckFailed(f"train/dpo.py --out {name}: exit code {done.returncode}: {last_line(done.stderr)}")
         return done
 
     # (a) an uninterrupted run
-    first, steps = run(tmp / "a"), list(range(1, s.trainer_steps + 1))
+    first, steps = run(tmp / "a"), list(range(1, sizes.trainer_steps + 1))
     metrics = read_metrics(tmp / "a")
     numbers["losses"] = [m["loss"] for m in metrics]
     failures = [] if [m["step"] for m in metrics] == steps else [f"run a logged steps {[m['step'] for m in metrics]}"]
-    planned = memory_plan(args, gpus=1, micro_batch=2, seq_len=s.trainer_seq_len, compute_bytes=ctx.dtype.itemsize,
+    planned = memory_plan(args, gpus=1, micro_batch=2, seq_len=sizes.trainer_seq_len, compute_bytes=ctx.dtype.itemsize,
                           dropout=True).total_checkpointed
     peak = int(re.search(r"peak_allocated (\d+)", first.stdout).group(1)) if ctx.cuda else None
     numbers.update(plan_gib=planned / GiB, peak_gib=ratio(peak, GiB), peak_over_plan=ratio(peak, planned))
@@ -655,18 +679,19 @@ def check_trainer(ctx, numbers):
     again = run(tmp / "a", resume=True)
     if "already complete" not in again.stderr or read_metrics(tmp / "a") != metrics:
         failures.append(f"--resume of the finished run: {last_line(again.stderr)}")
+    shutil.rmtree(tmp / "a.train")  # its states (6 GB each) are done with: the disk may be small
     # (c) killed once its first state is saved (mid-step or mid-save: wherever it is by then), then resumed
     state = tmp / "b.train" / "state" / "meta.json"
     with open(tmp / "b.log", "w") as log:
         child = subprocess.Popen(command(tmp / "b"), cwd=ROOT, env=child_env(ctx), stdout=log, stderr=log)
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + ctx.time_left(600)
         while child.poll() is None and not state.is_file() and time.monotonic() < deadline:
             time.sleep(0.02)
         child.kill()
         child.wait()
     saved = [p for p in (state, tmp / "b.train" / ".state.old" / "meta.json") if p.is_file()]  # see save_state
     killed_at = numbers["killed_at_step"] = json.loads(saved[0].read_text())["step"] if saved else 0
-    if child.returncode != -signal.SIGKILL or not killed_at < s.trainer_steps:
+    if child.returncode != -signal.SIGKILL or not killed_at < sizes.trainer_steps:
         failures.append(f"run b was not stopped mid-run (exit code {child.returncode}, its state at step "
                         f"{killed_at}): {last_line((tmp / 'b.log').read_text())}")
     before = [m for m in read_metrics(tmp / "b") if m["step"] <= killed_at]
@@ -680,7 +705,7 @@ def check_trainer(ctx, numbers):
         failures.append(f"killed at step {killed_at} and resumed: losses {numbers['resumed_losses']}, "
                         f"uninterrupted {numbers['losses']}")
     expect(failures)
-    return (f"{s.trainer_steps} steps in {numbers['a seconds']:.0f} s, losses "
+    return (f"{sizes.trainer_steps} steps in {numbers['a seconds']:.0f} s, losses "
             f"{', '.join(f'{x:.4f}' for x in numbers['losses'])}; peak {show(numbers['peak_gib'], '.1f')} GiB = "
             f"{show(numbers['peak_over_plan'], '.2f')} x plan {numbers['plan_gib']:.2f} GiB (limit 1.25 x + 1 GiB); "
             f"--resume when complete: ok; killed at step {numbers['killed_at_step']}, resumed: the same metrics")
@@ -695,6 +720,8 @@ def run_check(check, ctx: Context) -> dict:
     name, numbers = check.__name__.removeprefix("check_"), {}
     began = time.perf_counter()
     try:
+        if time.monotonic() > ctx.deadline:
+            raise NotRun("the run's time budget (--minutes) was spent before it")
         status, line = PASS, check(ctx, numbers)
     except NotRun as reason:
         status, line = NOT_RUN, str(reason)
@@ -711,7 +738,11 @@ def run_check(check, ctx: Context) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="gpu_check.json", help="the JSON report (default %(default)s)")
+    parser.add_argument("--out", default="gpu_check.json",
+                        help="the JSON report, rewritten after every check (default %(default)s)")
+    parser.add_argument("--minutes", type=float, default=7.5,
+                        help="the whole run's budget: child processes are stopped by it, and checks that would "
+                             "start after it are not run (default %(default)s)")
     # For tests/test_gpu_check.py: every check on the CPU at tiny sizes, to catch API mistakes before a GPU is lent.
     parser.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
@@ -721,21 +752,31 @@ def main(argv=None) -> int:
         return 2
     torch.manual_seed(0)
     began = time.perf_counter()
+    deadline = time.monotonic() + 60 * a.minutes
+    results = {}
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         if a.cpu_smoke:
-            ctx = Context(torch.device("cpu"), torch.float32, CPU_SMOKE, Path(tmp))
+            ctx = Context(torch.device("cpu"), torch.float32, CPU_SMOKE, Path(tmp), deadline)
         else:
-            ctx = Context(torch.device("cuda", 0), torch.bfloat16, GPU, Path(tmp))
+            ctx = Context(torch.device("cuda", 0), torch.bfloat16, GPU, Path(tmp), deadline)
             torch.cuda.set_device(ctx.device)
-        results = {check.__name__.removeprefix("check_"): run_check(check, ctx) for check in CHECKS}
-    counts = {status: sum(r["status"] == status for r in results.values()) for status in (PASS, FAIL, NOT_RUN)}
-    seconds = time.perf_counter() - began
-    print(f"gpu_check: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[NOT_RUN]} not run in {seconds:.0f} s; "
-          f"every number in {a.out}")
-    report = {"mode": "cpu-smoke" if a.cpu_smoke else "cuda", "seconds": seconds, "counts": counts,
-              "environment": results["environment"]["numbers"], "sizes": asdict(ctx.sizes), "checks": results}
-    Path(a.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        for check in CHECKS:  # the report is rewritten after each check: a run stopped from outside keeps its numbers
+            results[check.__name__.removeprefix("check_")] = run_check(check, ctx)
+            counts = {status: sum(r["status"] == status for r in results.values()) for status in (PASS, FAIL, NOT_RUN)}
+            write_report(Path(a.out), {"mode": "cpu-smoke" if a.cpu_smoke else "cuda",
+                                       "seconds": time.perf_counter() - began, "counts": counts,
+                                       "environment": results["environment"]["numbers"], "sizes": asdict(ctx.sizes),
+                                       "checks": results})
+    print(f"gpu_check: {counts[PASS]} passed, {counts[FAIL]} failed, {counts[NOT_RUN]} not run in "
+          f"{time.perf_counter() - began:.0f} s; every number in {a.out}")
     return 1 if counts[FAIL] else 0
+
+
+def write_report(path: Path, report: dict) -> None:
+    """The JSON report, replaced whole (a kill mid-write leaves the previous one)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

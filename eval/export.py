@@ -120,7 +120,7 @@ def main(argv=None):
         else:
             source, name, given = read_mt_bench(a.questions), a.model_id or Path(a.out).stem, a.questions
         prepare_work_dir(work_dir(a.out), {"model": Path(a.model), "input": Path(given),
-                                         "answer_sampling": sampling_settings(a)})
+                                           "answer_sampling": sampling_settings(a)})
     except FormatError as e:
         sys.exit(f"error: {e}")
     export = export_alpaca_eval if a.format == "alpacaeval" else export_mt_bench

@@ -195,7 +195,7 @@ def main(argv=None):
         prompts, _ = read_prompts(a.prompts)
         work = work_dir(a.out)
         prepare_work_dir(work, {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
-                              "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
+                                "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     except FormatError as e:
         sys.exit(f"error: {e}")
     answers_a = answer(a, a.a, prompts, work / "answers_a.jsonl", desc="answering (A)")

@@ -29,9 +29,9 @@ of eval/head_to_head.py's summary: "win", "tie", "loss", "wins", ..., "mean_char
 "mean_chars_b" (its baseline), ...}], "chosen": {"name", "step", "path"} or null}. It moves no
 checkpoint, unless --promote DIR: then the chosen one (the final model when no comparison gave a verdict,
 with a warning) is copied to DIR, as hard links where the file system allows, and replaces DIR only when
-complete; "promoted" in selection.json says which. Answers and judgements are kept in runs/R/iterN/selection.work/ (resumable; see
-eval/stages.py); each checkpoint answers once, whatever the baseline. Runs under torchrun as the other
-stages do (data parallel, or --tp); rank 0 writes.
+complete; "promoted" in selection.json says which. Answers and judgements are kept in
+runs/R/iterN/selection.work/ (resumable; see eval/stages.py); each checkpoint answers once, whatever the
+baseline. Runs under torchrun as the other stages do (data parallel, or --tp); rank 0 writes.
 (The file is not called select.py: run as a script, eval/ comes first on the import path, and a
 select.py there would stand in for Python's own `select` module, which torch imports.)
 """
@@ -115,7 +115,7 @@ def main(argv=None):
             raise FormatError(f"{model_dir}.train/snapshots: no step-* checkpoints, and no final model")
         prompts, _ = read_prompts(a.prompts)
         prepare_work_dir(work, {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
-                              "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
+                                "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     except FormatError as e:
         sys.exit(f"error: {e}")
 

@@ -122,7 +122,7 @@ def too_long_row(request: Request) -> dict:
     return {**fields, "prompt": prompt, "sample": 0, "response": "", "finish_reason": "too long", "n_tokens": 0}
 
 
-def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[dict] | None:
+def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[dict]:
     """One answer per prompt ({"id", "prompt"} or {"id", "messages"}) from checkpoint `model`, resumably
     into `out`, in sample/generate.py's output format (sample 0), in prompt order (on every torchrun rank).
     A prompt too long for the context gets too_long_row."""

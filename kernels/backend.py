@@ -15,7 +15,6 @@ except ImportError:  # Triton ships Linux wheels only: elsewhere (macOS, Windows
     triton = None
 
 
-
 def _interpreted() -> bool:
     """Whether Triton will run our kernels in its interpreter, decided the way the installed Triton decides
     it: from 3.4 on through `triton.knobs` (which also accepts "true", "on", ...); before, its `jit`

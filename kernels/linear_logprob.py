@@ -17,14 +17,19 @@ four (C, V, D) matmuls per chunk over forward and backward against three for the
 Memory: one chunk's logits in the input dtype (and on CPU an fp32 temporary of the same shape), the
 per-token log-probs and log-sum-exps, and the gradients themselves. The weight gradient is summed over
 chunks in fp32 and cast to the weight's dtype once: a bf16 accumulator (Liger's choice) rounds the
-running sum once per chunk, so its error grows with the number of chunks (measured: relative error
-3.1e-3 with one chunk, 6.4e-3 with 32). With bf16 weights that costs an fp32 (V, D) buffer and a bf16
-(V, D) temporary per chunk for the chunk's share.
+running sum once per chunk, so its error grows with the number of chunks (bench/RESULTS.md: relative
+error 2.9e-3 with one chunk, 8.6e-3 with 64; now 3.3e-3). With bf16 weights that costs an fp32 (V, D)
+buffer; on CUDA, where torch has addmm with an fp32 output for bf16 inputs (2.8 on), each chunk's
+matmul adds into it directly, elsewhere through a bf16 (V, D) temporary per chunk.
 """
 import torch
 
 from kernels.backend import use_triton
 from kernels.logprob import check_labels, logprob_backward_torch, logprob_forward_torch, logprob_reference
+
+
+# addmm(fp32, bf16, bf16) -> fp32 in one cuBLAS call (CUDA only; torch 2.8 on)
+_ADDMM_FP32_OUT = "dtype_out" in torch.ops.aten.addmm.overloads()
 
 
 def _ops(triton_kernels: bool):
@@ -87,8 +92,10 @@ class LinearLogProb(torch.autograd.Function):
                 continue
             if grad_weight.dtype == weight.dtype:                          # fp32 (fp64) weights: in place
                 grad_weight.addmm_(logits.T, hidden[rows])                 # (V, C) @ (C, D)
-            else:                                                          # bf16 / fp16: this chunk's share,
-                grad_weight += logits.T @ hidden[rows]                     # rounded once, added in fp32
+            elif weight.is_cuda and _ADDMM_FP32_OUT:                       # bf16 / fp16 into fp32, one call
+                torch.ops.aten.addmm.dtype_out(grad_weight, logits.T, hidden[rows], torch.float32, out=grad_weight)
+            else:                                                          # this chunk's share, rounded once,
+                grad_weight += logits.T @ hidden[rows]                     # added in fp32
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None

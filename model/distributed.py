@@ -20,7 +20,7 @@ def backend(device: torch.device) -> str:
     return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
-def init_process_group(device: torch.device, **kwargs) -> None:
+def join_process_group(device: torch.device, **kwargs) -> None:
     """dist.init_process_group for a rank on `device` (torchrun's environment, or kwargs such as a
     store, rank and world_size for a group made by hand)."""
     dist.init_process_group(backend(device), timeout=TIMEOUT,

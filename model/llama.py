@@ -155,7 +155,8 @@ def attention_mask(key_valid: torch.Tensor, query_slots: torch.Tensor) -> torch.
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Softmax attention: q (B, n_heads, T, head_dim) over k, v (B, n_kv_heads, S, head_dim) -> like q.
 
-    mask: boolean, broadcastable to (B, 1, T, S), True = may attend; None = causal (T == S).
+    mask: boolean, broadcastable to (B, 1, T, S) or per head (B, n_heads, T, S), True = may attend;
+    None = causal (T == S).
     The fused kernels accumulate the softmax in fp32. Without a mask, SDPA's enable_gqa reads each K/V
     head for its group of query heads (flash attention takes that). With a mask, flash attention is
     out and the memory-efficient kernel takes no unequal head counts, which would leave the math kernel

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import model
-from model.distributed import init_process_group
+from model.distributed import join_process_group
 from model.errors import FormatError
 from model.jsonl import iter_jsonl
 from sample.resume import ResumableJSONL, read_rows
@@ -146,7 +146,7 @@ def setup_distributed():
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():  # once per process: a CLI may run several stages
-        init_process_group(device)
+        join_process_group(device)
         atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), device
 
@@ -154,6 +154,8 @@ def setup_distributed():
 def load_model(path, device, dtype_name: str, tp: bool):
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    if tp and not dist.is_initialized():
+        raise ValueError("--tp splits the model over torchrun's processes: run it under torchrun, or leave out --tp")
     if tp:
         from sample.tp import load_tensor_parallel
         return load_tensor_parallel(path, device, dtype)

@@ -82,3 +82,16 @@ def test_sdpa_backends_names_the_kernel_that_ran():
     default = sdpa_backends(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
     assert len(default) == 1 and default[0] in known - {"math"}, default  # the CPU's fused kernel
     assert sdpa_backends(lambda: torch.softmax(q @ k.transpose(-1, -2), -1) @ v) == []
+
+
+def test_a_spent_budget_stops_the_run_and_keeps_the_report(tmp_path):
+    """--minutes bounds the run: checks that would start after it are reported as not run, and the report
+    (rewritten after every check) is there."""
+    out = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--minutes", "0", "--out", str(out)],
+                          cwd=tmp_path, env=NO_GPU, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert {r["status"] for r in report["checks"].values()} == {"NOT RUN"} and len(report["checks"]) == 10
+    assert "time budget" in report["checks"]["trainer"]["line"]
+    assert not list(tmp_path.glob(".*.tmp"))

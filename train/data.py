@@ -194,8 +194,17 @@ def collate(seqs: list[Sequence], pad_id: int, device) -> Batch:
         index += [b * T + t for t in positions]
         labels += s.tokens[s.n_prompt:]
         seq_ids += [b] * len(positions)
-    index, labels, seq_ids = (torch.tensor(x, dtype=torch.long, device=device) for x in (index, labels, seq_ids))
-    return Batch(inputs.to(device), index, labels, seq_ids, sum(len(s.tokens) - 1 for s in seqs))
+    index, labels, seq_ids = (torch.tensor(x, dtype=torch.long) for x in (index, labels, seq_ids))
+    inputs, index, labels, seq_ids = (to_device(t, device) for t in (inputs, index, labels, seq_ids))
+    return Batch(inputs, index, labels, seq_ids, sum(len(s.tokens) - 1 for s in seqs))
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on `device` without waiting for the GPU: a copy from ordinary (pageable) memory waits
+    for all queued GPU work, one from pinned memory is queued behind it."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def fingerprint(sequences) -> str:

@@ -1,8 +1,8 @@
 """Processes, devices and the sharded model: FSDP2 applied from outside to the unchanged Transformer.
 
 Under torchrun every block and then the root are sharded with `fully_shard` over a 1-D mesh of all
-ranks (NCCL on CUDA, with gloo for CPU tensors; gloo on CPU: model/distributed.py). On CUDA the sharded master weights stay fp32 while forward and
-backward run in `param_dtype` (bf16) and gradients are reduced in fp32 (MixedPrecisionPolicy); a
+ranks (NCCL on CUDA, with gloo for CPU tensors; gloo on CPU: model/distributed.py). On CUDA the
+sharded master weights stay fp32 while forward and backward run in `param_dtype` (bf16) and gradients are reduced in fp32 (MixedPrecisionPolicy); a
 single CUDA process gets a one-rank group so that it uses the same policy. A single CPU process
 trains the plain model in fp32 -- which is what the tests compare the sharded runs against.
 
@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor
 import kernels
 import model
 from model.checkpoint import read_params, read_tensors, verify, weight_files
-from model.distributed import init_process_group
+from model.distributed import join_process_group
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -49,7 +49,7 @@ class Dist:
     def all_reduce(self, values: list) -> torch.Tensor:
         """Sums over ranks of numbers or 0-dim tensors, as one float64 tensor on the device. Nothing is
         copied to the host: a caller reads all of a step's numbers with one .tolist()."""
-        t = torch.stack([torch.as_tensor(v, device=self.device).to(torch.float64) for v in values])
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in values])
         if dist.is_initialized():
             dist.all_reduce(t)
         return t
@@ -63,11 +63,11 @@ def setup() -> Dist:
         device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(device)
-        init_process_group(device)
+        join_process_group(device)
     elif cuda:
         device = torch.device("cuda", 0)
         torch.cuda.set_device(device)
-        init_process_group(device, store=dist.HashStore(), rank=0, world_size=1)
+        join_process_group(device, store=dist.HashStore(), rank=0, world_size=1)
     else:
         return Dist(0, 1, torch.device("cpu"), None)
     world = dist.get_world_size()
@@ -174,20 +174,18 @@ def build(path, d: Dist, *, dropout: float, param_dtype: str, activation_checkpo
     return net
 
 
-def full_tensors(net: LogProbModel, dtype: torch.dtype, to_cpu: bool):
-    """Yield (name, whole tensor) for the Transformer's weights, a collective on every rank. Each shard
-    is cast to `dtype` before the gather (a bf16 save gathers half the bytes of the fp32 masters); with
-    to_cpu the whole tensor is then copied to the CPU (rank 0, which writes; the others drop theirs)."""
+def full_tensors(net: LogProbModel, dtype: torch.dtype):
+    """Yield (name, whole tensor on the device) for the Transformer's weights, a collective on every rank.
+    Each shard is cast to `dtype` before the gather: a bf16 save gathers half the bytes of the fp32
+    masters. (Rank 0's model.save copies each to the CPU as it writes; the other ranks drop theirs.)"""
     for name, t in net.model.state_dict().items():
         t = t.detach().to(dtype)
-        if isinstance(t, DTensor):
-            t = t.full_tensor()
-        yield name, t.to("cpu") if to_cpu else t
+        yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def save_plain(directory, net: LogProbModel, args: model.ModelArgs, tokenizer, dtype: torch.dtype, d: Dist):
     """A checkpoint directory in the project's format, written atomically by rank 0."""
-    tensors = full_tensors(net, dtype, to_cpu=d.rank == 0)
+    tensors = full_tensors(net, dtype)
     if d.rank == 0:
         model.save(directory, args, tensors, tokenizer)
     else:

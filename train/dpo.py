@@ -32,7 +32,7 @@ import kernels
 from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from train.config import DPOConfig
-from train.data import collate, fingerprint, read_pairs
+from train.data import collate, fingerprint, read_pairs, to_device
 from train.distributed import build, reshard, save_plain, setup, teardown
 from train.loop import NonFiniteLoss, add_args, fail, load_state, make_optimizer, open_run_dir, plan_steps, start, train
 
@@ -122,7 +122,8 @@ def main(argv=None):
             batch = pair_batch(pairs, micro, s.tokenizer.pad_id, d.device)
             token_logps = net(batch.inputs, batch.index, batch.labels)                    # (M,)
             if cfg.reference == "cached":
-                ref = ref_logps[micro].T.flatten()                                          # (2B,) chosen, rejected
+                rows = to_device(torch.tensor(micro), d.device)                             # no wait for the GPU
+                ref = ref_logps[rows].T.flatten()                                           # (2B,) chosen, rejected
             else:
                 with torch.no_grad():
                     ref = sequence_logps(reference, batch, average)
@@ -132,7 +133,7 @@ def main(argv=None):
                                              average_log_prob=average)
             share = len(micro) / cfg.batch_size  # the step's loss is the mean over all its pairs
             (loss * share * d.world).backward()  # FSDP averages gradients over ranks
-            return {"loss": loss.detach() * share, "tokens": batch.n_tokens,  # device tensors: no host sync
+            return {"loss": loss.detach() * share, "tokens": batch.n_tokens,  # device tensors, read once a step
                     **{k: v.detach().sum() / cfg.batch_size for k, v in metrics.items()}}
 
         def snapshot(directory):

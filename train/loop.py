@@ -220,7 +220,8 @@ def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[lis
 
     plan[s] is this rank's micro-batches of step s. micro_step(s, micro_batch) runs forward and backward
     and returns sums over its examples, already divided by the step's size: {"loss", "tokens", other
-    metrics}, as numbers or 0-dim device tensors (read once per step, not per micro-batch). Every save_every steps it writes snapshot(directory) and the training state (with `meta`,
+    metrics}, as numbers or 0-dim device tensors (read once per step, not per micro-batch). Every
+    save_every steps it writes snapshot(directory) and the training state (with `meta`,
     which a resume must match), and at the end the training state.
     """
     if d.rank == 0:

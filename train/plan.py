@@ -27,8 +27,9 @@ What is counted, in bytes, for P parameters over G GPUs, as train/distributed.py
     without checkpointing: n_layers blocks. With checkpointing: each block keeps only its input
       (a * d), and one block is recomputed at a time in the backward (+ one block's worth).
     outside the blocks: the rotary tables (4 * head_dim), the final norm (4d + a d), the response
-      tokens' hidden states for the fused log-prob (a d) and their log-probs (8), and one chunk of
-      logits (C x vocab, in a + 4 bytes; C as kernels.linear_logprob picks it).
+      tokens' hidden states for the fused log-prob (a d) and their log-probs (8), one chunk of
+      logits (C x vocab, in a + 4 bytes; C as kernels.linear_logprob picks it), and with bf16 compute
+      the fp32 buffer in which linear_logprob sums the output weight's gradient (4 x vocab x d).
 Not counted: the CUDA context and allocator slack (budget a few GB), the activation gradients in
 flight during the backward (about one block's worth), and with DPO's `reference: live` the second
 model's fp32 shards (4 P / G) and its gathered weights.
@@ -37,6 +38,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -90,6 +92,7 @@ def plan(args: model.ModelArgs, gpus: int, micro_batch: int, seq_len: int, compu
     per_block = block_activation_bytes(args, a, dropout) * tokens
     chunk = default_chunk_size(tokens, args.vocab_size, d)
     outside = tokens * (4 * args.head_dim + 4 * d + a * d + a * d + 8) + min(chunk, tokens) * args.vocab_size * (a + 4)
+    outside += 4 * args.vocab_size * d if a < 4 else 0  # linear_logprob's fp32 sum of the output weight's gradient
     return Plan(
         parameters=4 * P / gpus, gradients=4 * P / gpus, optimizer=8 * P / gpus,
         gathered_weights=a * (root + 2 * block), gathered_grads=a * root + (a + 4) * block,
@@ -105,15 +108,25 @@ def load_args(name: str) -> model.ModelArgs:
     raise FormatError(f"{name}: neither a preset ({', '.join(model.PRESETS)}) nor a checkpoint directory")
 
 
-def apply_config(a) -> None:
-    """Take --micro-batch, --seq-len, --fp32 and --no-dropout from the trainer YAML a.config (an SFT config, or
-    with --dpo a DPO one; adding a.checkpointing), and check that its batch_size splits over a.gpus ranks as the trainers require."""
-    cfg = load_config(DPOConfig if a.dpo else SFTConfig, a.config)
-    a.micro_batch, a.seq_len, a.fp32 = cfg.micro_batch_size, cfg.max_seq_len, cfg.param_dtype == "float32"
-    a.no_dropout, a.checkpointing = cfg.dropout == 0, cfg.activation_checkpointing
-    if cfg.batch_size % (cfg.micro_batch_size * a.gpus):
-        raise ValueError(f"{a.config}: batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
-                         f"{cfg.micro_batch_size} x {a.gpus} GPUs: the trainer would refuse to start")
+@dataclass
+class Run:
+    """What the plan needs to know of a training run, from the flags or from a trainer config."""
+    micro_batch: int                # examples (SFT) or pairs (DPO) per forward
+    seq_len: int
+    fp32: bool
+    dropout: bool
+    checkpointing: Optional[bool]   # what the config says; None: not known (the plan shows both)
+
+
+def run_from_config(path: str, dpo: bool, gpus: int) -> Run:
+    """The run a trainer YAML (an SFT one, or with dpo a DPO one) describes, after checking that its batch_size
+    splits over `gpus` ranks as the trainers require."""
+    cfg = load_config(DPOConfig if dpo else SFTConfig, path)
+    if cfg.batch_size % (cfg.micro_batch_size * gpus):
+        raise ValueError(f"{path}: batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+                         f"{cfg.micro_batch_size} x {gpus} GPUs: the trainer would refuse to start")
+    return Run(cfg.micro_batch_size, cfg.max_seq_len, cfg.param_dtype == "float32", cfg.dropout > 0,
+               cfg.activation_checkpointing)
 
 
 def main(argv=None):
@@ -123,30 +136,33 @@ def main(argv=None):
     parser.add_argument("--config", help="a trainer YAML (configs/sft-70b.yaml; with --dpo configs/dpo-70b.yaml, ...): "
                         "micro-batch, sequence length, dtype, dropout and checkpointing are its values, and its "
                         "batch_size is checked against --gpus")
-    parser.add_argument("--micro-batch", type=int, default=1, help="examples (SFT) or pairs (DPO) per forward")
-    parser.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence")
+    parser.add_argument("--micro-batch", type=int, help="examples (SFT) or pairs (DPO) per forward (default 1)")
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default 2048)")
     parser.add_argument("--dpo", action="store_true", help="a pair is two sequences (chosen and rejected)")
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 (param_dtype: float32)")
     parser.add_argument("--no-dropout", action="store_true", help="dropout 0: no masks kept")
     parser.add_argument("--json", action="store_true", help="print the numbers (bytes) as JSON")
     a = parser.parse_args(argv)
+    given = [flag for flag, value in (("--micro-batch", a.micro_batch), ("--seq-len", a.seq_len), ("--fp32", a.fp32),
+                                      ("--no-dropout", a.no_dropout)) if value]
+    if a.config and given:
+        parser.exit(1, f"error: {', '.join(given)}: --config gives these; leave them out, or leave out --config\n")
     try:
         args = load_args(a.model)
-        if a.config:
-            apply_config(a)
+        run = (run_from_config(a.config, a.dpo, a.gpus) if a.config else
+               Run(a.micro_batch or 1, a.seq_len or 2048, a.fp32, not a.no_dropout, checkpointing=None))
     except (FormatError, ValueError) as e:
         parser.exit(1, f"error: {e}\n")
-    sequences = a.micro_batch * (2 if a.dpo else 1)
-    p = plan(args, a.gpus, sequences, a.seq_len, 4 if a.fp32 else 2, not a.no_dropout)
-    checkpointing = getattr(a, "checkpointing", None)  # known with --config
+    sequences = run.micro_batch * (2 if a.dpo else 1)
+    p = plan(args, a.gpus, sequences, run.seq_len, 4 if run.fp32 else 2, run.dropout)
     if a.json:
         print(json.dumps({**vars(p), "total": p.total, "total_checkpointed": p.total_checkpointed,
-                          **({"activation_checkpointing": checkpointing} if a.config else {})}))
+                          **({"activation_checkpointing": run.checkpointing} if a.config else {})}))
         return
     with torch.device("meta"):
         n = model.Transformer(args).num_params()
     print(f"{a.model}: {n / 1e9:.2f}B parameters on {a.gpus} GPUs, full sharding; micro-batch of {sequences} "
-          f"sequence(s) x {a.seq_len} tokens, {'fp32' if a.fp32 else 'bf16'} compute")
+          f"sequence(s) x {run.seq_len} tokens, {'fp32' if run.fp32 else 'bf16'} compute")
     rows = [("parameters (fp32 shards)", p.parameters), ("gradients (fp32 shards)", p.gradients),
             ("optimizer state (AdamW, fp32)", p.optimizer), ("gathered weights (transient)", p.gathered_weights),
             ("gathered gradients (transient)", p.gathered_grads),
@@ -156,8 +172,9 @@ def main(argv=None):
         print(f"  {label:<40} {value / GiB:9.2f} GiB")
     print("  (plus the CUDA context and allocator slack: budget a few GiB)")
     if a.config:
-        total = p.total_checkpointed if checkpointing else p.total
-        print(f"{a.config}: activation checkpointing {'on' if checkpointing else 'off'}: {total / GiB:.1f} GiB per GPU")
+        total = p.total_checkpointed if run.checkpointing else p.total
+        print(f"{a.config}: activation checkpointing {'on' if run.checkpointing else 'off'}: "
+              f"{total / GiB:.1f} GiB per GPU")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def main(argv=None):
             batch = collate([examples[i] for i in micro], s.tokenizer.pad_id, d.device)
             loss = -net(batch.inputs, batch.index, batch.labels).sum() / loss_tokens[step]
             (loss * d.world).backward()  # FSDP averages gradients over ranks; the loss is already global
-            return {"loss": loss.detach(), "tokens": batch.n_tokens}  # a device tensor: no host sync
+            return {"loss": loss.detach(), "tokens": batch.n_tokens}  # a device tensor, read once a step
 
         def snapshot(directory):
             save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, d)
