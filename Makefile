@@ -53,9 +53,11 @@ ifneq ($(filter-out setup test model gpu-check,$(MAKECMDGOALS)),)
 # Regenerated on every make, replaced only when it changes. Each stage's own settings go to $(S)/<stage>,
 # rewritten only when they change: stage targets depend on them, so a changed setting makes exactly the
 # outputs it affects out of date (and the sampling stages discard rows made with other settings).
+# A setting configs/iteration.py refuses (it says why on stderr) stops make here, before any stage.
 S := $(R)/settings
-$(shell mkdir -p $(R) && $(PY) configs/iteration.py --stamps $(S) $(CONFIG) $(SET) > $(R)/config.mk.new \
-	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk); rm -f $(R)/config.mk.new)
+CONFIG_OK := $(shell mkdir -p $(R) && $(PY) configs/iteration.py --stamps $(S) $(CONFIG) $(SET) > $(R)/config.mk.new \
+	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk) && echo ok; rm -f $(R)/config.mk.new)
+$(if $(CONFIG_OK),,$(error $(CONFIG): settings refused (configs/iteration.py says why above)))
 include $(R)/config.mk
 SELECT ?= $(SELECT_ENABLED)
 endif

@@ -4,13 +4,17 @@ read into the dataclasses below and turned into Make variables for `make iterati
     python configs/iteration.py configs/smollm2-135m.yaml generate.n=2 judge.samples=1 > runs/demo/config.mk
     python configs/iteration.py --stamps runs/demo/settings configs/smollm2-135m.yaml ...  (as make does)
 
-Unknown sections or keys are errors that name them; `section.key=value` arguments (VALUE read as
+Unknown sections or keys are errors that name them, and so is a value of the wrong type
+(`generate.temperature: fast`, `select.enabled: maybe`); `section.key=value` arguments (VALUE read as
 YAML) override the file, and `make iteration ... SET="generate.n=2 dpo.set.lr=5e-7"` passes them
-through. Each stage's settings become the flags of its script (see the Makefile), so everything a
+through. A trainer's `set:` keys are checked against its config (train/config.py) here, before any
+stage runs. The values become Make variables, so nothing in them may be code for make or the shell:
+paths may hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. Each stage's settings become the flags of its script (see the Makefile), so everything a
 stage runs with is visible in runs/RUN/config.mk. With --stamps DIR it also writes DIR/<stage>, each
 stage's own settings, touched only when they change, for the Makefile's stage targets to depend on.
 """
 import hashlib
+import math
 import os
 import re
 import shlex
@@ -19,6 +23,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import yaml
+
+from model.errors import FormatError
+from train.config import DPOConfig, SFTConfig, load_config
+
+# what a path may hold to be written into make and a shell unquoted: nothing either would interpret
+SAFE_TEXT = re.compile(r"[A-Za-z0-9_./+@-]*")
 
 
 @dataclass
@@ -115,8 +125,37 @@ def build(cls, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else None
-        kwargs[name] = build(type(default), value, f"{where}.{name}") if is_dataclass(default) else value
+        key = f"{where}{' ' if where.endswith(':') else '.'}{name}"  # "FILE: section.key"
+        kwargs[name] = build(type(default), value, key) if is_dataclass(default) else checked(known[name].type, value, key)
     return cls(**kwargs)
+
+
+def checked(kind, value, where: str):
+    """value as a setting of type `kind` (bool, int, float, str, dict), or an error naming the key."""
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) if kind is float
+          else isinstance(value, kind))
+    if not ok:
+        raise ValueError(f"{where}: expected {'a finite number' if kind is float else kind.__name__}, got {value!r}")
+    if kind is str and not SAFE_TEXT.fullmatch(value):
+        raise ValueError(f"{where}: {value!r} has characters that make or the shell would read as code; a path "
+                         "here may hold letters, digits and _ . / + @ - only")
+    return value
+
+
+def check_trainers(cfg: "Iteration") -> None:
+    """Each trainer's config file and its `set:` overrides, read as the trainer will read them."""
+    for name, trainer, config_class in (("sft", cfg.sft, SFTConfig), ("dpo", cfg.dpo, DPOConfig)):
+        try:
+            load_config(config_class, trainer.config, [f"{k}={v}" for k, v in trainer.set.items()])
+        except FormatError as e:
+            raise ValueError(f"{name}: {e}") from None
 
 
 def load(path: str, overrides: list[str]) -> Iteration:
@@ -130,10 +169,17 @@ def load(path: str, overrides: list[str]) -> Iteration:
         node = values
         for p in parents:
             node = node.setdefault(p, {})
-        node[last] = yaml.safe_load(value)
+        try:
+            node[last] = yaml.safe_load(value)
+        except yaml.YAMLError:  # not YAML (a backquote, say): the text as typed, checked as any other
+            node[last] = value
     if "base_model" not in values:
         raise ValueError(f"{path}: base_model is required")
-    return build(Iteration, values, path)
+    cfg = build(Iteration, values, f"{path}:")
+    if not cfg.base_model:
+        raise ValueError(f"{path}: base_model is empty")
+    check_trainers(cfg)
+    return cfg
 
 
 # torchrun takes "--n" for an abbreviation of its own options: generate.py's --n has a long name too
@@ -172,8 +218,16 @@ def variables(cfg: Iteration) -> dict:
     }
 
 
+def make_escaped(value) -> str:
+    """A value as make reads it back unchanged on the right of `:=` ($ and # are make's)."""
+    text = str(value)
+    if "\n" in text or "\r" in text or text.endswith("\\"):
+        raise ValueError(f"{text!r}: a line break or trailing backslash cannot go into a make variable")
+    return text.replace("$", "$$").replace("#", "\\#")
+
+
 def make_variables(cfg: Iteration) -> str:
-    return "".join(f"{k} := {v}\n" for k, v in variables(cfg).items())
+    return "".join(f"{k} := {make_escaped(v)}\n" for k, v in variables(cfg).items())
 
 
 def file_digest(path: str) -> str:
@@ -229,7 +283,7 @@ def main():
         if stamps:
             write_stamps(stamps, cfg)
         print(make_variables(cfg), end="")
-    except (OSError, ValueError, TypeError, yaml.YAMLError) as e:
+    except (OSError, ValueError, TypeError, yaml.YAMLError, FormatError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -27,10 +27,18 @@ def _check_messages(messages: list[dict]) -> None:
 
 
 class SentencePieceTokenizer:
-    """Llama-2's sentencepiece model; chat turns laid out as in Meta's `chat_completion`."""
+    """Llama-2's sentencepiece model; chat turns laid out as in Meta's `chat_completion`.
+
+    Llama-2's chat markers are text ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"), so a message that
+    contains one would tokenize exactly like the template's own and could open or close a turn (a
+    judged answer writing the judge's reply). Meta's code refuses such dialogs; here the markers in
+    message content are broken visibly with a space ("[ /INST]", "< </SYS>>"), so that only the
+    template writes them. sentencepiece never turns text such as "</s>" into a control id.
+    """
 
     B_INST, E_INST = "[INST]", "[/INST]"
     B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+    TAGS = {"[INST]": "[ INST]", "[/INST]": "[ /INST]", "<<SYS>>": "< <SYS>>", "<</SYS>>": "< </SYS>>"}
 
     def __init__(self, model_path):
         path = Path(model_path)
@@ -73,6 +81,7 @@ class SentencePieceTokenizer:
         `[/INST]`); without it, it may also end on an assistant turn, closed by its EOS.
         """
         _check_messages(messages)
+        messages = [{**m, "content": self.plain(m["content"])} for m in messages]
         if messages and messages[0]["role"] == "system":
             if len(messages) < 2 or messages[1]["role"] != "user":
                 raise ValueError("a system message must be followed by a user message")
@@ -95,6 +104,13 @@ class SentencePieceTokenizer:
         if messages[-1]["role"] == "user":
             ids += self.encode(f"{self.B_INST} {messages[-1]['content'].strip()} {self.E_INST}", bos=True)
         return ids
+
+    @classmethod
+    def plain(cls, text: str) -> str:
+        """Message text with Llama-2's chat markers broken (see the class doc)."""
+        for tag, broken in cls.TAGS.items():
+            text = text.replace(tag, broken)
+        return text
 
     def save(self, directory) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
@@ -150,8 +166,10 @@ class BPETokenizer:
     """Byte-level BPE (GPT-2 style) with the ChatML chat layout, as SmolLM2-Instruct uses it.
 
     Built from vocab + merges rather than taken from transformers, whose GGUF conversion ignores
-    `tokenizer.ggml.pre` for "smollm" (no digit splitting). Control tokens are special added tokens,
-    so "<|im_end|>" in text becomes its id and decode() drops them.
+    `tokenizer.ggml.pre` for "smollm" (no digit splitting). Control tokens are special added tokens
+    that decode() drops. Text is always text: encode() spells "<|im_end|>" written in a message out in
+    ordinary pieces, and only encode_chat puts the control ids between the messages, so no message
+    can close its turn and write the next one (a judged answer forging the judge's reply).
     """
 
     CONFIG = "tokenizer_config.json"
@@ -159,6 +177,10 @@ class BPETokenizer:
     def __init__(self, tokenizer, *, bos_id: int, eos_id: int, pad_id: int, stop_ids: list[int],
                  default_system: str | None = None, pre: str = "gpt2"):
         self.tok = tokenizer
+        self.tok.encode_special_tokens = True  # see the class doc (a setting of the object, not saved)
+        self.im_start, self.im_end = tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>")
+        if self.im_start is None or self.im_end is None:
+            raise FormatError("the tokenizer has no <|im_start|> / <|im_end|> tokens, which the ChatML layout needs")
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.stop_ids = list(stop_ids)
         self.default_system = default_system  # used when a conversation does not start with one
@@ -265,6 +287,12 @@ class BPETokenizer:
                 raise FormatError(f"{cfg_path}: key {key!r} is missing or not a {kind.__name__}")
         if cfg["chat_format"] != "chatml":
             raise FormatError(f"{cfg_path}: key 'chat_format' is {cfg['chat_format']!r}, expected 'chatml'")
+        size = tok.get_vocab_size(with_added_tokens=True)
+        for key in ("bos_id", "eos_id", "pad_id", "stop_ids"):
+            ids = cfg[key] if key == "stop_ids" else [cfg[key]]
+            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size for i in ids):
+                raise FormatError(f"{cfg_path}: key {key!r} = {cfg[key]!r}: not ids of the vocabulary of {size} "
+                                  "(a non-empty list of them for stop_ids)")
         return cls(tok, bos_id=cfg["bos_id"], eos_id=cfg["eos_id"], pad_id=cfg["pad_id"],
                    stop_ids=cfg["stop_ids"], default_system=cfg.get("default_system"), pre=cfg["pre"])
 
@@ -294,16 +322,19 @@ class BPETokenizer:
         """ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message.
 
         Like SmolLM2's template, a conversation that does not open with a system message gets the
-        template's default system prompt. The rendered text is encoded in one go, as HF's
-        apply_chat_template does, so the ids match it exactly.
+        template's default system prompt. The control tokens are put in as ids and the text between
+        them encoded as text: the same ids as HF's apply_chat_template, which splits the rendered text
+        at control tokens before encoding the pieces, except that a message's own "<|im_end|>" stays text.
         """
         _check_messages(messages)
         if messages and messages[0]["role"] != "system" and self.default_system is not None:
             messages = [{"role": "system", "content": self.default_system}] + list(messages)
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        ids: list[int] = []
+        for m in messages:
+            ids += [self.im_start, *self.encode(f"{m['role']}\n{m['content']}"), self.im_end, *self.encode("\n")]
         if add_generation_prompt:
-            text += "<|im_start|>assistant\n"
-        return self.encode(text)
+            ids += [self.im_start, *self.encode("assistant\n")]
+        return ids
 
 
 def load_tokenizer(directory) -> SentencePieceTokenizer | BPETokenizer:

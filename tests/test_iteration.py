@@ -3,6 +3,7 @@ settings file. The tiny model's judgements are noise that never holds a "Score: 
 iteration 2 the test swaps in its own judge, the way a researcher would: by writing judged.jsonl."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,59 @@ def test_tensor_parallel_stages(tmp_path):
     assert "torchrun" not in data_parallel["self_instruct.py"] and "torchrun" in data_parallel["generate.py"]
     assert not any("--tp" in line for line in data_parallel.values())
     assert not any("--tp" in line for line in commands("tp=true").values())  # one process: nothing to split
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("base_model=$(shell touch INJECTED)", "base_model: .* has characters that make or the shell would read as code"),
+    ("base_model=x;touch INJECTED", "base_model: .* has characters that make or the shell would read as code"),
+    ("ift=`touch INJECTED`", "ift: .* has characters"),
+    ("generate.temperature=fast", r"generate.temperature: expected a finite number, got 'fast'"),
+    ("generate.n=2.5", "generate.n: expected int, got 2.5"),
+    ("select.enabled=maybe", "select.enabled: expected bool, got 'maybe'"),
+    ("nproc=true", "nproc: expected int, got True"),
+    ("dpo.set.lr=abc", "dpo: override 'lr=abc': key 'lr' must be float"),
+    ("dpo.set.lr=$(shell touch INJECTED)", "dpo: override .*key 'lr' must be float"),
+    ("sft.set.bta=0.2", "sft: override 'bta=0.2': unknown key"),
+])
+def test_settings_that_would_be_code_or_wrong_are_refused_before_any_stage(tmp_path, setting, message):
+    """configs/iteration.py checks every value's type, keeps make and shell syntax out of config.mk, and
+    reads a trainer's `set:` as the trainer will; make stops with its one line before running anything,
+    even under `make -n` (which still expands config.mk). The setting comes in a config file (what a
+    stranger may hand you), and as an override."""
+    import yaml
+    values = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    key, value = setting.split("=", 1)
+    *sections, last = key.split(".")
+    node = values
+    for section in sections:
+        node = node.setdefault(section, {})
+    try:
+        node[last] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[last] = value
+    config = tmp_path / "given.yaml"
+    config.write_text(yaml.safe_dump(values))
+    for extra in ([], [setting]):
+        direct = subprocess.run([sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml")
+                                 if extra else str(config), *extra], capture_output=True, text=True, cwd=ROOT)
+        assert direct.returncode != 0 and re.search(message, direct.stderr), direct.stderr
+        assert len(direct.stderr.strip().splitlines()) == 1 and "Traceback" not in direct.stderr
+    made = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", f"RUNS={tmp_path}", "RUN=t",
+                           f"CONFIG={config}", f"PY={sys.executable}"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert made.returncode != 0 and "settings refused" in made.stderr and re.search(message, made.stderr)
+    assert "python" not in made.stdout  # no stage was printed, let alone run
+    assert not list(tmp_path.rglob("INJECTED")) and not (ROOT / "INJECTED").exists()
+
+
+def test_make_and_shell_characters_in_trainer_settings_reach_the_trainer_as_text(tmp_path):
+    """A `set:` string with $ and # (a valid value for no key, but think of a path) is escaped for make and
+    quoted for the shell: config.mk reads back as the exact text."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("iteration", ROOT / "configs/iteration.py")
+    iteration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(iteration)
+    text = "a$(shell touch INJECTED)#b"
+    (tmp_path / "Makefile").write_text(f"V := {iteration.make_escaped(text)}\nall:\n\t@printf '%s' '$(V)'\n")
+    out = subprocess.run(["make", "-s", "-C", str(tmp_path)], capture_output=True, text=True)
+    assert out.stdout == text and not (tmp_path / "INJECTED").exists()
