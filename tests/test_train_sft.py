@@ -181,8 +181,8 @@ def test_sft_memorises_and_writes_the_run_directory(tmp_path, tiny_checkpoint, c
                         "--out", out)
     assert code == 1 and f"error: {out} exists: pass --resume" in err
     code, err = run_sft(capsys, "--config", "configs/sft-tiny.yaml", "--model", tiny_checkpoint, "--data", data, eft,
-                        "--out", out, "--resume", "--set", "epochs=12", "dropout=0", "lr=1e-3", "save_every=6")
-    assert code == 1 and "the run being resumed had other settings (lr: 0.003 -> 0.001)" in err
+                        "--out", out, "--resume", "--set", "epochs=12", "dropout=0.1", "lr=3e-3", "save_every=6")
+    assert code == 1 and "the run being resumed had other settings (dropout: 0.0 -> 0.1)" in err
 
 
 @pytest.mark.parametrize("args,message", [

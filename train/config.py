@@ -8,6 +8,7 @@ does not have: a typo is an error naming the key and the closest known one. Over
 strings ("1e-6", which YAML 1.1 reads as text) are accepted for numeric keys.
 """
 import difflib
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -46,18 +47,28 @@ class TrainConfig:
         for key, choices in self.CHOICES.items():
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} must be one of {choices}, got {getattr(self, key)!r}")
-        positive = ("lr", "batch_size", "micro_batch_size", "epochs", "max_seq_len", "save_every")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("final_lr", "warmup_steps", "weight_decay", "grad_clip", "max_steps", "adam_eps"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must not be negative, got {getattr(self, key)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for key in ("batch_size", "micro_batch_size", "epochs", "max_seq_len", "save_every"):
+            _require(self, key, getattr(self, key) > 0, "positive")
+        for key in ("warmup_steps", "max_steps"):
+            _require(self, key, getattr(self, key) >= 0, "0 or more")
+        # every float is compared so that NaN fails: a NaN or infinite setting makes every weight NaN in one step
+        _require(self, "lr", 0 < self.lr < math.inf, "a finite number > 0")
+        _require(self, "final_lr", 0 <= self.final_lr <= self.lr, f"in [0, lr] = [0, {self.lr}]")
+        _require(self, "adam_eps", 0 < self.adam_eps < math.inf, "a finite number > 0")  # 0: 0 / 0 where a grad is 0
+        for key in ("weight_decay", "grad_clip"):
+            _require(self, key, 0 <= getattr(self, key) < math.inf, "a finite number >= 0")
+        # AdamW multiplies the weights by 1 - lr * weight_decay: 0 or less zeroes or flips them (or overflows)
+        _require(self, "weight_decay", self.lr * self.weight_decay < 1, f"below 1 / lr = {1 / self.lr:g}")
+        for key in ("adam_beta1", "adam_beta2", "dropout"):
+            _require(self, key, 0 <= getattr(self, key) < 1, "in [0, 1)")
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size "
                              f"{self.micro_batch_size}")
+
+
+def _require(cfg, key: str, ok: bool, what: str):
+    if not ok:
+        raise ValueError(f"{key} must be {what}, got {getattr(cfg, key)}")
 
 
 @dataclass
@@ -82,8 +93,7 @@ class DPOConfig(TrainConfig):
 
     def validate(self):
         super().validate()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
+        _require(self, "beta", 0 < self.beta < math.inf, "a finite number > 0")
         if not 0 <= self.label_smoothing < 0.5 or (self.loss_type == "ipo" and self.label_smoothing):
             raise ValueError(f"label_smoothing must be in [0, 0.5), and 0 with loss_type ipo; "
                              f"got {self.label_smoothing}")

@@ -34,7 +34,8 @@ from model.errors import FormatError
 from train.config import DPOConfig
 from train.data import collate, fingerprint, read_pairs, to_device
 from train.distributed import build, reshard, save_plain, setup, teardown
-from train.loop import NonFiniteLoss, add_args, fail, load_state, make_optimizer, open_run_dir, plan_steps, start, train
+from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
+                        plan_steps, start, train)
 
 
 def pair_batch(pairs, indices, pad_id, device):
@@ -107,6 +108,7 @@ def main(argv=None):
         average = cfg.loss_type == "ipo"  # IPO compares mean token log-probs, DPO sums
         build_args = dict(param_dtype=cfg.param_dtype, activation_checkpointing=cfg.activation_checkpointing)
         net = build(a.model, d, dropout=cfg.dropout, **build_args)
+        check_weights(net, d, a.model)  # before the reference log-probs come from it
         model_key, data_key = checkpoint_fingerprint(a.model), fingerprint(pairs)
         if cfg.reference == "cached":  # before any training: the policy is still the reference
             key = {"pairs": data_key, "model": model_key, "average": average,

@@ -11,11 +11,15 @@ Run directory, for `--out DIR`:
 Every directory is written under a temporary name and renamed when complete, so a crash leaves the
 previous one in place. Every rank writes its shard of the state, so with several nodes OUT must be on
 a filesystem they all see. The schedule is a function of the step, and the data order one of the seed
-and the step, so model, optimizer, RNG states and the step number are all a resume needs.
+and the step, so model, optimizer, RNG states and the step number are all a resume needs; a resume may
+change lr, final_lr and grad_clip, and no other setting (RESUME_MAY_CHANGE).
+A state on disk is input like any other: its pickles are read through allow-lists (_StateReader,
+_PlainDataPlanner), never run, and no weights that hold NaN or inf are saved or resumed from.
 """
 import json
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -26,7 +30,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import CheckpointException, DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 import model
@@ -37,10 +44,14 @@ from train.data import micro_batches, step_batches
 from train.distributed import DTYPES, Dist, checkpoint_dtype
 
 STATE_FORMAT = 1
+# What a resume may change: the schedule is recomputed and grad_clip read at every step. The other optimizer
+# settings come back with the saved optimizer state, and the rest decide the data order and the steps.
+RESUME_MAY_CHANGE = ("lr", "final_lr", "grad_clip")
 
 
 class NonFiniteLoss(RuntimeError):
-    """A step's loss or gradient norm was NaN or inf: the run stops and keeps its last good state."""
+    """A step's loss, gradient norm or updated weights were NaN or inf: the run stops and keeps its last good
+    state."""
 
 
 class RunDir:
@@ -62,7 +73,8 @@ def add_args(parser, config: str):
     parser.add_argument("--out", required=True, help="the trained model's checkpoint directory; training "
                                                      "state, snapshots and metrics go to OUT.train/")
     parser.add_argument("--resume", action="store_true", help="continue from OUT.train/state, with the same config "
-                        "and inputs (starts afresh if no state was saved yet)")
+                        f"and inputs, except that {', '.join(RESUME_MAY_CHANGE)} may change (starts afresh if no "
+                        "state was saved yet)")
     parser.add_argument("--set", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
                         help="override config keys, e.g. --set lr=1e-6 max_steps=50")
 
@@ -89,7 +101,10 @@ def start(a, config_class, d: Dist) -> Session:
     args = read_params(a.model)
     tokenizer = model.load_tokenizer(a.model)
     run = RunDir(a.out)
-    check_run_dir(run, cfg, a.resume)
+    changed = check_run_dir(run, cfg, a.resume)
+    if changed and d.rank == 0:
+        print(f"note: resuming with other settings ({'; '.join(changed)}); metrics.jsonl has each step's lr",
+              file=sys.stderr)
     d.barrier()  # every rank has looked before rank 0 creates anything
     torch.manual_seed(cfg.seed + d.rank)  # dropout; the data order has its own generator
     save_dtype = checkpoint_dtype(a.model) if cfg.save_dtype == "auto" else DTYPES[cfg.save_dtype]
@@ -105,19 +120,24 @@ def plan_steps(lengths: list[int], cfg: TrainConfig, d: Dist, data: str) -> tupl
     return batches, [micro_batches(b, lengths, cfg.micro_batch_size, d.rank, d.world) for b in batches]
 
 
-def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool):
-    """Check that --out and --resume agree with what is on disk."""
+def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> list[str]:
+    """Check that --out and --resume agree with what is on disk; returns the settings a resume changes
+    ("lr: 0.001 -> 0.0005"), only ever those of RESUME_MAY_CHANGE."""
     if not resume:
         for path in (run.out, run.train):
             if path.exists():
                 raise FormatError(f"{path} exists: pass --resume to continue that run, or choose another --out")
-    elif run.config.is_file():
-        saved = load_config(type(cfg), run.config)
-        changed = [f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in vars(cfg)
-                   if getattr(saved, k) != getattr(cfg, k)]
-        if changed:
-            raise FormatError(f"{run.config}: the run being resumed had other settings ({'; '.join(changed)}); "
-                              "resume with the same config, or start a new --out")
+    if not resume or not run.config.is_file():
+        return []
+    saved = load_config(type(cfg), run.config)
+    changed = {k: f"{k}: {getattr(saved, k)!r} -> {getattr(cfg, k)!r}" for k in vars(cfg)
+               if getattr(saved, k) != getattr(cfg, k)}
+    refused = [text for k, text in changed.items() if k not in RESUME_MAY_CHANGE]
+    if refused:
+        raise FormatError(f"{run.config}: the run being resumed had other settings ({'; '.join(refused)}); "
+                          f"resume with the same config (only {', '.join(RESUME_MAY_CHANGE)} may change), or start "
+                          "a new --out")
+    return list(changed.values())
 
 
 def open_run_dir(s: Session):
@@ -180,6 +200,71 @@ def save_state(run: RunDir, net, optimizer, step: int, d: Dist, meta: dict):
     d.barrier()
 
 
+# What dcp.save writes into a state's .metadata (listed from a real state's pickle with a find_class that
+# logs), and torch's dtypes and layouts: the only globals a .metadata pickle may name.
+_METADATA_GLOBALS = {
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"), ("torch.serialization", "_get_layout"),
+    # StorageMeta.checkpoint_id, a path; Python 3.13 pickles pathlib's classes as pathlib._local's
+    *((module, name) for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "WindowsPath")),
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _METADATA_GLOBALS or (
+                module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which dcp.save does not write there")
+
+
+class _StateReader(FileSystemReader):
+    """dcp's FileSystemReader, with the state's .metadata read by _MetadataUnpickler as it is constructed.
+    FileSystemReader.read_metadata (torch 2.6 to 2.13) reads it with plain pickle.load, which runs whatever
+    a crafted file names; and dcp.load catches read_metadata's errors, logging their tracebacks, to try
+    other files, so a refusal comes here, before dcp.load starts."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.metadata = _read_metadata(path / ".metadata")
+
+    def read_metadata(self, *args, **kwargs) -> Metadata:
+        # what FileSystemReader.read_metadata does after its pickle.load
+        if getattr(self.metadata, "storage_meta", None) is None:
+            self.metadata.storage_meta = StorageMeta()
+        self.metadata.storage_meta.load_id = self.load_id
+        return self.metadata
+
+
+def _read_metadata(path: Path) -> Metadata:
+    try:
+        with open(path, "rb") as file:
+            metadata = _MetadataUnpickler(file).load()
+    except Exception as e:  # whatever a damaged or crafted pickle raises: UnpicklingError, EOFError, KeyError, ...
+        raise FormatError(f"{path}: not a training state's metadata, and not unpickled further: {e}") from None
+    if not isinstance(metadata, Metadata):
+        raise FormatError(f"{path}: not a training state's metadata (it holds a {type(metadata).__name__})")
+    return metadata
+
+
+class _PlainDataPlanner(DefaultLoadPlanner):
+    """dcp's DefaultLoadPlanner, whose load_bytes unpickles with weights_only=False (torch 2.6 to 2.13).
+    What a state keeps as bytes, the optimizer's param_groups (numbers, bools, tuples, parameter names),
+    loads with weights_only=True: loading it so first refuses anything else before dcp's own load sees it."""
+
+    def load_bytes(self, read_item, value):
+        try:
+            torch.load(value, weights_only=True)
+        except Exception:  # pickle.UnpicklingError for a global it does not allow, or a damaged archive
+            raise FormatError(f"{read_item.dest_index.fqn}: not plain data that torch.load(weights_only=True) "
+                              "reads, so not unpickled further") from None
+        value.seek(0)
+        super().load_bytes(read_item, value)
+
+
 def load_state(run: RunDir, net, optimizer, d: Dist, meta: dict) -> int:
     """Restore the latest training state, if any; returns the number of steps it had done."""
     state = run.state
@@ -194,9 +279,16 @@ def load_state(run: RunDir, net, optimizer, d: Dist, meta: dict) -> int:
                               f"{value!r}); resume with the same inputs, or start a new --out")
     model_state, optim_state = get_state_dict(net, optimizer)
     loaded = {"model": model_state, "optim": optim_state}
-    with _single_process_quiet():
-        dcp.load(loaded, checkpoint_id=state, no_dist=d.mesh is None)
+    reader = _StateReader(state)
+    try:
+        with _single_process_quiet():
+            dcp.load(loaded, storage_reader=reader, planner=_PlainDataPlanner(), no_dist=d.mesh is None)
+    except CheckpointException as e:  # every rank raises it, with each failing rank's error
+        error, _ = next(iter(e.failures.values()))
+        reason = next(iter(str(error).splitlines()), type(error).__name__)
+        raise FormatError(f"{state}: cannot be read as this run's training state: {reason}") from None
     set_state_dict(net, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    check_weights(net, d, state)  # saved before train() checked weights, or not by this trainer
     rng = state / f"rng-{d.rank}.pt"
     if saved["world"] == d.world and rng.is_file():  # dropout masks continue as if never stopped
         rng = torch.load(rng, weights_only=True)
@@ -233,23 +325,48 @@ def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[lis
         for step in range(start, len(plan)):
             record = _step(cfg, net, optimizer, d, step, plan, micro_step)
             if not math.isfinite(record["loss"]) or not math.isfinite(record["grad_norm"]):
-                last = (f"the last good training state, {run.state} (step {saved}), is kept; resume from it "
-                        f"with --resume, perhaps with a lower lr" if saved else "no training state was saved yet")
                 raise NonFiniteLoss(f"step {step + 1}: the loss ({record['loss']}) or its gradient norm "
                                     f"({record['grad_norm']}) is not finite; stopped before updating the weights: "
-                                    f"{last}")
+                                    f"{_what_now(run, saved)}")
             if log:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
-            if (step + 1) % cfg.save_every == 0:
-                snapshot(run.snapshot(step + 1))
             if (step + 1) % cfg.save_every == 0 or step + 1 == len(plan):
+                if not weights_finite(net, d):  # so that every state, snapshot and final model is finite
+                    raise NonFiniteLoss(f"step {step + 1}: the updated weights hold NaN or inf (the loss and "
+                                        f"gradient norm were finite); nothing of this step is saved: "
+                                        f"{_what_now(run, saved)}")
+                if (step + 1) % cfg.save_every == 0:
+                    snapshot(run.snapshot(step + 1))
                 save_state(run, net, optimizer, step + 1, d, meta)
                 saved = step + 1
     return record
+
+
+def weights_finite(net, d: Dist) -> bool:
+    """Whether every weight on every rank is finite (not a norm: a finite 1e30 squared is inf). One all-reduce
+    and one host read, and every rank gets the same answer, so under FSDP they all stop together."""
+    with torch.no_grad():
+        shards = [p.to_local() if isinstance(p, DTensor) else p for p in net.parameters()]
+        not_finite = torch.stack([t.isfinite().all().logical_not() for t in shards]).sum()
+    return d.all_reduce([not_finite]).item() == 0
+
+
+def check_weights(net, d: Dist, source):
+    """Refuse weights just read from `source` (the input checkpoint, a training state) if any is NaN or inf."""
+    if not weights_finite(net, d):
+        raise FormatError(f"{source}: its weights hold NaN or inf; nothing can be trained from them")
+
+
+def _what_now(run: RunDir, saved: int) -> str:
+    """What to do after a non-finite step, as --resume accepts it (see RESUME_MAY_CHANGE)."""
+    if not saved:
+        return "no training state was saved yet; start again with --resume and a lower lr (--set lr=... final_lr=...)"
+    return (f"the last good training state, {run.state} (step {saved}), is kept; continue from it with --resume "
+            "and a lower lr (--set lr=... final_lr=...)")
 
 
 def _step(cfg: TrainConfig, net, optimizer, d: Dist, step: int, plan, micro_step) -> dict:

@@ -21,7 +21,8 @@ from model.errors import FormatError
 from train.config import SFTConfig
 from train.data import collate, fingerprint, read_sft
 from train.distributed import build, save_plain, setup, teardown
-from train.loop import NonFiniteLoss, add_args, fail, load_state, make_optimizer, open_run_dir, plan_steps, start, train
+from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
+                        plan_steps, start, train)
 
 
 def main(argv=None):
@@ -45,6 +46,7 @@ def main(argv=None):
         loss_tokens = [sum(len(examples[i].tokens) - examples[i].n_prompt for i in b) for b in batches]
         net = build(a.model, d, dropout=cfg.dropout, param_dtype=cfg.param_dtype,
                     activation_checkpointing=cfg.activation_checkpointing)
+        check_weights(net, d, a.model)
         optimizer = make_optimizer(net, cfg)
         meta = {"model": checkpoint_fingerprint(a.model), "data": fingerprint(examples), "steps": len(plan)}
         done = load_state(run, net, optimizer, d, meta) if a.resume else 0
