@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # first so that the plain `torch` requirement does not pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test model gpu-check
+.PHONY: setup test model tiny-model gpu-check
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test:
 model: checkpoints/smollm2-135m/params.json
 checkpoints/smollm2-135m/params.json:
 	$(PY) model/convert.py gguf "$$($(PY) -c "from model.convert import demo_gguf_path; print(demo_gguf_path())")" checkpoints/smollm2-135m
+
+# configs/tiny.yaml's base model, in seconds and with nothing downloaded: random weights in the tiny preset's shape
+# and a byte-level BPE tokenizer. `make iteration CONFIG=configs/tiny.yaml` makes it first if it is missing.
+tiny-model: checkpoints/tiny/params.json
+checkpoints/tiny/params.json:
+	$(PY) model/convert.py random tiny checkpoints/tiny
 
 # On a CUDA machine, in a few minutes: the GPU paths checked one by one (compiled Triton kernel tests, kernels at
 # scale, SDPA kernels, the sampler, a bf16 DPO run), a PASS / FAIL / NOT RUN line each, every number in
@@ -49,7 +55,7 @@ R      := $(RUNS)/$(RUN)
 I      := $(R)/iter$(N)
 PREV   := $(R)/iter$(shell expr $(N) - 1)
 
-ifneq ($(filter-out setup test model gpu-check,$(MAKECMDGOALS)),)
+ifneq ($(filter-out setup test model tiny-model gpu-check,$(MAKECMDGOALS)),)
 # Regenerated on every make, replaced only when it changes. Each stage's own settings go to $(S)/<stage>,
 # rewritten only when they change: stage targets depend on them, so a changed setting makes exactly the
 # outputs it affects out of date (and the sampling stages discard rows made with other settings).

@@ -593,21 +593,6 @@ def check_sampler(ctx, numbers):
     return "; ".join(parts)
 
 
-def chatml_tokenizer():
-    """A byte-level BPE with ChatML's control tokens (model/tokenizer.py over the tokenizers library), 263 tokens."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from model.tokenizer import BPETokenizer
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokens = specials + sorted(ByteLevel.alphabet()) + ["he", "ll", "hell", "hello"]
-    return BPETokenizer.from_gguf({
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [3] * 3 + [1] * (len(tokens) - 3),
-        "tokenizer.ggml.merges": ["h e", "l l", "he ll", "hell o"],
-        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
-        "tokenizer.chat_template": "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + "
-                                   "'<|im_end|>\n'}}{% endfor %}"})
-
-
 def write_pairs(path: Path, n_pairs: int, n_words: int) -> Path:
     """pairs.jsonl: short prompts, and answers long enough to be cut to max_seq_len (so every row is that long)."""
     words = "the model judges its own answers and learns from pairs of chosen and rejected responses".split()
@@ -641,10 +626,11 @@ def check_trainer(ctx, numbers):
     if importlib.util.find_spec("tokenizers") is None:
         raise NotRun("no module tokenizers (for the checkpoint's byte-level BPE)")
     import model
+    from model.convert import byte_level_tokenizer
     from train.plan import plan as memory_plan
     sizes, tmp = ctx.sizes, ctx.tmp
     args = model.ModelArgs(**sizes.trainer_model)
-    model.save_model(tmp / "checkpoint", random_model(args, ctx.device, ctx.dtype), chatml_tokenizer())
+    model.save_model(tmp / "checkpoint", random_model(args, ctx.device, ctx.dtype), byte_level_tokenizer())
     free_memory(ctx)
     write_pairs(tmp / "pairs.jsonl", n_pairs=16, n_words=150)
     settings = [f"max_steps={sizes.trainer_steps}", "save_every=2", "batch_size=2", "micro_batch_size=1",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from eval.stages import add_answer_args, answer, prepare_work_dir, sampling_settings, work_dir, write_json
 from model.errors import FormatError
-from model.jsonl import iter_jsonl, write_jsonl_atomic
+from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 from sample.generate import is_rank_zero
 
 
@@ -46,6 +46,8 @@ def read_alpaca_eval(path) -> list[dict]:
     if not isinstance(data, list):
         raise FormatError(f"{path}: expected a JSON list of {{\"instruction\", ...}} objects, "
                           f"got {type(data).__name__}")
+    if not data:
+        raise FormatError(f"{path}: the list is empty: no instructions to answer")
     for i, row in enumerate(data):
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
             raise FormatError(f"{path}: item {i} has no string \"instruction\"")
@@ -55,10 +57,9 @@ def read_alpaca_eval(path) -> list[dict]:
 def read_mt_bench(path) -> list[dict]:
     """MT-Bench questions: {"question_id", "turns": [str, ...]} lines, question ids unique."""
     rows, seen = [], {}
-    for lineno, row in iter_jsonl(path, required_fields=("question_id", "turns")):
+    for lineno, row in iter_jsonl(path, required_fields=("question_id", "turns"), allow_empty=False):
         qid, turns = row["question_id"], row["turns"]
-        if not isinstance(qid, (int, str)) or isinstance(qid, bool):
-            raise FormatError(f"{path}:{lineno}: 'question_id' must be an integer or a string")
+        check_id(row, "question_id", f"{path}:{lineno}")
         if qid in seen:
             raise FormatError(f"{path}:{lineno}: question_id {qid!r} already on line {seen[qid]}")
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
@@ -114,15 +115,17 @@ def main(argv=None):
         p.add_argument("--out", required=True, help="file to write; answers are kept in its .work folder")
         add_answer_args(p, judge=False, max_new_tokens=1024)
     a = parser.parse_args(argv)
+    flag, given = ("--eval-set", a.eval_set) if a.format == "alpacaeval" else ("--questions", a.questions)
     try:
+        check_output(a.out, {flag: given})
         if a.format == "alpacaeval":
-            source, name, given = read_alpaca_eval(a.eval_set), a.generator, a.eval_set
+            source, name = read_alpaca_eval(a.eval_set), a.generator
         else:
-            source, name, given = read_mt_bench(a.questions), a.model_id or Path(a.out).stem, a.questions
-        prepare_work_dir(work_dir(a.out), {"model": Path(a.model), "input": Path(given),
-                                           "answer_sampling": sampling_settings(a)})
+            source, name = read_mt_bench(a.questions), a.model_id or Path(a.out).stem
     except FormatError as e:
         sys.exit(f"error: {e}")
+    prepare_work_dir(a.out, f"eval/export.py {a.format}", {"model": Path(a.model), "input": Path(given),
+                                                          "answer_sampling": sampling_settings(a)})
     export = export_alpaca_eval if a.format == "alpacaeval" else export_mt_bench
     outputs, answers = export(a, source, name)
     if not is_rank_zero():

@@ -34,9 +34,9 @@ from pathlib import Path
 
 from eval.pairwise import pairwise_messages, parse_verdict
 from eval.stages import (add_answer_args, answer, number, percent, prepare_work_dir, sampling_settings, stage_args,
-                         work_dir, write_json)
+                         write_json)
 from model.errors import FormatError
-from model.jsonl import write_jsonl_atomic
+from model.jsonl import check_output, write_jsonl_atomic
 from sample.generate import Request, is_rank_zero, read_prompts, run_stage
 
 # A judge takes items {"id", "sample", "prompt", "response_1", "response_2", ...} and returns its raw
@@ -132,7 +132,8 @@ def model_judge(a, judge_model, out) -> Judge:
                 pairwise_messages(it["prompt"], it["response_1"], it["response_2"])), [(it["id"], it["sample"])])
                 for it in items]
 
-        rows, _, _ = run_stage(stage_args(a, judge_model, out, judge=True), requests, judged, 1, desc="judging",
+        rows, _, _ = run_stage(stage_args(a, judge_model, out, judge=True), "eval/head_to_head.py judgements",
+                               requests, judged, 1, desc="judging",
                                on_too_long=lambda r: {**r.fields, "judgement": None, "finish_reason": "too long"})
         return [r["judgement"] for r in rows]
     return judge
@@ -192,12 +193,13 @@ def main(argv=None):
     add_answer_args(parser)
     a = parser.parse_args(argv)
     try:
+        check_output(a.out, {"--prompts": a.prompts})
         prompts, _ = read_prompts(a.prompts)
-        work = work_dir(a.out)
-        prepare_work_dir(work, {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
-                                "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     except FormatError as e:
         sys.exit(f"error: {e}")
+    work = prepare_work_dir(a.out, "eval/head_to_head.py",
+                            {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
+                             "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     answers_a = answer(a, a.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(a, a.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
     summary = judge_answers(a, prompts, answers_a, answers_b, a.a, a.b, work)

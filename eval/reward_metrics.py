@@ -26,13 +26,13 @@ from collections import Counter
 from pathlib import Path
 
 from eval.metrics import parse_rate, reward_model_metrics
-from eval.stages import number, percent, prepare_work_dir, work_dir, write_json
+from eval.stages import number, percent, prepare_work_dir, write_json
 from judge.oasst import build_sets, read_messages
 from judge.prompt import judge_messages, neutralise_response
 from judge.score import judged_row
 from model.errors import FormatError
-from model.jsonl import iter_jsonl
-from sample.generate import Request, add_sampling_args, is_rank_zero, run_stage, throughput
+from model.jsonl import check_id, check_output, iter_jsonl
+from sample.generate import Request, add_sampling_args, is_rank_zero, positive_int, run_stage, throughput
 
 # The paper's Table 4 (Llama-2-70B; SFT baseline, then iterations 1-3), for comparison.
 PAPER = {"SFT baseline": {"pairwise_accuracy": 0.651, "five_best": 0.396, "exact_match": 0.101,
@@ -92,8 +92,7 @@ def read_ranked(path, lang: str = "en") -> tuple[list[dict], Counter]:
         return rows, counts
     rows, seen = [], {}
     for lineno, row in iter_jsonl(path, required_fields=("id", "prompt", "replies")):
-        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-            raise FormatError(f"{path}:{lineno}: 'id' must be a string or an integer, got {row['id']!r}")
+        check_id(row, "id", f"{path}:{lineno}")
         if row["id"] in seen:
             raise FormatError(f"{path}:{lineno}: id {row['id']!r} already on line {seen[row['id']]}")
         seen[row["id"]] = lineno
@@ -137,19 +136,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--ranked", required=True, help="human-ranked set: an Open Assistant export or a ranked JSONL")
-    parser.add_argument("--samples", type=int, default=3, help="judgements per reply (default %(default)s)")
+    parser.add_argument("--samples", type=positive_int, default=3, help="judgements per reply (default %(default)s)")
     parser.add_argument("--lang", default="en", help="Open Assistant exports: the language to keep (default en)")
     parser.add_argument("--out", required=True, help="metrics JSON to write; judgements go to its .work folder")
     a = parser.parse_args(argv)
     sampling = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "max_new_tokens": a.max_new_tokens,
                 "seed": a.seed}
     try:
+        check_output(a.out, {"--ranked": a.ranked})
         prompts, counts = read_ranked(a.ranked, a.lang)
-        prepare_work_dir(work_dir(a.out), {"model": Path(a.model), "ranked": Path(a.ranked), "samples": a.samples,
-                                           "lang": a.lang, "sampling": sampling})
     except FormatError as e:
         sys.exit(f"error: {e}")
-    stage = argparse.Namespace(**{**vars(a), "out": str(work_dir(a.out) / "judgements.jsonl")})
+    work = prepare_work_dir(a.out, "eval/reward_metrics.py", {"model": Path(a.model), "ranked": Path(a.ranked),
+                                                               "samples": a.samples, "lang": a.lang,
+                                                               "sampling": sampling})
+    judging = argparse.Namespace(**{**vars(a), "out": str(work / "judgements.jsonl")})
 
     def requests(tokenizer):
         return [Request([p["id"], i], {"id": p["id"], "sample": i, "prompt": p["prompt"], "response": text,
@@ -161,7 +162,8 @@ def main(argv=None):
         return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
                 "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
 
-    judged, stats, _ = run_stage(stage, requests, judged_row, a.samples, desc="judging", on_too_long=too_long)
+    judged, stats, _ = run_stage(judging, "eval/reward_metrics.py", requests, judged_row, a.samples, desc="judging",
+                                 on_too_long=too_long)
     if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
     metrics = {"model": a.model, "ranked": a.ranked, "samples": a.samples, "sampling": sampling,

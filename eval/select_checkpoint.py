@@ -105,7 +105,6 @@ def main(argv=None):
     a = parser.parse_args(argv)
     iter_dir = Path(a.run) / f"iter{a.iter}"
     previous = Path(a.previous or Path(a.run) / f"iter{a.iter - 1}" / "model")
-    work = iter_dir / "selection.work"
     try:
         if not (previous / "params.json").is_file():
             raise FormatError(f"{previous}: no checkpoint there (the previous model; name it with --previous)")
@@ -114,10 +113,11 @@ def main(argv=None):
         if not candidates:
             raise FormatError(f"{model_dir}.train/snapshots: no step-* checkpoints, and no final model")
         prompts, _ = read_prompts(a.prompts)
-        prepare_work_dir(work, {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
-                                "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     except FormatError as e:
         sys.exit(f"error: {e}")
+    work = prepare_work_dir(iter_dir / "selection.json", "eval/select_checkpoint.py",
+                            {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
+                             "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
 
     answers = {"previous": answer(a, previous, prompts, work / "answers" / "previous.jsonl",
                                   desc="answering (previous model)")}
@@ -147,7 +147,10 @@ def main(argv=None):
         promoted = chosen or candidates[-1]
         if not chosen:
             print(f"warning: no comparison gave a verdict; promoting {promoted['name']}", file=sys.stderr)
-        copy_checkpoint(Path(promoted["path"]), Path(a.promote))
+        try:
+            copy_checkpoint(Path(promoted["path"]), Path(a.promote))
+        except FormatError as e:  # --promote names a folder this project did not write
+            sys.exit(f"error: {e}")
         selection["promoted"] = {"name": promoted["name"], "path": a.promote}
     write_json(iter_dir / "selection.json", selection)
     if judged_by:

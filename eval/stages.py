@@ -1,18 +1,20 @@
 """What the evaluation CLIs share: answering prompts with a checkpoint, their sampling options, their files.
 
     a = parser.parse_args()                                    # after add_answer_args(parser)
-    rows = answer(a, "runs/R/iter2/model", prompts, work_dir(a.out) / "answers_a.jsonl")
+    work = prepare_work_dir(a.out, "eval/head_to_head.py", {"a": Path(a.a), ...})
+    rows = answer(a, "runs/R/iter2/model", prompts, work / "answers_a.jsonl")
 
 Every eval CLI writes one result file (--out) and keeps the resumable outputs of its sampling stages
 in the folder beside it named like it with ".work" for its suffix (`head_to_head.json` ->
 `head_to_head.work/`): rerun the same command after a crash and it goes on where it stopped;
-delete the folder to start over. Sampling goes through sample/generate.py's run_stage, so it is
-batched, prefix-shared and seeded exactly as the loop's own stages, and every CLI runs under torchrun
-as they do (data parallel, or with --tp one model split over the ranks): all ranks run every stage in
-turn, each stage returns its rows on every rank, and rank 0 alone writes results.
+delete the folder to start over. The folder's settings.json records which CLI made it, with which
+settings: a CLI refuses a folder, or an --out beside it, that it did not make, and removes and starts
+over only a folder of its own made with other settings. Sampling goes through sample/generate.py's
+run_stage, so it is batched, prefix-shared and seeded exactly as the loop's own stages, and every CLI
+runs under torchrun as they do (data parallel, or with --tp one model split over the ranks): all ranks
+run every stage in turn, each stage returns its rows on every rank, and rank 0 alone writes results.
 """
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +23,9 @@ import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
-from sample.generate import Request, chat_ids, is_rank_zero, run_stage, sample_rows, setup_distributed
+from sample.generate import (Request, chat_ids, is_rank_zero, non_negative_float, non_negative_int, positive_int,
+                             probability, run_stage, sample_rows, setup_distributed)
+from sample.resume import ELSEWHERE, check_owned, read_record
 
 
 def work_dir(out) -> Path:
@@ -30,21 +34,26 @@ def work_dir(out) -> Path:
     return out.with_name(out.stem + ".work")
 
 
-def check_work_dir(work: Path, settings: dict) -> None:
-    """Start the work folder over if a run with other settings made it (its stage files would be reused
-    for the wrong models); record the settings in a new one. Path values are compared resolved. (The
-    stages inside also check the checkpoints' contents and their inputs: see sample/resume.py.)"""
-    settings = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in settings.items()}
+def check_work_dir(out: Path, stage: str, settings: dict) -> None:
+    """Refuse OUT's work folder, or an OUT beside it, if `stage` (the CLI) did not make it; start the
+    folder over if a run with other settings made it (its stage files would be reused for the wrong
+    models); record the settings in a new one. Path values are compared resolved. (The stages inside
+    also check the checkpoints' contents and their inputs: see sample/resume.py.)"""
+    work, out = work_dir(out), Path(out)
+    record = {"stage": stage, **{k: str(v.resolve()) if isinstance(v, Path) else v for k, v in settings.items()}}
     path = work / "settings.json"
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if not differ:
-            return
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise FormatError(f"{work} is not a folder of this CLI's: {ELSEWHERE}")
+    check_owned([out, *(sorted(work.iterdir()) if work.is_dir() else [])], path)
+    old = read_record(path, stage, work)
+    if old == record:
+        return
+    if old is not None:
+        differ = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
         print(f"{work}: made by a run with other settings ({', '.join(differ)} differ); starting it over",
               file=sys.stderr)
         shutil.rmtree(work)
-    write_json(path, settings)
+    write_json(path, record)
 
 
 def is_number(x) -> bool:
@@ -61,32 +70,38 @@ def number(x, fmt: str = ".0f") -> str:
     return format(x, fmt) if is_number(x) else "-"
 
 
-def prepare_work_dir(work: Path, settings: dict) -> None:
-    """check_work_dir on rank 0, before any rank reads the folder (under torchrun: every rank joins the
-    process group here, once for all the CLI's stages)."""
+def prepare_work_dir(out, stage: str, settings: dict) -> Path:
+    """OUT's work folder, after check_work_dir on rank 0, before any rank reads the folder (under torchrun:
+    every rank joins the process group here, once for all the CLI's stages). A folder it refuses is one
+    line on stderr and exit status 1 (torchrun then stops the other ranks)."""
     _, world, _ = setup_distributed()
     if is_rank_zero():
-        check_work_dir(work, settings)
+        try:
+            check_work_dir(out, stage, settings)
+        except FormatError as e:
+            sys.exit(f"error: {e}")
     if world > 1:
         dist.barrier()
+    return work_dir(out)
 
 
 def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> None:
     """Sampling options for CLIs that run several models: the contestants answer with --temperature etc.
     (greedy by default), the judge decides with --judge-temperature etc. (greedy by default)."""
     g = parser.add_argument_group("answers")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus mass when sampling (default %(default)s)")
-    g.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0 = off)")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+    g.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default %(default)s)")
+    g.add_argument("--top-p", type=probability, default=1.0, help="nucleus mass when sampling (default %(default)s)")
+    g.add_argument("--top-k", type=non_negative_int, default=0, help="keep only the k most likely tokens (0 = off)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
                    help="answer length limit (default %(default)s)")
     if judge:
         g = parser.add_argument_group("judge")
-        g.add_argument("--judge-temperature", type=float, default=0.0, help="0 = greedy (default %(default)s)")
-        g.add_argument("--judge-top-p", type=float, default=1.0, help="default %(default)s")
-        g.add_argument("--judge-max-new-tokens", type=int, default=256, help="default %(default)s")
+        g.add_argument("--judge-temperature", type=non_negative_float, default=0.0,
+                       help="0 = greedy (default %(default)s)")
+        g.add_argument("--judge-top-p", type=probability, default=1.0, help="default %(default)s")
+        g.add_argument("--judge-max-new-tokens", type=positive_int, default=256, help="default %(default)s")
     g = parser.add_argument_group("running")
-    g.add_argument("--batch-size", type=int, default=16, help="rows decoded together (default %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=16, help="rows decoded together (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -129,5 +144,6 @@ def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[
     def requests(tokenizer):
         return [Request(p["id"], p, chat_ids(tokenizer, p), [(p["id"], 0)]) for p in prompts]
 
-    rows, _, _ = run_stage(stage_args(a, model, out), requests, sample_rows, 1, desc=desc, on_too_long=too_long_row)
+    rows, _, _ = run_stage(stage_args(a, model, out), "eval/stages.py answers", requests, sample_rows, 1, desc=desc,
+                           on_too_long=too_long_row)
     return rows

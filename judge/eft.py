@@ -21,17 +21,21 @@ from judge.oasst import agrees_with_ranking, rebalance
 from judge.prompt import judge_messages
 from judge.score import judged_row
 from model.errors import FormatError
-from model.jsonl import iter_jsonl, write_jsonl_atomic
-from sample.generate import Request, add_sampling_args, is_rank_zero, run_stage, throughput
+from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
+from sample.generate import Request, add_sampling_args, is_rank_zero, probability, run_stage, throughput
+from sample.resume import check_owned, settings_path
 
 
 def read_pool(path) -> list[dict]:
     rows = []
-    for lineno, row in iter_jsonl(path, required_fields=("id", "prompt", "replies")):
+    for lineno, row in iter_jsonl(path, required_fields=("id", "prompt", "replies"), allow_empty=False):
         replies = row["replies"]
+        check_id(row, "id", f"{path}:{lineno}")
         if not isinstance(replies, list) or not all(isinstance(r, dict) and {"id", "text", "rank"} <= set(r)
                                                     for r in replies):
             raise FormatError(f"{path}:{lineno}: 'replies' must be a list of {{\"id\", \"text\", \"rank\"}}")
+        for reply in replies:
+            check_id(reply, "id", f"{path}:{lineno}: a reply")
         rows.append(row)
     return rows
 
@@ -61,14 +65,17 @@ def main(argv=None):
     add_sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--pool", required=True, help="ranked prompts: {id, prompt, replies: [{id, text, rank}]}")
     parser.add_argument("--out", required=True, help="EFT JSONL: {id, instruction, response, judgement}")
-    parser.add_argument("--max-fraction", type=float, default=0.3, help="no score above this share (default 0.3)")
+    parser.add_argument("--max-fraction", type=probability, default=0.3, help="no score above this share (default 0.3)")
     a = parser.parse_args(argv)
+    final_out = Path(a.out)
+    a.out = str(final_out.with_name(final_out.stem + ".judgements.jsonl"))  # where run_stage writes
     try:
+        for out in (final_out, a.out):
+            check_output(out, {"--pool": a.pool})
+        check_owned([final_out], settings_path(Path(a.out)))  # OUT is ours if its judgements are
         pool = read_pool(a.pool)
     except FormatError as e:
         sys.exit(f"error: {e}")
-    final_out = Path(a.out)
-    a.out = str(final_out.with_name(final_out.stem + ".judgements.jsonl"))  # where run_stage writes
 
     def requests(tokenizer):
         return [Request([row["id"], r["id"]], {"id": row["id"], "sample": r["id"], "prompt": row["prompt"],
@@ -76,7 +83,7 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(row["prompt"], r["text"])), [(row["id"], r["id"])])
                 for row in pool for r in row["replies"]]
 
-    rows, stats, too_long = run_stage(a, requests, judged_row, 1, desc="judging ranked replies")
+    rows, stats, too_long = run_stage(a, "judge/eft.py", requests, judged_row, 1, desc="judging ranked replies")
     if not is_rank_zero():
         return
     judged = {(r["id"], r["sample"]): r for r in rows}

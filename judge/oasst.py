@@ -44,9 +44,10 @@ from typing import Sequence
 
 from judge.parse import parse_score
 from model.errors import FormatError
-from model.jsonl import iter_jsonl, write_jsonl_atomic
+from model.jsonl import check_output, iter_jsonl, write_jsonl_atomic
 
 ROLES = ("prompter", "assistant")
+SETS = ("ift", "ranked", "eft_pool")  # the files written, NAME.jsonl
 READY = "ready_for_export"
 
 
@@ -106,7 +107,7 @@ def read_messages(paths: Sequence) -> tuple[list[Message], int]:
     """Every message in the given export files, in file order, and the number of trees without a prompt."""
     messages, first_seen, empty_trees = [], {}, 0
     for path in paths:
-        for lineno, row in iter_jsonl(path):
+        for lineno, row in iter_jsonl(path, allow_empty=False):
             where = f"{path}:{lineno}"
             if "message_id" in row:
                 found = [_message(row, row.get("parent_id"), row.get("tree_state"), where)]
@@ -171,7 +172,7 @@ def build_sets(messages: list[Message], lang: str = "en", ranked_fraction: float
         else:
             replies[m.parent_id].append(m)
 
-    sets = {"ift": [], "ranked": [], "eft_pool": []}
+    sets = {name: [] for name in SETS}
     for prompt in (m for m in messages if m.parent_id is None):
         reason = _skip_reason(prompt, "prompter", lang)
         if reason:
@@ -270,6 +271,9 @@ def main(argv=None):
     if not 0 <= a.ranked_fraction <= 1:
         parser.error("--ranked-fraction must be in [0, 1]")
     try:
+        for name in SETS:
+            check_output(Path(a.out_dir) / f"{name}.jsonl", {f"--input {path}": path for path in a.input},
+                         flag="--out-dir")
         messages, empty_trees = read_messages(a.input)
         sets, counts = build_sets(messages, a.lang, a.ranked_fraction, a.seed)
         for name, rows in sets.items():

@@ -8,7 +8,8 @@ Input, judged.jsonl (written by judge/score.py), one line per candidate answer:
    "score": mean of the parsed scores, or null if none parsed, "n_parsed": int,
    "neutralised": bool (the response held text that tried to decide its own score)}
 Only id, sample, prompt, response and score are needed here (neutralised is counted
-when present), so a judged.jsonl from any other judge works as long as it has those.
+when present), so a judged.jsonl from any other judge works as long as it has those,
+with scores on the judge prompt's scale, 0 to 5. A file with no lines is an error.
 
 Per prompt id:
   - candidates whose score is null are left out;
@@ -30,25 +31,25 @@ import sys
 from collections import Counter
 
 from model.errors import FormatError
-from model.jsonl import iter_jsonl, write_jsonl_atomic
+from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 
 REQUIRED = ("id", "sample", "prompt", "response", "score")
 DROP_REASONS = ("fewer than 2 scored", "tie", "gap below min")
 
 
 def _check_row(row: dict) -> str | None:
-    """What is wrong with one judged line, or None."""
-    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-        return f"'id' must be a string or an integer, got {row['id']!r}"
+    """What is wrong with one judged line, or None (its id is checked apart)."""
     if not isinstance(row["sample"], int) or isinstance(row["sample"], bool):
-        return f"'sample' must be an integer, got {row['sample']!r}"
+        return f"'sample' must be an integer, got {json.dumps(row['sample'])}"
     for key in ("prompt", "response"):
         if not isinstance(row[key], str):
             return f"'{key}' must be a string, got {type(row[key]).__name__}"
     score = row["score"]
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
-                              or not math.isfinite(score)):
-        return f"'score' must be a number or null, got {score!r}"
+                              or not math.isfinite(score) or not 0 <= score <= 5):
+        return f"'score' must be a number from 0 to 5 or null, got {json.dumps(score)}"
+    if "neutralised" in row and not isinstance(row["neutralised"], bool):
+        return f"'neutralised' must be true or false, got {json.dumps(row['neutralised'])}"
     return None
 
 
@@ -56,7 +57,8 @@ def read_judged(path) -> list[dict]:
     """The lines of a judged.jsonl, checked: FormatError("FILE:LINE: ...") on a bad line, a candidate
     (id, sample) that appears twice, or a prompt id whose prompt text differs between lines."""
     rows, first_line, prompt_of = [], {}, {}
-    for lineno, row in iter_jsonl(path, REQUIRED):
+    for lineno, row in iter_jsonl(path, REQUIRED, allow_empty=False):
+        check_id(row, "id", f"{path}:{lineno}")
         problem = _check_row(row)
         if problem is None and (row["id"], row["sample"]) in first_line:
             problem = (f"candidate (id {row['id']!r}, sample {row['sample']}) already appeared on line "
@@ -155,9 +157,12 @@ def main(argv=None):
                         help="drop pairs whose score_chosen - score_rejected is below this (default 0: only ties)")
     parser.add_argument("--summary", help="also write the statistics as JSON to this file")
     a = parser.parse_args(argv)
-    if a.min_gap < 0:
-        parser.error("--min-gap must be >= 0")
+    if not (math.isfinite(a.min_gap) and a.min_gap >= 0):
+        parser.error(f"--min-gap must be a number >= 0, got {a.min_gap}")
     try:
+        check_output(a.out, {"--judged": a.judged})
+        if a.summary:
+            check_output(a.summary, {"--judged": a.judged, "--out": a.out}, flag="--summary")
         pairs, stats = build_pairs(read_judged(a.judged), a.min_gap)
         write_jsonl_atomic(a.out, pairs)
         if a.summary:

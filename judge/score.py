@@ -21,14 +21,16 @@ from collections import Counter
 from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
-from model.jsonl import iter_jsonl
-from sample.generate import Request, add_sampling_args, is_rank_zero, run_stage, throughput
+from model.jsonl import check_id, check_output, iter_jsonl
+from sample.generate import Request, add_sampling_args, is_rank_zero, positive_int, run_stage, throughput
 from sample.sampler import Completion
 
 
 def read_candidates(path) -> list[dict]:
     rows, seen = [], {}
-    for lineno, row in iter_jsonl(path, required_fields=("id", "sample", "prompt", "response")):
+    for lineno, row in iter_jsonl(path, required_fields=("id", "sample", "prompt", "response"), allow_empty=False):
+        check_id(row, "id", f"{path}:{lineno}")
+        check_id(row, "sample", f"{path}:{lineno}")
         key = (row["id"], row["sample"])
         if not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
             raise FormatError(f"{path}:{lineno}: 'prompt' and 'response' must be strings")
@@ -67,11 +69,13 @@ def summary(rows: list[dict]) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(parser, max_new_tokens=256)
-    parser.add_argument("--samples", type=int, default=3, help="judgements per candidate (default %(default)s)")
+    parser.add_argument("--samples", type=positive_int, default=3,
+                        help="judgements per candidate (default %(default)s)")
     parser.add_argument("--candidates", required=True, help="JSONL with id, sample, prompt, response per line")
     parser.add_argument("--out", required=True, help="judged JSONL, one line per candidate")
     a = parser.parse_args(argv)
     try:
+        check_output(a.out, {"--candidates": a.candidates})
         candidates = read_candidates(a.candidates)
     except FormatError as e:
         sys.exit(f"error: {e}")
@@ -84,7 +88,8 @@ def main(argv=None):
         return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
                 "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
 
-    rows, stats, _ = run_stage(a, requests, judged_row, a.samples, desc="judging", on_too_long=too_long)
+    rows, stats, _ = run_stage(a, "judge/score.py", requests, judged_row, a.samples, desc="judging",
+                               on_too_long=too_long)
     if is_rank_zero():
         print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)
 

@@ -13,7 +13,7 @@ import sys
 
 from judge.prompt import judge_prompt
 from model.errors import FormatError
-from model.jsonl import read_jsonl, write_jsonl_atomic
+from model.jsonl import check_output, read_jsonl, write_jsonl_atomic
 
 
 def sft_rows(ift: list[dict], eft: list[dict]) -> list[dict]:
@@ -30,7 +30,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     a = parser.parse_args(argv)
     try:
-        ift = read_jsonl(a.ift, required_fields=("id", "prompt", "response"))
+        check_output(a.out, {"--ift": a.ift, "--eft": a.eft})
+        ift = read_jsonl(a.ift, required_fields=("id", "prompt", "response"), allow_empty=False)
         eft = read_jsonl(a.eft, required_fields=("id", "instruction", "response", "judgement")) if a.eft else []
     except FormatError as e:
         sys.exit(f"error: {e}")

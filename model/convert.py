@@ -4,6 +4,11 @@
   python model/convert.py hf        SRC OUT   a Hugging Face Llama directory (config.json + safetensors)
   python model/convert.py gguf      SRC OUT   a llama-architecture GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
   python model/convert.py export-hf SRC OUT   our checkpoint -> a Hugging Face Llama directory
+  python model/convert.py random PRESET OUT   random weights in a preset's shape (model/llama.py's PRESETS) and a
+                                              byte-level BPE tokenizer, nothing downloaded: `make tiny-model`
+
+OUT is replaced only if it is empty or a checkpoint or an export this project wrote (params.json or config.json
+and nothing but the files those hold), and never if it is, holds or lies inside SRC.
 
 Our parameter names and rotary layout are Meta's. Hugging Face permutes the
 rows of wq and wk so that rotary embeddings rotate the two halves of each head
@@ -22,7 +27,7 @@ import torch
 from model.checkpoint import ShardWriter, atomic_directory, read_params, read_tensors, save
 from model.errors import FormatError
 from model.gguf_file import read_gguf
-from model.llama import ModelArgs, Transformer
+from model.llama import PRESETS, ModelArgs, Transformer
 from model.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
 
 # ---------------------------------------------------------------- Meta's release
@@ -37,6 +42,14 @@ META_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multip
 
 def meta_split_dim(name: str):
     return META_SPLIT_DIM[name.split(".")[-2]]
+
+
+def model_args(source, **fields) -> ModelArgs:
+    """ModelArgs from the values a source file gives; a value ModelArgs refuses is a FormatError naming it."""
+    try:
+        return ModelArgs(**fields)
+    except ValueError as e:
+        raise FormatError(f"{source}: {e}") from None
 
 
 def load_pth(path: Path) -> dict:
@@ -56,8 +69,10 @@ def convert_meta(src, out):
     params_path = src / "params.json"
     try:
         params = json.loads(params_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise FormatError(f"{params_path}: {e}") from None
+    if not isinstance(params, dict):
+        raise FormatError(f"{params_path}: not a JSON object")
     unknown = sorted(set(params) - META_PARAMS)
     if unknown:
         raise FormatError(f"{params_path}: unknown keys {unknown} (this converter reads Llama-2 releases)")
@@ -70,9 +85,9 @@ def convert_meta(src, out):
     for p, s in zip(shard_paths[1:], shards[1:]):
         if s.keys() != shards[0].keys():
             raise FormatError(f"{p}: holds different tensors from {shard_paths[0]}")
-    if params.get("vocab_size", -1) <= 0:
+    if params.get("vocab_size", -1) == -1:  # Meta's releases say -1: the tokenizer's size
         params["vocab_size"] = tokenizer.vocab_size
-    args = ModelArgs(max_seq_len=params.pop("max_seq_len", 4096), **params)
+    args = model_args(params_path, **{"max_seq_len": 4096, **params})
 
     def merged():
         for name in shards[0]:
@@ -81,7 +96,7 @@ def convert_meta(src, out):
             dim = meta_split_dim(name)
             yield name, shards[0][name] if dim is None else torch.cat([s[name] for s in shards], dim=dim)
 
-    save(out, args, merged(), tokenizer)
+    save(out, args, merged(), tokenizer, sources=[src])
 
 
 # ---------------------------------------------------------------- Hugging Face
@@ -117,8 +132,10 @@ def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 def args_from_hf_config(path: Path) -> ModelArgs:
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise FormatError(f"{path}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{path}: not a JSON object")
     if cfg.get("model_type") != "llama":
         raise FormatError(f"{path}: model_type {cfg.get('model_type')!r}, this converter reads 'llama'")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
@@ -126,15 +143,19 @@ def args_from_hf_config(path: Path) -> ModelArgs:
         raise FormatError(f"{path}: rope scaling {rope} is not supported")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise FormatError(f"{path}: biases in attention or MLP are not part of Llama-2")
-    n_heads = cfg["num_attention_heads"]
-    if cfg.get("head_dim", cfg["hidden_size"] // n_heads) != cfg["hidden_size"] // n_heads:
+    try:
+        args = model_args(path, dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"],
+                          n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads"),
+                          vocab_size=cfg["vocab_size"], ffn_hidden_dim=cfg["intermediate_size"],
+                          norm_eps=cfg.get("rms_norm_eps", 1e-6),
+                          rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
+                          max_seq_len=cfg.get("max_position_embeddings", 4096),
+                          tie_embeddings=cfg.get("tie_word_embeddings", False))
+    except KeyError as e:
+        raise FormatError(f"{path}: key {e.args[0]!r} is missing") from None
+    if cfg.get("head_dim", args.head_dim) != args.head_dim:
         raise FormatError(f"{path}: head_dim {cfg['head_dim']} is not hidden_size / num_attention_heads")
-    return ModelArgs(dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads,
-                     n_kv_heads=cfg.get("num_key_value_heads") or n_heads, vocab_size=cfg["vocab_size"],
-                     ffn_hidden_dim=cfg["intermediate_size"], norm_eps=cfg.get("rms_norm_eps", 1e-6),
-                     rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-                     max_seq_len=cfg.get("max_position_embeddings", 4096),
-                     tie_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+    return args
 
 
 def convert_hf(src, out):
@@ -159,7 +180,7 @@ def convert_hf(src, out):
                 tensor = hf_to_meta_rows(tensor, args.n_kv_heads)
             yield name, tensor
 
-    save(out, args, renamed(), tokenizer)
+    save(out, args, renamed(), tokenizer, sources=[src])
 
 
 def _our_names(args: ModelArgs) -> list[str]:
@@ -208,7 +229,7 @@ def export_hf(src, out):
                   "tokenizer_class": "LlamaTokenizer" if sentencepiece else "PreTrainedTokenizerFast"}
     if sentencepiece:  # a space-prefixed piece after <s>, as sentencepiece encodes Meta's layout itself
         tok_config["legacy"] = True
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, sources=[src]) as tmp:
         writer = ShardWriter(tmp)
         for name, tensor in read_tensors(src):
             if name.endswith("attention.wq.weight"):
@@ -264,15 +285,15 @@ def convert_gguf(src, out):
     if arch != "llama":
         raise FormatError(f"{src}: general.architecture is {arch!r}, this converter reads 'llama'")
     try:
-        n_heads = meta["llama.attention.head_count"]
-        args = ModelArgs(dim=meta["llama.embedding_length"], n_layers=meta["llama.block_count"],
-                         n_heads=n_heads, n_kv_heads=meta.get("llama.attention.head_count_kv", n_heads),
-                         vocab_size=meta.get("llama.vocab_size", len(meta["tokenizer.ggml.tokens"])),
-                         ffn_hidden_dim=meta["llama.feed_forward_length"],
-                         norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
-                         rope_theta=meta.get("llama.rope.freq_base", 10000.0),
-                         max_seq_len=meta["llama.context_length"],
-                         tie_embeddings="output.weight" not in gguf.tensors)
+        args = model_args(src, dim=meta["llama.embedding_length"], n_layers=meta["llama.block_count"],
+                          n_heads=meta["llama.attention.head_count"],
+                          n_kv_heads=meta.get("llama.attention.head_count_kv"),
+                          vocab_size=meta.get("llama.vocab_size", len(meta["tokenizer.ggml.tokens"])),
+                          ffn_hidden_dim=meta["llama.feed_forward_length"],
+                          norm_eps=meta["llama.attention.layer_norm_rms_epsilon"],
+                          rope_theta=meta.get("llama.rope.freq_base", 10000.0),
+                          max_seq_len=meta["llama.context_length"],
+                          tie_embeddings="output.weight" not in gguf.tensors)
     except KeyError as e:
         raise FormatError(f"{src}: metadata key {e.args[0]} is missing") from None
     if meta.get("tokenizer.ggml.model") != "gpt2":
@@ -281,16 +302,50 @@ def convert_gguf(src, out):
                           "Hugging Face's release instead)")
     tokenizer = BPETokenizer.from_gguf(meta, source=str(src))
     tensors = ((gguf_to_meta_name(name, src), torch.from_numpy(gguf.tensor(name))) for name in gguf.tensors)
-    save(out, args, tensors, tokenizer)
+    save(out, args, tensors, tokenizer, sources=[src])
+
+
+# ---------------------------------------------------------------- random weights
+
+def byte_level_tokenizer() -> BPETokenizer:
+    """A byte-level BPE with ChatML's control tokens: 263 tokens (3 control tokens, the 256 bytes, 4 merges), so
+    any text encodes and nothing needs downloading (random checkpoints, tests, bench/gpu_check.py)."""
+    return BPETokenizer.from_gguf(byte_level_tokenizer_metadata(), source="the byte-level tokenizer")
+
+
+def byte_level_tokenizer_metadata() -> dict:
+    """byte_level_tokenizer's GGUF tokenizer metadata."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    controls = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = controls + sorted(ByteLevel.alphabet()) + ["he", "ll", "hell", "hello"]
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt2", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [3] * len(controls) + [1] * (len(tokens) - len(controls)),
+            "tokenizer.ggml.merges": ["h e", "l l", "he ll", "hell o"],
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.chat_template": chatml_template(None)}
+
+
+def write_random(preset: str, out):
+    """Random weights (Transformer.init_weights, seed 0) in a preset's shape with the byte-level tokenizer. The
+    vocabulary is the tokenizer's, and the context at least 4096 tokens: the judge's prompt, about a token a
+    byte, needs them."""
+    if preset not in PRESETS:
+        raise FormatError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    tokenizer = byte_level_tokenizer()
+    shape = PRESETS[preset]
+    args = ModelArgs(**{**vars(shape), "vocab_size": tokenizer.vocab_size,
+                        "max_seq_len": max(shape.max_seq_len, 4096)})
+    save(out, args, Transformer(args).init_weights(seed=0).state_dict(), tokenizer)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("format", choices=["meta", "hf", "gguf", "export-hf"])
-    parser.add_argument("src", help="source directory (a file for gguf)")
-    parser.add_argument("out", help="output directory (replaced atomically if it exists)")
+    parser.add_argument("format", choices=["meta", "hf", "gguf", "export-hf", "random"])
+    parser.add_argument("src", help="source directory (a file for gguf, a preset name for random)")
+    parser.add_argument("out", help="output directory (replaced atomically if this project wrote it, see above)")
     a = parser.parse_args(argv)
-    convert = {"meta": convert_meta, "hf": convert_hf, "gguf": convert_gguf, "export-hf": export_hf}[a.format]
+    convert = {"meta": convert_meta, "hf": convert_hf, "gguf": convert_gguf, "export-hf": export_hf,
+               "random": write_random}[a.format]
     try:
         convert(a.src, a.out)
     except FormatError as e:

@@ -8,6 +8,8 @@ trainers can compute log-probs from the final hidden states without a full
 logits tensor. Parallelism (FSDP, tensor parallel, torch.compile) is applied
 from outside by `train/` and `sample/`; this file knows nothing of it.
 """
+import math
+import reprlib
 from dataclasses import dataclass, fields
 from typing import Optional
 
@@ -19,6 +21,34 @@ try:  # optional, CUDA only; scaled_dot_product_attention is the fallback everyw
     from flash_attn import flash_attn_func
 except ImportError:
     flash_attn_func = None
+
+
+# The largest value each integer field may take (the smallest is 1): far above any released Llama, and low
+# enough that no header can make us build a billion layers or allocate terabytes.
+INT_LIMITS = {"dim": 2**16, "n_layers": 1024, "n_heads": 2**16, "n_kv_heads": 2**16, "vocab_size": 2**24,
+              "multiple_of": 2**16, "max_seq_len": 2**20}
+MAX_FFN_WIDTH = 2**20
+
+
+def _is_number(value) -> bool:
+    """An int or a finite float: not a bool, a string, nan, inf, or an int too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _check_int(name: str, value, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+        raise ValueError(f"{name} = {reprlib.repr(value)}: must be an integer from 1 to {high}")
+
+
+def _positive_float(name: str, value) -> float:
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name} = {reprlib.repr(value)}: must be a positive finite number")
+    return float(value)
 
 
 @dataclass
@@ -38,13 +68,32 @@ class ModelArgs:
     dropout: float = 0.0  # on each residual branch, training only (the paper fine-tunes with 0.1)
 
     def __post_init__(self):
+        """Check every field's type and range, so that params.json or a converted header that cannot make a
+        working model (a string, a zero, a billion layers) is refused here rather than in a forward or an
+        allocation; ValueError names the field."""
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        for name, high in INT_LIMITS.items():
+            _check_int(name, getattr(self, name), high)
+        if self.ffn_hidden_dim is not None:
+            _check_int("ffn_hidden_dim", self.ffn_hidden_dim, MAX_FFN_WIDTH)
+        self.norm_eps = _positive_float("norm_eps", self.norm_eps)
+        self.rope_theta = _positive_float("rope_theta", self.rope_theta)
+        if self.ffn_dim_multiplier is not None:
+            self.ffn_dim_multiplier = _positive_float("ffn_dim_multiplier", self.ffn_dim_multiplier)
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout = {reprlib.repr(self.dropout)}: must be a number in [0, 1)")
+        self.dropout = float(self.dropout)
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings = {reprlib.repr(self.tie_embeddings)}: must be true or false")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim {self.dim}, n_heads {self.n_heads}, n_kv_heads {self.n_kv_heads}: "
                              "dim must divide by n_heads and n_heads by n_kv_heads")
         if (self.dim // self.n_heads) % 2:
             raise ValueError(f"head_dim {self.dim // self.n_heads} must be even for rotary embeddings")
+        if not 1 <= self.hidden_dim <= MAX_FFN_WIDTH:
+            raise ValueError(f"multiple_of {self.multiple_of} and ffn_dim_multiplier {self.ffn_dim_multiplier} "
+                             f"give an FFN width of {self.hidden_dim}, not from 1 to {MAX_FFN_WIDTH}")
 
     @property
     def head_dim(self) -> int:
@@ -62,6 +111,8 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelArgs":
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object of ModelArgs keys, not {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -6,7 +6,9 @@
     torchrun --nproc_per_node=8 sample/generate.py --tp --num-samples 4 ...  # tensor parallel: one model, 8 GPUs
 
 Input lines: {"id": ..., "prompt": "..."} (a user message; the model's chat template is applied)
-or {"id": ..., "messages": [{"role": ..., "content": ...}, ...]}. Other fields are carried over.
+or {"id": ..., "messages": [{"role": ..., "content": ...}, ...]} (an optional "system" turn, then
+"user" and "assistant" turns alternating, the last a "user" turn); an id is a string or an integer,
+unique in the file. Other fields are carried over.
 Output: one line per sample: the input's fields plus "sample", "response", "finish_reason"
 ("stop" or "length") and "n_tokens". The run is resumable: rerun the same command after a crash
 or Ctrl-C and it continues where it stopped, writing every (id, sample) exactly once.
@@ -15,6 +17,7 @@ import argparse
 import atexit
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +31,7 @@ from tqdm import tqdm
 import model
 from model.distributed import join_process_group
 from model.errors import FormatError
-from model.jsonl import iter_jsonl
+from model.jsonl import check_id, check_output, iter_jsonl
 from sample.resume import ResumableJSONL, read_rows
 from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
 from sample.tp import broadcast_tokens
@@ -45,14 +48,14 @@ class Request:
 def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
     """Validated input lines, and counts of the ones skipped (empty prompts) by reason.
 
-    Problems that mean the file is not what the user thinks (bad JSON, missing fields, duplicate
-    ids) are errors naming the file and line, raised before any work starts.
+    Problems that mean the file is not what the user thinks (bad JSON, missing fields, ids that are
+    not strings or integers or appear twice, messages no chat template can take, no lines at all) are
+    errors naming the file and line, raised before any work starts.
     """
     rows, seen, skipped = [], {}, {"empty prompt": 0}
-    for lineno, row in iter_jsonl(path, required_fields=("id",)):
+    for lineno, row in iter_jsonl(path, required_fields=("id",), allow_empty=False):
         where = f"{path}:{lineno}"
-        if isinstance(row["id"], (dict, list)):
-            raise FormatError(f"{where}: \"id\" must be a string or a number")
+        check_id(row, "id", where)
         if row["id"] in seen:
             raise FormatError(f"{where}: duplicate id {row['id']!r} (first on line {seen[row['id']]})")
         seen[row["id"]] = lineno
@@ -60,9 +63,11 @@ def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
             raise FormatError(f"{where}: give exactly one of \"prompt\" (a string) or \"messages\" (a list)")
         if "prompt" in row and not isinstance(row["prompt"], str):
             raise FormatError(f"{where}: \"prompt\" must be a string")
-        if "messages" in row and not _valid_messages(row["messages"]):
-            raise FormatError(f"{where}: \"messages\" must be a non-empty list of "
-                              "{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": str} ending with a user turn")
+        problem = messages_problem(row["messages"]) if "messages" in row else None
+        if problem:
+            raise FormatError(f"{where}: \"messages\" must be a list of {{\"role\", \"content\": str}} objects, an "
+                              f"optional system turn first, then user and assistant turns alternating, the last a "
+                              f"user turn: {problem}")
         text = row["prompt"] if "prompt" in row else row["messages"][-1]["content"]
         if not text.strip():
             skipped["empty prompt"] += 1
@@ -71,10 +76,23 @@ def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
     return rows, skipped
 
 
-def _valid_messages(messages) -> bool:
-    return (isinstance(messages, list) and len(messages) > 0 and messages[-1].get("role") == "user"
-            and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                    and isinstance(m.get("content"), str) for m in messages))
+def messages_problem(messages) -> str | None:
+    """What keeps a conversation from the chat templates (model/tokenizer.py), or None: Llama-2's takes
+    only an optional first system turn, then user and assistant turns alternating, and both answer a
+    last user turn."""
+    if not isinstance(messages, list) or not messages:
+        return "it is not a non-empty list"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            return f"message {i} is not an object with a string \"content\""
+    first = 1 if messages[0].get("role") == "system" else 0
+    for i, m in enumerate(messages[first:], start=first):
+        expected = "user" if (i - first) % 2 == 0 else "assistant"
+        if m.get("role") != expected:
+            return f"message {i} has role {json.dumps(m.get('role'))}, expected \"{expected}\""
+    if messages[-1]["role"] != "user":
+        return "the last message is not a user turn"
+    return None
 
 
 def chat_ids(tokenizer, row: dict, raw: bool = False) -> list[int]:
@@ -162,14 +180,45 @@ def load_model(path, device, dtype_name: str, tp: bool):
     return model.load(path, device=device, dtype=dtype)
 
 
+def _flag_value(text: str, parse, ok, expected: str):
+    """`text` parsed and checked, for argparse: a bad value is one line naming the flag and what it takes."""
+    try:
+        value = parse(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _flag_value(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _flag_value(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _flag_value(text, float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+
+
+def probability(text: str) -> float:
+    """A share in (0, 1]: a nucleus mass, a fraction."""
+    return _flag_value(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
 def add_sampling_args(parser, temperature=0.7, top_p=0.9, max_new_tokens=512):
     """The options every sampling CLI shares (generate, judge, self-instruct)."""
     parser.add_argument("--model", required=True, help="checkpoint directory (see model/convert.py)")
-    parser.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default %(default)s)")
-    parser.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling mass (default %(default)s)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep only the k most likely tokens (0 = off)")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="default %(default)s")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together (default %(default)s)")
+    parser.add_argument("--temperature", type=non_negative_float, default=temperature,
+                        help="0 = greedy (default %(default)s)")
+    parser.add_argument("--top-p", type=probability, default=top_p, help="nucleus sampling mass (default %(default)s)")
+    parser.add_argument("--top-k", type=non_negative_int, default=0,
+                        help="keep only the k most likely tokens (0 = off)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, help="default %(default)s")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="rows decoded together (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -195,19 +244,24 @@ def stage_settings(a, net) -> dict:
             "sampling": [a.temperature, a.top_p, a.top_k, a.max_new_tokens], "seed": a.seed}
 
 
-def open_output(out, rank: int, world: int, settings: dict, **kwargs) -> ResumableJSONL:
-    """OUT's ResumableJSONL on every rank, rank 0's first, so that it has discarded rows made with other
-    settings before any rank reads."""
-    writer = ResumableJSONL(out, rank=rank, settings=settings, **kwargs) if rank == 0 else None
+def open_output(out, rank: int, world: int, stage: str, settings: dict, **kwargs) -> ResumableJSONL:
+    """OUT's ResumableJSONL on every rank, rank 0's first (the writer of `stage`, see sample/resume.py),
+    so that it has refused files it did not write and discarded rows made with other settings before any
+    rank reads. A file it refuses is one line on stderr and exit status 1 (torchrun then stops the rest)."""
+    try:
+        writer = ResumableJSONL(out, rank=rank, stage=stage, settings=settings, **kwargs) if rank == 0 else None
+    except FormatError as e:
+        sys.exit(f"error: {e}")
     if world > 1:
         dist.barrier()
     return writer or ResumableJSONL(out, rank=rank, **kwargs)
 
 
-def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
+def run_stage(a, stage: str, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     """What every sampling CLI does around its own rows: set up torchrun if present, load the model,
     sample the requests that make_requests(tokenizer) builds (resumably, data or tensor parallel),
-    and merge the output. A request too long for the context is skipped, or, with on_too_long,
+    and merge the output, which belongs to `stage` (a name, written in its settings record:
+    see sample/resume.py). A request too long for the context is skipped, or, with on_too_long,
     written as the row on_too_long(request) returns. Returns (output rows, this run's stats, number
     of requests too long) on every rank (the others read back what rank 0 merged), so that a CLI of
     several stages can run them all under torchrun, one after the other, in the same processes.
@@ -219,7 +273,8 @@ def run_stage(a, make_requests, make_rows, n: int, desc: str, on_too_long=None):
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     requests = make_requests(tokenizer)
-    writer = open_output(a.out, rank, world, {**stage_settings(a, net), "n": n, "requests": requests_digest(requests)})
+    writer = open_output(a.out, rank, world, stage,
+                         {**stage_settings(a, net), "n": n, "requests": requests_digest(requests)})
     fits = [r for r in requests if len(r.token_ids) < net.args.max_seq_len]
     too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
     if on_too_long is not None and rank == 0:
@@ -255,7 +310,7 @@ def throughput(stats: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(parser)
-    parser.add_argument("--n", "--num-samples", dest="n", type=int, default=4,
+    parser.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=4,
                         help="samples per prompt (default %(default)s); under torchrun write --num-samples, "
                              "since torchrun reads --n as an abbreviation of its own options")
     parser.add_argument("--prompts", required=True, help="input JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}")
@@ -263,6 +318,7 @@ def main(argv=None):
     parser.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text (base models)")
     a = parser.parse_args(argv)
     try:
+        check_output(a.out, {"--prompts": a.prompts})
         lines, skipped = read_prompts(a.prompts)
     except FormatError as e:
         sys.exit(f"error: {e}")
@@ -271,7 +327,8 @@ def main(argv=None):
         return [Request(row["id"], row, chat_ids(tokenizer, row, a.raw), [(row["id"], s) for s in range(a.n)])
                 for row in lines]
 
-    rows, stats, skipped["too long for the context"] = run_stage(a, requests, sample_rows, a.n, "sampling")
+    rows, stats, skipped["too long for the context"] = run_stage(a, "sample/generate.py", requests, sample_rows, a.n,
+                                                                 "sampling")
     if is_rank_zero():
         skips = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
         print(f"generate: {len(rows)} rows in the output; {throughput(stats)}; skipped prompts: {skips}",

@@ -36,8 +36,10 @@ from pathlib import Path
 import torch.distributed as dist
 
 from model.errors import FormatError
-from model.jsonl import read_jsonl, write_jsonl_atomic
-from sample.generate import add_sampling_args, load_model, open_output, row_seed, setup_distributed, stage_settings
+from model.jsonl import check_output, read_jsonl, write_jsonl_atomic
+from sample.generate import (add_sampling_args, load_model, non_negative_int, open_output, positive_int, row_seed,
+                             setup_distributed, stage_settings)
+from sample.resume import check_owned, settings_path
 from sample.sampler import Sampler, SamplingParams
 from sample.tp import broadcast_tokens
 
@@ -127,10 +129,11 @@ def main(argv=None):
     add_sampling_args(parser, temperature=0.6, top_p=0.9, max_new_tokens=128)
     parser.add_argument("--seed-prompts", required=True, help="JSONL with a \"prompt\" per line (the IFT seed)")
     parser.add_argument("--out", required=True, help="output JSONL of {\"id\", \"prompt\"}")
-    parser.add_argument("--n-prompts", type=int, required=True, help="how many new prompts to keep")
-    parser.add_argument("--max-requests", type=int, default=0, help="give up after this many (default 20 x n-prompts)")
-    parser.add_argument("--min-words", type=int, default=3)
-    parser.add_argument("--max-words", type=int, default=150)
+    parser.add_argument("--n-prompts", type=positive_int, required=True, help="how many new prompts to keep")
+    parser.add_argument("--max-requests", type=non_negative_int, default=0,
+                        help="give up after this many (default 20 x n-prompts)")
+    parser.add_argument("--min-words", type=non_negative_int, default=3)
+    parser.add_argument("--max-words", type=positive_int, default=150)
     parser.add_argument("--id-prefix", default="gen", help="ids are PREFIX-<request number>")
     a = parser.parse_args(argv)
     # Each request depends on the prompts kept before it, so there is no data parallelism: under torchrun
@@ -139,8 +142,13 @@ def main(argv=None):
     if "WORLD_SIZE" in os.environ and not a.tp:
         sys.exit("error: under torchrun self_instruct.py needs --tp (one model over all ranks); "
                  "without it, run it as one process")
+    out = Path(a.out)
+    attempts = out.with_name(out.stem + ".attempts.jsonl")
     rank, world, device = setup_distributed()
     try:
+        for path in (out, attempts):
+            check_output(path, {"--seed-prompts": a.seed_prompts})
+        check_owned([out], settings_path(attempts))  # OUT is ours if the attempts it is made from are
         seeds = [row["prompt"] for row in read_jsonl(a.seed_prompts, required_fields=("prompt",))]
         if len(seeds) < 8:
             raise FormatError(f"{a.seed_prompts}: needs at least 8 seed prompts, has {len(seeds)}")
@@ -149,12 +157,11 @@ def main(argv=None):
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     max_requests = a.max_requests or 20 * a.n_prompts
-    out = Path(a.out)
     # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
     # size does too (--n-prompts and --max-requests only say when to stop).
     settings = {**stage_settings(a, net), "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(),
                 "batch_size": a.batch_size, "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
-    log = open_output(out.with_name(out.stem + ".attempts.jsonl"), rank, world, settings, key_fields=("request",))
+    log = open_output(attempts, rank, world, "sample/self_instruct.py", settings, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
     sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile,

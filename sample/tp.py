@@ -14,9 +14,8 @@ import torch.distributed as dist
 from safetensors import safe_open
 from torch import nn
 
-from model.checkpoint import verify, weight_files
+from model.checkpoint import checkpoint_tokenizer, verify, weight_files
 from model.llama import Transformer
-from model.tokenizer import load_tokenizer
 
 # the dimension of each weight that is split over ranks: 0 = output rows, 1 = input columns
 SPLIT_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1}
@@ -86,4 +85,4 @@ def load_tensor_parallel(path, device, dtype):
                     tensor = full[part] if plan[name] == 0 else full[:, part]
                 state[name] = tensor.to(device=device, dtype=dtype)
     apply_tensor_parallel(net, world).load_state_dict(state, assign=True)
-    return net.eval(), load_tokenizer(path)
+    return net.eval(), checkpoint_tokenizer(path, args)

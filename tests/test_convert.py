@@ -63,8 +63,12 @@ def test_meta_release_with_two_shards_converts_back_exactly(tmp_path, sp_model_f
         assert torch.equal(got[name], want[name]), name
 
 
+# the tiny preset with the test tokenizer's 400 tokens (a checkpoint's tokenizer must fit its model)
+TINY = ModelArgs(**{**vars(PRESETS["tiny"]), "vocab_size": 400})
+
+
 def test_sharded_safetensors_round_trip(tmp_path, sp_model_file):
-    net = Transformer(PRESETS["tiny"]).init_weights(seed=4)
+    net = Transformer(TINY).init_weights(seed=4)
     model.save_model(tmp_path / "ckpt", net, SentencePieceTokenizer(sp_model_file), max_shard_bytes=60_000)
     files = sorted(p.name for p in (tmp_path / "ckpt").glob("*.safetensors"))
     assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
@@ -77,14 +81,14 @@ def test_sharded_safetensors_round_trip(tmp_path, sp_model_file):
 
 def test_checkpoint_replaced_atomically_on_failure(tmp_path, sp_model_file):
     tok = SentencePieceTokenizer(sp_model_file)
-    model.save_model(tmp_path / "ckpt", Transformer(PRESETS["tiny"]).init_weights(seed=5), tok)
+    model.save_model(tmp_path / "ckpt", Transformer(TINY).init_weights(seed=5), tok)
 
     def failing():
-        yield "tok_embeddings.weight", torch.zeros(256, 64)
+        yield "tok_embeddings.weight", torch.zeros(400, 64)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        model.save(tmp_path / "ckpt", PRESETS["tiny"], failing(), tok)
+        model.save(tmp_path / "ckpt", TINY, failing(), tok)
     model.load(tmp_path / "ckpt")  # the previous checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # and no temporary left behind
 

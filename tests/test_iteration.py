@@ -124,11 +124,10 @@ def test_settings_that_would_be_code_or_wrong_are_refused_before_any_stage(tmp_p
         node[last] = value
     config = tmp_path / "given.yaml"
     config.write_text(yaml.safe_dump(values))
-    for extra in ([], [setting]):
-        direct = subprocess.run([sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml")
-                                 if extra else str(config), *extra], capture_output=True, text=True, cwd=ROOT)
-        assert direct.returncode != 0 and re.search(message, direct.stderr), direct.stderr
-        assert len(direct.stderr.strip().splitlines()) == 1 and "Traceback" not in direct.stderr
+    direct = subprocess.run([sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml"),
+                             setting], capture_output=True, text=True, cwd=ROOT)  # as an override
+    assert direct.returncode != 0 and re.search(message, direct.stderr), direct.stderr
+    assert len(direct.stderr.strip().splitlines()) == 1 and "Traceback" not in direct.stderr
     made = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", f"RUNS={tmp_path}", "RUN=t",
                            f"CONFIG={config}", f"PY={sys.executable}"],
                           capture_output=True, text=True, cwd=tmp_path)

@@ -19,7 +19,7 @@ def rel_err(a, b):
 
 def hf_model(n_kv_heads, tie, rope_theta=10000.0, seed=0):
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=n_kv_heads, vocab_size=256,
+                                   num_attention_heads=4, num_key_value_heads=n_kv_heads, vocab_size=400,
                                    max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=tie,
                                    rope_parameters={"rope_type": "default", "rope_theta": rope_theta})
     torch.manual_seed(seed)
@@ -44,13 +44,13 @@ def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, the
     with torch.no_grad():
         expected = ref(tokens).logits
         got = ours(tokens)
-    assert got.shape == expected.shape == (3, 29, 256)
+    assert got.shape == expected.shape == (3, 29, 400)
     assert rel_err(got, expected) < 1e-4
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_export_hf_round_trip(tmp_path, sp_model_file, tie):
-    args = ModelArgs(**{**vars(PRESETS["tiny"]), "tie_embeddings": tie})
+    args = ModelArgs(**{**vars(PRESETS["tiny"]), "tie_embeddings": tie, "vocab_size": 400})  # the tokenizer's
     ours = Transformer(args).init_weights(std=0.08, seed=1).eval()
     model.save_model(tmp_path / "ours", ours, SentencePieceTokenizer(sp_model_file))
     export_hf(tmp_path / "ours", tmp_path / "hf")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import model
+from model.convert import byte_level_tokenizer
 from train import sft
 from train.config import DPOConfig, SFTConfig, load_config
 from train.data import Sequence, collate, read_sft, response_tokens
@@ -84,20 +85,6 @@ def test_schedule_warms_up_then_decays_to_the_final_lr():
 # ---------------------------------------------------------------- which tokens carry loss
 
 
-def chatml_tokenizer():
-    """A tiny byte-level BPE with the ChatML template (like the demo model's)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    from model.tokenizer import BPETokenizer
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokens = specials + sorted(ByteLevel.alphabet()) + ["he", "ll", "hell", "hello"]
-    return BPETokenizer.from_gguf({
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [3] * 3 + [1] * (len(tokens) - 3),
-        "tokenizer.ggml.merges": ["h e", "l l", "he ll", "hell o"], "tokenizer.ggml.bos_token_id": 1,
-        "tokenizer.ggml.eos_token_id": 2, "tokenizer.chat_template": "<|im_start|>{{ m }}<|im_end|>"})
-
-
 def test_response_tokens_end_with_the_end_of_turn(sp_model_file):
     from model.tokenizer import SentencePieceTokenizer
     user = [{"role": "user", "content": "what is the score"}]
@@ -105,7 +92,7 @@ def test_response_tokens_end_with_the_end_of_turn(sp_model_file):
     prompt, reply = response_tokens(sp, user, "ten points")
     assert prompt == sp.encode_chat(user) and reply[-1] == sp.eos_id        # Llama-2: the answer ends in EOS
     assert prompt + reply == sp.encode_chat(user + [{"role": "assistant", "content": "ten points"}], False)
-    bpe = chatml_tokenizer()
+    bpe = byte_level_tokenizer()
     prompt, reply = response_tokens(bpe, user, "hello")
     assert prompt == bpe.encode_chat(user) and reply == bpe.encode("hello") + [bpe.eos_id]  # <|im_end|>, no "\n"
 

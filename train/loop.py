@@ -37,7 +37,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 import model
-from model.checkpoint import read_params
+from model.checkpoint import check_replaceable, checkpoint_tokenizer, read_params
 from model.errors import FormatError
 from train.config import TrainConfig, dump_config, load_config
 from train.data import micro_batches, step_batches
@@ -99,7 +99,7 @@ def start(a, config_class, d: Dist) -> Session:
         raise FormatError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
                           f"{cfg.micro_batch_size} x {d.world} ranks")
     args = read_params(a.model)
-    tokenizer = model.load_tokenizer(a.model)
+    tokenizer = checkpoint_tokenizer(a.model, args)
     run = RunDir(a.out)
     changed = check_run_dir(run, cfg, a.resume)
     if changed and d.rank == 0:
@@ -127,6 +127,7 @@ def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> list[str]:
         for path in (run.out, run.train):
             if path.exists():
                 raise FormatError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+    check_replaceable(run.out)  # a folder this project did not write is refused now, not after training
     if not resume or not run.config.is_file():
         return []
     saved = load_config(type(cfg), run.config)
