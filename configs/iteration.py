@@ -29,6 +29,7 @@ from train.config import DPOConfig, SFTConfig, load_config
 
 # what a path may hold to be written into make and a shell unquoted: nothing either would interpret
 SAFE_TEXT = re.compile(r"[A-Za-z0-9_./+@-]*")
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a decimal number, as YAML 1.1 may leave it in text
 
 
 @dataclass
@@ -132,11 +133,8 @@ def build(cls, values: dict, where: str):
 
 def checked(kind, value, where: str):
     """value as a setting of type `kind` (bool, int, float, str, dict), or an error naming the key."""
-    if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 as text
-        try:
-            value = float(value)
-        except ValueError:
-            pass
+    if kind is float and isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-6 as text
+        value = float(value)
     ok = (isinstance(value, bool) if kind is bool else
           isinstance(value, int) and not isinstance(value, bool) if kind is int else
           isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) if kind is float

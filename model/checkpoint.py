@@ -75,7 +75,7 @@ def _may_be_running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError):  # someone else's process, or no PID at all: not ours to judge
-        pass
+        return True
     return True
 
 

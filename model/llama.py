@@ -223,7 +223,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
                                               enable_gqa=H != n_kv)
     group, S = H // n_kv, k.shape[2]
     folded = q.reshape(B, n_kv, group * T, D)  # row g*T + t of K/V head j: query t of head j*group + g
-    mask = mask.view((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
     mask = mask.expand(mask.shape[0], mask.shape[1], T, S)                     # (B|1, 1|H, T, S)
     mask = mask.repeat(1, 1, group, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], n_kv, group * T, S)
     out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask)        # (B, n_kv, group*T, D)

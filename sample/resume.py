@@ -95,6 +95,14 @@ def read_record(path: Path, stage: str, owned: Path) -> dict | None:
                       f"{ELSEWHERE}")
 
 
+def _same_file(path: Path, f) -> bool:
+    """Whether `path` still names the open file `f` (its last holder may have removed it meanwhile)."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _lock(path: Path, out: Path):
     """The open file holding an exclusive flock on `path` (created if missing); FormatError if another
     process holds it."""
@@ -109,11 +117,8 @@ def _lock(path: Path, out: Path):
             f.close()
             raise FormatError(f"{out} is being written by another run (it holds {path.name}): wait for it to "
                               "finish, or choose another --out") from None
-        try:
-            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
-        except FileNotFoundError:
-            pass
+        if _same_file(path, f):
+            return f
         f.close()  # its last holder removed it as we opened it: lock the one there now
 
 
