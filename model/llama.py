@@ -171,9 +171,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class KVCache(nn.Module):
     """Static key/value buffers for one layer: (B, n_kv_heads, max_len, head_dim).
 
-    Positions in the cache ("slots") are shared by all rows of the batch; each
-    row's rotary positions and its attention mask are the caller's business, so
-    left-padded prompts of different lengths can share one buffer.
+    Cache positions ("slots") are written either at slots shared by every row (a prefill of
+    left-padded prompts) or at a slot per row (the sampler's decode step, where each row is at
+    its own length). Each row's rotary positions and its attention mask are the caller's business.
     """
 
     def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device=None):
@@ -183,10 +183,17 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, n_kv_heads, T, head_dim) at cache slots (T,); return the whole buffers."""
-        self.k.index_copy_(2, slots, k)
-        self.v.index_copy_(2, slots, v)
-        return self.k, self.v
+        """Write k, v (B, n_kv_heads, T, head_dim) at slots (T,), the same for all rows, or (B, T), one per
+        row; return the buffers of the rows written: all of them, or with per-row slots the first B."""
+        if slots.dim() == 1:
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            return self.k, self.v
+        B = k.shape[0]
+        rows = torch.arange(B, device=slots.device)[:, None]  # (B, 1), with slots (B, T): one cell per token
+        self.k[rows, :, slots] = k.transpose(1, 2)  # the indexed cells are (B, T, n_kv_heads, head_dim)
+        self.v[rows, :, slots] = v.transpose(1, 2)
+        return self.k[:B], self.v[:B]
 
 
 def attention_mask(key_valid: torch.Tensor, query_slots: torch.Tensor) -> torch.Tensor:
@@ -224,8 +231,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
     group, S = H // n_kv, k.shape[2]
     folded = q.reshape(B, n_kv, group * T, D)  # row g*T + t of K/V head j: query t of head j*group + g
     mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-    mask = mask.expand(mask.shape[0], mask.shape[1], T, S)                     # (B|1, 1|H, T, S)
-    mask = mask.repeat(1, 1, group, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], n_kv, group * T, S)
+    if T > 1 or mask.shape[1] > 1:  # (one query whose mask is the same for all heads: it broadcasts as it is)
+        mask = mask.expand(mask.shape[0], mask.shape[1], T, S)                 # (B|1, 1|H, T, S)
+        mask = mask.repeat(1, 1, group, 1) if mask.shape[1] == 1 else mask.reshape(mask.shape[0], n_kv, group * T, S)
     out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask)        # (B, n_kv, group*T, D)
     return out.reshape(B, H, T, D)
 
@@ -254,6 +262,8 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         if cache is not None:
             k, v = cache.update(slots, k, v)  # (B, n_kv_heads, S, head_dim)
+            if mask is not None and mask.shape[-1] < k.shape[2]:  # keys past the mask's are not read
+                k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]
             if mask is None:  # no padding: causal over the slots written so far
                 mask = attention_mask(torch.ones(B, k.shape[2], dtype=torch.bool, device=x.device), slots)
         out = attend(q, k, v, mask)  # (B, n_heads, T, head_dim)
@@ -326,7 +336,8 @@ class Transformer(nn.Module):
 
         positions (B, T): rotary positions per row (default 0..T-1, or `slots` with a cache).
         mask: boolean, broadcastable to (B, 1, T, S), True = may attend; default causal.
-        cache, slots (T,): read and write the KV cache at these slots (see KVCache).
+        cache, slots (T,) or (B, T): read and write the KV cache at these slots (see KVCache); a mask over
+        fewer keys than the cache holds reads only the first mask.shape[-1] slots.
         """
         B, T = tokens.shape
         if cache is not None and slots is None:

@@ -33,7 +33,7 @@ from model.distributed import join_process_group
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
 from sample.resume import ResumableJSONL, read_rows
-from sample.sampler import Completion, Sampler, SamplingParams, plan_batches
+from sample.sampler import Completion, Sampler, SamplingParams
 from sample.tp import broadcast_tokens
 
 
@@ -111,31 +111,30 @@ def row_seed(seed: int, id, sample: int) -> int:
 def run(sampler: Sampler, requests: list[Request], params: SamplingParams, n: int, seed: int,
         writer: ResumableJSONL, make_rows, rank: int = 0, world: int = 1, write: bool = True,
         desc: str = "sampling") -> dict:
-    """Sample n completions per request in batches and append make_rows(request, completions)
-    for each to the writer, skipping requests whose rows are all written.
+    """Sample n completions per request and append make_rows(request, completions) to the writer as
+    requests finish (a batch of rows at a time), skipping requests whose rows are all written.
 
-    Batches are planned from the whole request list, so a rerun forms the same batches; with
-    world > 1 (data parallel) rank r takes batches r, r + world, ... Returns throughput stats.
+    With world > 1 (data parallel) rank r takes every world-th request, longest first, so that the
+    ranks get similar work. A request's rows do not depend on which rank or which other requests
+    shared its steps (see sample/sampler.py). Returns throughput stats.
     """
-    batches = plan_batches([len(r.token_ids) for r in requests], n, sampler.max_batch_size)
-    mine = batches[rank::world]
-    todo = [b for b in mine if any(k not in writer.done for i in b for k in requests[i].keys)]
+    by_length = sorted(range(len(requests)), key=lambda i: (-len(requests[i].token_ids), i))
+    todo = [requests[i] for i in by_length[rank::world] if any(k not in writer.done for k in requests[i].keys)]
     stats = {"samples": 0, "tokens": 0, "stop": 0, "length": 0, "seconds": 0.0}
-    bar = tqdm(total=sum(len(b) for b in todo) * n, desc=desc, unit="sample", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=len(todo) * n, desc=desc, unit="sample", disable=rank != 0, dynamic_ncols=True)
     start = time.perf_counter()
-    for batch in todo:
-        outs = sampler.generate([requests[i].token_ids for i in batch], params, n,
-                                seeds=[[row_seed(seed, requests[i].id, s) for s in range(n)] for i in batch])
-        rows = [row for i, completions in zip(batch, outs) for row in make_rows(requests[i], completions)]
+    for done in sampler.stream([r.token_ids for r in todo], params, n,
+                               seeds=[[row_seed(seed, r.id, s) for s in range(n)] for r in todo]):
+        rows = [row for i, completions in done for row in make_rows(todo[i], completions)]
         if write:
             writer.append(rows)
-        for completions in outs:
+        for _, completions in done:
             for c in completions:
                 stats["samples"] += 1
                 stats["tokens"] += c.n_tokens
                 stats[c.finish_reason] += 1
         stats["seconds"] = time.perf_counter() - start
-        bar.update(len(batch) * n)
+        bar.update(len(done) * n)
         bar.set_postfix(tok_s=f"{stats['tokens'] / max(stats['seconds'], 1e-9):.1f}")
     bar.close()
     return stats

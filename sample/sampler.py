@@ -1,32 +1,47 @@
-"""The KV-cached batched sampler: the engine behind answering, judging and prompt writing.
+"""The KV-cached sampling engine behind answering, judging and prompt writing: continuous batching.
 
     sampler = Sampler(model, tokenizer, max_batch_size=16)
     outs = sampler.generate([ids_a, ids_b], SamplingParams(temperature=0.7, top_p=0.9), n=4)
     outs[0][2].text, outs[0][2].finish_reason      # prompt a, sample 2
+    for done in sampler.stream(prompts, params, n=4):  # the same, a list of (prompt index, completions)
+        ...                                            # each time some prompts are complete
 
-How a batch runs (see `_run_batch`):
-  1. Prompts are split into a prefix common to all of them (the judge template's opening, say)
-     and a suffix per prompt. The prefix is prefilled once, for one row, and copied to every row.
-  2. The suffixes are prefilled together, left-padded, each prompt once.
-  3. Each prompt's cache row is copied to its n sample rows (fan-out), and the decode loop runs:
-     one token per row per step, written into a static cache at the same slot for every row.
-     Rows that hit a stop token or their length limit leave the batch (the cache is compacted),
-     so finished rows cost nothing, and the loop ends when no row is left.
-Rotary positions are per row (a left-padded row starts later in the cache but at position 0),
-and a boolean key mask hides padding; see model.attention_mask.
+The engine keeps max_batch_size row slots busy. Every (prompt, sample) waits in a queue, longest
+prompts first; whenever slots are free the next ones take them, and decoding goes on for all
+slots together, so the batch stays full until the queue drains. Its steps (see `stream`):
+  1. The prefix common to all prompts of a call (the judge template's opening, say) is prefilled
+     once, for one row (`_prefill_prefix`).
+  2. Newcomers (`_admit`): the prompts of the rows taking free slots are prefilled together,
+     right-padded, each prompt once, on top of the prefix; each prompt's keys and values are
+     copied into the slots of its samples (fan-out). A prompt whose samples do not all fit is held
+     and copied into later slots without a second prefill.
+  3. Decode steps (`_decode_step`): one token for every slot, written into one KV cache that lives
+     as long as the engine (slots x a length bucket, grown when a call needs longer rows). Each
+     slot has its own length: its new key goes to its own cache position, its rotary position is
+     that position, and its mask shows it its own positions only. Attention reads the cache up to
+     a bucket past the longest row, not the whole buffer. A step does not wait on the host: which
+     rows are done is only looked at every `check_every` steps.
+  4. Retiring (`_retire`): the rows that finished leave their slots, which newcomers take.
+Nothing is copied when a row finishes (no compaction), and a finished row that waits for the next
+check writes nothing.
 
 Randomness is per row: each (prompt, sample) gets its own seed, from which all its uniforms are
 drawn up front, and tokens are drawn by inverse CDF from one uniform per step. So a sample's
-tokens do not depend on which other rows shared its batch, which is what lets an interrupted
-run resume and produce what an uninterrupted one would have.
+tokens do not depend on which other rows shared its steps or which slot it had, which is what lets
+an interrupted run resume and produce what an uninterrupted one would have.
+
+With compile=True the decode step is torch.compile'd (CUDA graphs on a GPU) for a fixed number of
+rows and power-of-two attention lengths: one compilation per length bucket that a run reaches.
+Prefill stays eager (its shapes change with every group of newcomers).
 """
+from collections import deque
 from dataclasses import dataclass
 
 import torch
 
-from model import attention_mask
-
-TOPK_PREFILTER = 256  # nucleus sampling first looks only at the 256 most likely tokens (see sample_tokens)
+TOPK_PREFILTER = 256  # nucleus sampling on a CPU first looks only at the 256 most likely tokens (see sample_tokens)
+HEAD_RECOMPUTE = 256  # a non-fp32 head's most likely logits, recomputed in fp32 (see Sampler._logits)
+LENGTH_STEP = 64  # eager decode reads the cache up to a multiple of this past the longest row
 
 
 @dataclass
@@ -57,9 +72,10 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
 
     uniforms (B,) in [0, 1) pick the token by inverse CDF over the filtered distribution, so the
     draw is a pure function of the logits and the row's own random number. The nucleus is the
-    smallest set of most likely tokens whose mass reaches top_p. It is looked for among the top
-    TOPK_PREFILTER tokens first (a partial sort); only rows whose nucleus is larger fall back to
-    sorting the whole vocabulary, so the result is exact either way.
+    smallest set of most likely tokens whose mass reaches top_p. On a CPU it is looked for among the
+    top TOPK_PREFILTER tokens first (a partial sort); only if some row's nucleus is larger is the
+    whole vocabulary sorted, so the result is exact either way. On a GPU the whole vocabulary is
+    sorted at once: cheap there, and it keeps the step free of a host sync.
     """
     if params.temperature == 0:
         return logits.argmax(dim=-1)
@@ -68,8 +84,9 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.
     if params.top_p == 1.0 and k == probs.shape[-1]:
         sorted_probs, order = probs, None  # plain sampling: no need to sort
     else:
-        sorted_probs, order = probs.topk(min(k, TOPK_PREFILTER), dim=-1)
-        if k > TOPK_PREFILTER and not bool((sorted_probs.sum(-1) >= params.top_p).all()):
+        prefilter = TOPK_PREFILTER if probs.device.type == "cpu" else k
+        sorted_probs, order = probs.topk(min(k, prefilter), dim=-1)
+        if k > prefilter and not bool((sorted_probs.sum(-1) >= params.top_p).all()):
             sorted_probs, order = probs.topk(k, dim=-1)
         if params.top_p < 1.0:
             before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
@@ -94,38 +111,62 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-def plan_batches(lengths: list[int], n: int, max_batch_size: int) -> list[list[int]]:
-    """Group prompt indices into batches of at most max_batch_size rows (n rows per prompt).
+def length_bucket(n: int, compiled: bool, cap: int) -> int:
+    """How many cache positions a step reads to cover n: the next multiple of LENGTH_STEP, or for a
+    compiled step the next power of two from LENGTH_STEP up (few shapes, few compilations); at most cap."""
+    if compiled:
+        bucket = LENGTH_STEP
+        while bucket < n:
+            bucket *= 2
+    else:
+        bucket = -(-n // LENGTH_STEP) * LENGTH_STEP
+    return min(bucket, cap)
 
-    Prompts are sorted by length first, so a batch holds prompts of similar length (less
-    padding). A prompt's n samples always share a batch, even when n > max_batch_size.
-    """
-    per_batch = max(1, max_batch_size // n)
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + per_batch] for i in range(0, len(order), per_batch)]
+
+@dataclass
+class Row:
+    """A (prompt, sample) in a slot, as the host knows it."""
+    prompt: int  # index into the call's prompts
+    sample: int
+    length: int  # prompt tokens
+    limit: int  # new tokens it may write
+    steps: int = 0  # decode steps since it took the slot (an upper bound on its tokens)
+
+
+class SlotState:
+    """The per-slot tensors of a call, on the model's device; row b of each belongs to slot b."""
+
+    def __init__(self, n_slots: int, n_new: int, vocab_size: int, device):
+        self.logits = torch.zeros(n_slots, vocab_size, device=device)  # the logits its next token is drawn from
+        self.uniforms = torch.zeros(n_slots, n_new, device=device)  # its random numbers, one per new token
+        self.out = torch.zeros(n_slots, n_new, dtype=torch.long, device=device)  # its new tokens
+        self.n_out = torch.zeros(n_slots, dtype=torch.long, device=device)  # how many, the stop token included
+        self.length = torch.ones(n_slots, dtype=torch.long, device=device)  # prompt tokens (1 for an empty slot)
+        self.limit = torch.zeros(n_slots, dtype=torch.long, device=device)
+        self.finished = torch.ones(n_slots, dtype=torch.bool, device=device)  # empty slots count as finished
+        self.stopped = torch.zeros(n_slots, dtype=torch.bool, device=device)
 
 
 class Sampler:
     def __init__(self, model, tokenizer, max_batch_size: int = 16, share_prefix: bool = True,
-                 compile: bool = False, sync_tokens=None):
-        """sync_tokens: called on each step's sampled tokens (B,) before they are used, e.g. to give every
-        tensor-parallel rank rank 0's tokens (sample/tp.py's broadcast_tokens)."""
+                 compile: bool = False, sync_tokens=None, check_every: int | None = None):
+        """max_batch_size: row slots decoded together. share_prefix=False prefills every row on its own (the
+        baseline the benchmark compares with). sync_tokens: called on each step's sampled tokens (B,) before
+        they are used, e.g. to give every tensor-parallel rank rank 0's tokens (sample/tp.py's
+        broadcast_tokens). check_every: decode steps between looks at which rows finished (default 1 on a
+        CPU, where looking costs nothing, 8 on a GPU, which can then queue steps ahead)."""
         self.model, self.tokenizer = model, tokenizer
         self.sync_tokens = sync_tokens
         self.max_batch_size, self.share_prefix = max_batch_size, share_prefix
-        self.stop_ids = torch.tensor(tokenizer.stop_ids)
         self.device = model.tok_embeddings.weight.device
-        # The output head in fp32: bf16 logits are quantised (to 0.125 above 16), which moves the nucleus.
-        # One fp32 copy of the (V, D) head, made once, so each step's (B, D) x (D, V) product runs in fp32.
-        weight = model.output_weight
-        self.head_weight = weight if weight.dtype == torch.float32 else weight.detach().float()
-        self.decode_step = self._decode_step
-        self.compact = not compile
+        self.check_every = check_every or (1 if self.device.type == "cpu" else 8)
+        self.stop_ids = torch.tensor(tokenizer.stop_ids, dtype=torch.long, device=self.device)
+        self.compiled = compile
+        self.cache = None  # the engine's KV cache: max_batch_size rows, made on first use, grown when needed
+        self.forward_step = self._forward_step
         if compile:
-            # A compiled decode step wants fixed shapes: rows stay in the batch when they finish
-            # (their tokens are ignored) instead of triggering a recompilation per batch size.
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPUs
-            self.decode_step = torch.compile(self._decode_step, mode=mode, dynamic=False)
+            self.forward_step = torch.compile(self._forward_step, mode=mode, dynamic=False)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
                  seeds: list[list[int]] | None = None) -> list[list[Completion]]:
@@ -133,102 +174,185 @@ class Sampler:
 
         seeds[i][j] seeds sample j of prompt i; by default prompt i, sample j gets i * n + j.
         """
-        if seeds is None:
-            seeds = [[i * n + j for j in range(n)] for i in range(len(prompts))]
         results: list[list[Completion]] = [[] for _ in prompts]
-        for batch in plan_batches([len(p) for p in prompts], n, self.max_batch_size):
-            outs = self._run_batch([prompts[i] for i in batch], params, n, [seeds[i] for i in batch])
-            for i, completions in zip(batch, outs):
+        for done in self.stream(prompts, params, n, seeds):
+            for i, completions in done:
                 results[i] = completions
         return results
 
     @torch.no_grad()
-    def _decode_step(self, tokens, positions, mask, cache, slots):
-        hidden = self.model(tokens, positions=positions, mask=mask, cache=cache, slots=slots, return_hidden=True)
-        return hidden[:, -1].float() @ self.head_weight.T  # (B, V) fp32
-
-    @torch.no_grad()
-    def _run_batch(self, prompts: list[list[int]], params: SamplingParams, n: int,
-                   seeds: list[list[int]]) -> list[list[Completion]]:
-        model, device = self.model, self.device
-        max_len = model.args.max_seq_len
+    def stream(self, prompts: list[list[int]], params: SamplingParams, n: int = 1,
+               seeds: list[list[int]] | None = None):
+        """Like generate, but yields, each time some prompts have all n samples done, a list of
+        (prompt index, its n completions)."""
+        if not prompts:
+            return
+        if seeds is None:
+            seeds = [[i * n + j for j in range(n)] for i in range(len(prompts))]
+        max_len = self.model.args.max_seq_len
         if any(not p for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
         too_long = [len(p) for p in prompts if len(p) >= max_len]
         if too_long:
             raise ValueError(f"prompt of {too_long[0]} tokens leaves no room to generate "
                              f"within max_seq_len {max_len}")
-        n_per_prompt = n
-        if not self.share_prefix:  # every row prefilled on its own: the baseline the benchmark compares with
-            prompts, seeds, n = [p for p in prompts for _ in range(n)], [[s] for ss in seeds for s in ss], 1
-        U = len(prompts)
+        limits = [min(params.max_new_tokens, max_len - len(p)) for p in prompts]
+        self._reserve(max(len(p) + m for p, m in zip(prompts, limits)))
         # The shared prefix leaves at least one token in every suffix, whose logits start decoding.
         P = min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1) if self.share_prefix else 0
-        suffix_lens = torch.tensor([len(p) - P for p in prompts], device=device)
-        S_suffix = int(suffix_lens.max())
-        n_new = min(params.max_new_tokens, max_len - min(len(p) for p in prompts))
-        S = P + S_suffix + n_new  # cache slots this batch can reach
+        prefix = self._prefill_prefix(prompts[0][:P])
+        order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))  # little padding among newcomers
+        queue = deque(Row(i, j, len(prompts[i]), limits[i]) for i in order for j in range(n))
+        state = SlotState(self.max_batch_size, max(limits), self.model.args.vocab_size, self.device)
+        slots: list[Row | None] = [None] * self.max_batch_size
+        held = None  # (prompt index, its keys and values, its last logits): samples of it still wait
+        done: dict[int, list] = {}
+        while queue or any(slots):
+            free = [b for b, row in enumerate(slots) if row is None][:len(queue)]
+            if free:
+                newcomers = [queue.popleft() for _ in free]
+                held = self._admit(state, free, newcomers, prompts, seeds, prefix, held,
+                                   holds=bool(queue) and queue[0].prompt == newcomers[-1].prompt)
+                for b, row in zip(free, newcomers):
+                    slots[b] = row
+            rows = self.max_batch_size if self.compiled else max(b for b, row in enumerate(slots) if row) + 1
+            reach = max(row.length + min(row.steps + self.check_every, row.limit) for row in slots if row)
+            length = length_bucket(reach, self.compiled, self.cache[0].k.shape[2])
+            for _ in range(self.check_every):
+                self._decode_step(state, params, rows, length)
+            for row in slots:
+                if row:
+                    row.steps += self.check_every
+            finished = self._retire(state, slots, rows)
+            complete = []
+            for row, completion in finished:
+                done.setdefault(row.prompt, [None] * n)[row.sample] = completion
+                if all(done[row.prompt]):
+                    complete.append((row.prompt, done.pop(row.prompt)))
+            if complete:
+                yield complete
 
-        cache = model.make_cache(1 if P else U, S)
-        valid = torch.zeros(U, S, dtype=torch.bool, device=device)  # which slots hold real tokens, per row
-        if P:  # 1. the common prefix, once
-            prefix = torch.tensor([prompts[0][:P]], device=device)
-            slots = torch.arange(P, device=device)
-            model(prefix, cache=cache, slots=slots, return_hidden=True)
-            for c in cache:
-                c.k, c.v = c.k.expand(U, -1, -1, -1).contiguous(), c.v.expand(U, -1, -1, -1).contiguous()
-            valid[:, :P] = True
+    def _reserve(self, length: int) -> None:
+        """A cache of max_batch_size rows that holds `length` positions (grown to the next bucket if not)."""
+        if self.cache is not None and self.cache[0].k.shape[2] >= length:
+            return
+        self.cache = None  # free the old one first
+        capacity = length_bucket(length, True, self.model.args.max_seq_len)
+        self.cache = self.model.make_cache(self.max_batch_size, capacity)
 
-        # 2. the suffixes, left-padded to a common length
-        tokens = torch.full((U, S_suffix), self.tokenizer.pad_id, dtype=torch.long, device=device)
-        for i, p in enumerate(prompts):
-            tokens[i, S_suffix - len(p) + P:] = torch.tensor(p[P:], device=device)
-        pad = S_suffix - suffix_lens  # (U,)
-        slots = torch.arange(P, P + S_suffix, device=device)
-        valid[:, P:P + S_suffix] = torch.arange(S_suffix, device=device)[None, :] >= pad[:, None]
-        positions = (slots[None, :] - pad[:, None]).clamp(min=0)
-        logits = self.decode_step(tokens, positions, attention_mask(valid, slots), cache, slots)
+    def _prefill_prefix(self, prefix: list[int]):
+        """The keys and values of the shared prefix, for one row (a cache of length len(prefix)), or None."""
+        if not prefix:
+            return None
+        cache = self.model.make_cache(1, len(prefix))
+        slots = torch.arange(len(prefix), device=self.device)
+        self.model(torch.tensor([prefix], device=self.device), cache=cache, slots=slots, return_hidden=True)
+        return cache
 
-        # 3. fan out to n rows per prompt, then decode
-        rows = torch.arange(U * n, device=device)  # which output row each batch row is
-        if n > 1:
-            for c in cache:
-                c.k, c.v = c.k.repeat_interleave(n, 0), c.v.repeat_interleave(n, 0)
-            valid, logits = valid.repeat_interleave(n, 0), logits.repeat_interleave(n, 0)
-        next_pos = (torch.tensor([len(p) for p in prompts], device=device)).repeat_interleave(n)
-        limit = (max_len - next_pos).clamp(max=params.max_new_tokens)  # new tokens each row may write
-        uniforms = torch.stack([torch.rand(n_new, generator=torch.Generator().manual_seed(int(s)))
-                                for ss in seeds for s in ss]).to(device)  # (rows, n_new)
-        out = torch.full((U * n, n_new), -1, dtype=torch.long, device=device)
-        finished = torch.zeros(U * n, dtype=torch.bool, device=device)
-        stopped = torch.zeros(U * n, dtype=torch.bool, device=device)
-        stop_ids = self.stop_ids.to(device)
-        slot = P + S_suffix
-        for t in range(n_new):
-            token = sample_tokens(logits, params, uniforms[rows, t])
-            if self.sync_tokens is not None:
-                token = self.sync_tokens(token)
-            is_stop = torch.isin(token, stop_ids) & ~finished[rows]
-            out[rows, t] = torch.where(finished[rows], -1, token)
-            stopped[rows] |= is_stop
-            finished[rows] |= is_stop | (t + 1 >= limit[rows])
-            if bool(finished.all()):
-                break
-            if self.compact and bool(finished[rows].any()):
-                keep = (~finished[rows]).nonzero()[:, 0]
-                for c in cache:
-                    c.k, c.v = c.k[keep], c.v[keep]
-                rows, valid, token = rows[keep], valid[keep], token[keep]
-            valid[:, slot] = True
-            slot_t = torch.tensor([slot], device=device)
-            positions = (next_pos[rows] + t)[:, None]
-            logits = self.decode_step(token[:, None], positions, attention_mask(valid, slot_t), cache, slot_t)
-            slot += 1
+    def _prefill(self, prompts: list[list[int]], prefix):
+        """Prefill prompts (each starting with the prefix) together, right-padded: a cache of their rows
+        and the logits (m, V) of each one's last token."""
+        P = prefix[0].k.shape[2] if prefix else 0
+        suffixes = [p[P:] for p in prompts]
+        S = max(len(s) for s in suffixes)
+        cache = self.model.make_cache(len(prompts), P + S)
+        if prefix:
+            for c, pc in zip(cache, prefix):
+                c.k[:, :, :P], c.v[:, :, :P] = pc.k, pc.v
+        tokens = torch.full((len(prompts), S), self.tokenizer.pad_id, dtype=torch.long)
+        for r, s in enumerate(suffixes):
+            tokens[r, :len(s)] = torch.tensor(s)
+        # Right padding: a real token's causal window holds only the prefix and its own earlier tokens.
+        hidden = self.model(tokens.to(self.device), cache=cache, slots=torch.arange(P, P + S, device=self.device),
+                            return_hidden=True)  # (m, S, dim)
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
+        return cache, self._logits(hidden[torch.arange(len(prompts), device=self.device), last])
 
-        results = []
-        for r in range(U * n):
-            ids = [i for i in out[r].tolist() if i >= 0]
-            if stopped[r]:
-                ids = ids[:-1]
-            results.append(Completion(ids, self.tokenizer.decode(ids), "stop" if stopped[r] else "length"))
-        return [results[i:i + n_per_prompt] for i in range(0, len(results), n_per_prompt)]
+    def _admit(self, state: SlotState, free: list[int], newcomers: list[Row], prompts, seeds, prefix, held,
+               holds: bool):
+        """Put newcomers into the free slots: prefill their prompts (except a held one), copy each prompt's
+        keys and values into its samples' slots, and set the slots' state. Returns what to hold for the
+        next admission: the last newcomer's prompt if `holds` (more of its samples wait)."""
+        fan_out = self.share_prefix
+        key = (lambda row: row.prompt) if fan_out else (lambda row: (row.prompt, row.sample))
+        new_keys = list(dict.fromkeys(key(row) for row in newcomers if held is None or key(row) != held[0]))
+        sources = {}  # prompt key -> (cache, row in it, logits)
+        if new_keys:
+            cache, logits = self._prefill([prompts[k if fan_out else k[0]] for k in new_keys], prefix)
+            sources.update((k, (cache, r, logits[r])) for r, k in enumerate(new_keys))
+        if held is not None:
+            sources[held[0]] = held[1]
+        for source in {id(s[0]): s[0] for s in sources.values()}.values():  # one copy per prefill cache
+            picks = [(b, sources[key(row)][1]) for b, row in zip(free, newcomers) if sources[key(row)][0] is source]
+            dst = torch.tensor([b for b, _ in picks], device=self.device)
+            src = torch.tensor([r for _, r in picks], device=self.device)
+            width = source[0].k.shape[2]
+            for c, s in zip(self.cache, source):
+                c.k[:, :, :width].index_copy_(0, dst, s.k.index_select(0, src))
+                c.v[:, :, :width].index_copy_(0, dst, s.v.index_select(0, src))
+        dst = torch.tensor(free, device=self.device)
+        state.logits[dst] = torch.stack([sources[key(row)][2] for row in newcomers])
+        draws = torch.zeros(len(newcomers), state.uniforms.shape[1])
+        for r, row in enumerate(newcomers):  # the row's own random numbers, whatever its slot
+            draws[r, :row.limit] = torch.rand(row.limit, generator=torch.Generator().manual_seed(
+                int(seeds[row.prompt][row.sample])))
+        state.uniforms[dst] = draws.to(self.device)
+        state.length[dst] = torch.tensor([row.length for row in newcomers], device=self.device)
+        state.limit[dst] = torch.tensor([row.limit for row in newcomers], device=self.device)
+        state.n_out[dst], state.finished[dst], state.stopped[dst] = 0, False, False
+        last = newcomers[-1]
+        return (key(last), sources[key(last)]) if holds and fan_out else None
+
+    def _decode_step(self, state: SlotState, params: SamplingParams, rows: int, length: int) -> None:
+        """One token for the first `rows` slots, from their logits; then their next logits. A finished row
+        (or an empty slot) writes nothing and stays where it is; all on the device, no host sync."""
+        s = state
+        live = ~s.finished[:rows]
+        n_out = s.n_out[:rows]
+        at = n_out.clamp(max=s.out.shape[1] - 1)[:, None]  # (rows, 1): where its next token goes
+        token = sample_tokens(s.logits[:rows], params, s.uniforms[:rows].gather(1, at)[:, 0])
+        if self.sync_tokens is not None:
+            token = self.sync_tokens(token)
+        s.out[:rows].scatter_(1, at, torch.where(live, token, s.out[:rows].gather(1, at)[:, 0])[:, None])
+        s.stopped[:rows] |= live & torch.isin(token, self.stop_ids)
+        n_out += live
+        s.finished[:rows] |= s.stopped[:rows] | (n_out >= s.limit[:rows])
+        position = (s.length[:rows] + n_out - 1)[:, None]  # (rows, 1): the new token's cache position
+        s.logits[:rows] = self.forward_step(token[:, None], position, length)
+
+    def _forward_step(self, tokens: torch.Tensor, position: torch.Tensor, length: int) -> torch.Tensor:
+        """tokens (B, 1) at cache positions (B, 1) of the first B slots -> logits (B, V) in fp32, attending to
+        each row's positions up to its own among the first `length`."""
+        mask = torch.arange(length, device=tokens.device)[None, :] <= position  # (B, length)
+        hidden = self.model(tokens, positions=position, mask=mask[:, None, None, :], cache=self.cache,
+                            slots=position, return_hidden=True)
+        return self._logits(hidden[:, -1])
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head's logits (B, V) in fp32 for hidden states (B, dim). A bf16 product rounds logits to bf16
+        (0.125 apart above 16), which moves the nucleus; an fp32 product of a bf16 head is several times
+        slower on a CPU. So the head runs in the model's dtype and its HEAD_RECOMPUTE most likely logits,
+        the ones sampling looks at closely, are recomputed in fp32 (the rest keep their rounding, which
+        changes the softmax's normaliser by far less than it changes any one token's probability)."""
+        weight = self.model.output_weight
+        logits = (hidden @ weight.T).float()
+        if weight.dtype == torch.float32:
+            return logits
+        top = logits.topk(min(HEAD_RECOMPUTE, logits.shape[-1]), dim=-1).indices  # (B, K)
+        exact = torch.einsum("bd,bkd->bk", hidden.float(), weight[top].float())
+        return logits.scatter(1, top, exact)
+
+    def _retire(self, state: SlotState, slots: list, rows: int) -> list[tuple[Row, Completion]]:
+        """The finished rows among the first `rows` slots, as completions; their slots are freed."""
+        finished = state.finished[:rows].tolist()
+        leaving = [b for b in range(rows) if slots[b] is not None and finished[b]]
+        if not leaving:
+            return []
+        index = torch.tensor(leaving, device=self.device)
+        records = torch.cat([state.n_out[index, None], state.stopped[index, None].long(), state.out[index]], 1)
+        result = []
+        for b, (n_out, stopped, *out) in zip(leaving, records.tolist()):
+            ids = out[:n_out - 1] if stopped else out[:n_out]
+            result.append((slots[b], Completion(ids, self.tokenizer.decode(ids), "stop" if stopped else "length")))
+            slots[b] = None
+        return result
