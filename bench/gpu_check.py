@@ -544,9 +544,14 @@ class StubTokenizer:
 
 
 def check_sampler(ctx, numbers):
-    """5. sample/sampler.py, eager, greedy, random bf16 SmolLM2-135M- and Llama-2-7B-shaped models: decode tokens/s
+    """5. sample/sampler.py, greedy, random bf16 SmolLM2-135M- and Llama-2-7B-shaped models: decode tokens/s
     at batch 1, 16 and 64 (prompts of 128 tokens, 128 new ones; a prefill-only run timed and subtracted) against
-    the bound B x copy bandwidth / (the weights + the KV cache, all read each step), and peak memory. ~1 min."""
+    the bound B x copy bandwidth / (the weights + the KV cache, all read each step), and peak memory; then the
+    largest batch with the decode step compiled (CUDA graphs), warmed up with the very shapes it is timed on,
+    with the number of compilations it took. ~2 min."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
     import model
     from sample.sampler import Sampler, SamplingParams
     sizes, copy = ctx.sizes, bandwidth(ctx)
@@ -562,12 +567,14 @@ def check_sampler(ctx, numbers):
         weight_bytes = sum(p.nbytes for p in net.parameters())
         weight_bytes -= 0 if args.tie_embeddings else net.tok_embeddings.weight.nbytes
         rows = []
-        for B in sizes.sampler_batches:
-            sampler = Sampler(net, StubTokenizer(args.vocab_size), max_batch_size=B)
-            if B == sizes.sampler_batches[0]:  # the head is read in fp32 (the sampler's copy), not in bf16
-                weight_bytes += sampler.head_weight.nbytes - net.output_weight.nbytes
+        # (compiled on CUDA only: CPU compilation takes longer than the smoke run's whole budget)
+        runs = [(B, False) for B in sizes.sampler_batches] + [(sizes.sampler_batches[-1], True)] * ctx.cuda
+        for B, compile in runs:
+            torch._dynamo.reset()
+            counters.clear()
+            sampler = Sampler(net, StubTokenizer(args.vocab_size), max_batch_size=B, compile=compile)
             prompts = torch.randint(args.vocab_size, (B, sizes.prompt_len), generator=gen).tolist()
-            sampler.generate(prompts[:1], greedy(2))                                          # warm-up
+            sampler.generate(prompts, greedy(sizes.new_tokens))            # warm-up: the shapes timed below
             _, prefill_s = timed(ctx, lambda: sampler.generate(prompts, greedy(1)))           # and the first token
             if ctx.cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -575,17 +582,20 @@ def check_sampler(ctx, numbers):
             n_tokens = sum(c.n_tokens for [c] in outs)
             cache_bytes = (2 * args.n_layers * B * args.n_kv_heads * (sizes.prompt_len + sizes.new_tokens) * args.head_dim
                            * ctx.dtype.itemsize)
-            row = numbers[f"{preset} batch {B}"] = {
+            name = f"{preset} batch {B}" + (" compiled" if compile else "")
+            row = numbers[name] = {
                 "tokens": n_tokens, "prefill_s": prefill_s, "total_s": total_s,
                 "decode_tok_s": B * (sizes.new_tokens - 1) / (total_s - prefill_s),
                 "bound_tok_s": ratio(B * copy, weight_bytes + cache_bytes) if copy else None,
                 "weights_gib": weight_bytes / GiB, "cache_gib": cache_bytes / GiB,
-                "peak_gib": torch.cuda.max_memory_allocated() / GiB if ctx.cuda else None}
+                "peak_gib": torch.cuda.max_memory_allocated() / GiB if ctx.cuda else None,
+                "compilations": counters["stats"]["unique_graphs"] if compile else None}
             row["of_bound"] = ratio(row["decode_tok_s"], row["bound_tok_s"])
             if n_tokens != B * sizes.new_tokens:
-                failures.append(f"{preset} batch {B}: {n_tokens} tokens, not {B} x {sizes.new_tokens}")
-            rows.append(f"{B}: {row['decode_tok_s']:.0f} tok/s ({show(row['of_bound'], '.0%')} of "
-                        f"{show(row['bound_tok_s'])}), peak {show(row['peak_gib'], '.1f')} GiB")
+                failures.append(f"{name}: {n_tokens} tokens, not {B} x {sizes.new_tokens}")
+            rows.append(f"{B}{' compiled' if compile else ''}: {row['decode_tok_s']:.0f} tok/s "
+                        f"({show(row['of_bound'], '.0%')} of {show(row['bound_tok_s'])}), peak "
+                        f"{show(row['peak_gib'], '.1f')} GiB" + (f", {row['compilations']} compilations" if compile else ""))
         parts.append(f"{preset} at batch " + ", ".join(rows))
         del net, sampler
         free_memory(ctx)

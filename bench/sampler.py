@@ -1,21 +1,30 @@
-"""Sampler throughput: ours against transformers' generate, and the judge workload with and without
-prefix sharing. A benchmark, not a test: it prints a table and appends it to bench/RESULTS.md.
+"""Sampling engine throughput, side by side in one run: ours against the sampler it replaced (read from
+git) and against transformers' generate, on the demo's own workloads. A benchmark, not a test: it prints
+tables and appends them to bench/RESULTS.md.
 
-    python bench/sampler.py                    # the demo model (make model), fp32 on CPU
-    python bench/sampler.py --device cuda      # also batch-1 decode of a Llama-2-7B-shaped model in bf16
+    python bench/sampler.py                            # the demo model (make model), the machine's fast dtype
+    python bench/sampler.py --dtype float32 --baseline daa4b46
+    python bench/sampler.py --device cuda              # also 7B-shaped decode against the bandwidth bound
 
-1. Greedy decoding of 128 new tokens (stop tokens ignored, so both sides write exactly 128) for the
-   same chat prompts at batch sizes 1 and 16, SmolLM2-135M weights in both: ours loaded from our
-   checkpoint, transformers' LlamaForCausalLM from its export-hf copy (left padding, KV cache on).
-2. The judge workload of one self-rewarding iteration in miniature: 8 prompts x 4 candidate answers,
-   each judged 3 times (T 0.7, top-p 0.9) with the full LLM-as-a-Judge prompt; the same sampler with
-   prefix sharing + fan-out, and with every row prefilled on its own. Same seeds, same outputs.
-3. CUDA only: batch-1 decode tokens/s for a random Llama-2-7B-shaped model in bf16 against the
-   memory-bandwidth bound (weight bytes / measured device copy bandwidth).
+1. The real workloads of one demo iteration: the candidate stage (24 seed prompts x 4 samples, T 0.7,
+   top-p 0.9, up to 160 new tokens, natural stops) and the judge stage (those 96 answers x 3 judgements
+   with the full LLM-as-a-Judge prompt, up to 120 new tokens), batch 16 and 24 as in
+   configs/smollm2-135m.yaml. Ours, the baseline sampler (the --baseline commit's sample/sampler.py,
+   which ran a batch until its last row finished), and transformers' LlamaForCausalLM.generate on the
+   export-hf copy of the same weights (batches of the same size, left-padded, the same dtype,
+   stopping at the end-of-turn token). Tokens/s count generated tokens.
+2. Greedy batch-16 decode of 128 tokens (no stops) against the machine's bounds: memory bandwidth
+   ((weight bytes + KV bytes read per step) / the read bandwidth of a large tensor sum) and arithmetic
+   (2 x parameters x rows flops per step / the rate of a large matrix product in the same dtype).
+3. CUDA only: batch 16 and 64 for random SmolLM2- and Llama-2-7B-shaped bf16 models, eager and compiled,
+   against the bandwidth bound, with the number of compilations.
 """
 import argparse
+import importlib.util
 import json
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,130 +34,171 @@ import torch
 import model
 from judge.prompt import judge_messages
 from model.convert import export_hf
+from sample.stage import resolve_dtype
 from sample.sampler import Sampler, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTIONS = [
-    "What is the capital of France?", "Write a haiku about autumn.", "Explain photosynthesis simply.",
-    "Give me three tips for better sleep.", "How do I reverse a list in Python?", "What causes rain?",
-    "Summarise the plot of Romeo and Juliet.", "Why is the sky blue?", "Suggest a name for a cat.",
-    "What is 17 times 23?", "How do vaccines work?", "Write a limerick about a judge.",
-    "What is the difference between weather and climate?", "How can I learn to cook?",
-    "Describe a sunset in two sentences.", "What are prime numbers?",
-]
 
 
 def timed(fn):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return out, time.perf_counter() - start
 
 
-def until_stop(ids: list[int], stop_ids: list[int]) -> list[int]:
-    return ids[:next((k for k, t in enumerate(ids) if t in stop_ids), len(ids))]
+def baseline_sampler(commit: str):
+    """sample/sampler.py as it was at `commit`, imported as a module of its own."""
+    source = subprocess.run(["git", "show", f"{commit}:sample/sampler.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "baseline_sampler.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("baseline_sampler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def bench_vs_transformers(ckpt: Path, device, batch_sizes, new_tokens: int) -> list[dict]:
-    import transformers
-    net, tok = model.load(ckpt, device=device)
-    with tempfile.TemporaryDirectory() as hf_dir:
-        export_hf(ckpt, Path(hf_dir) / "hf")
-        hf = transformers.LlamaForCausalLM.from_pretrained(Path(hf_dir) / "hf", dtype=torch.float32).to(device).eval()
-    rows = []
-    for bs in batch_sizes:
-        prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS[:bs]]
-        sampler = Sampler(net, tok, max_batch_size=bs)
-        sampler.stop_ids = torch.tensor([], dtype=torch.long)  # write exactly new_tokens per row
-        params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
-        sampler.generate(prompts[:1], SamplingParams(temperature=0, max_new_tokens=4))  # warm-up
-        outs, ours_s = timed(lambda: sampler.generate(prompts, params))
-        assert all(c.n_tokens == new_tokens for [c] in outs)
-
-        width = max(map(len, prompts))
-        ids = torch.tensor([[tok.pad_id] * (width - len(p)) + p for p in prompts], device=device)
-        mask = (torch.arange(width, device=device)[None, :] >= torch.tensor(
-            [width - len(p) for p in prompts], device=device)[:, None]).long()
-        kwargs = dict(attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                      do_sample=False, pad_token_id=tok.pad_id, use_cache=True)
+def hf_generate(hf, tok, prompts: list[list[int]], n: int, params: SamplingParams, batch_size: int, device):
+    """transformers' generate over the prompts' n copies in batches of batch_size rows, left-padded:
+    (completions as token lists up to the first stop token, tokens generated)."""
+    rows = [p for p in prompts for _ in range(n)]
+    outs, tokens = [], 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[tok.pad_id] * (width - len(p)) + p for p in batch], device=device)
+        mask = (ids != -1).long()
+        for r, p in enumerate(batch):
+            mask[r, :width - len(p)] = 0
         with torch.no_grad():
-            hf.generate(ids[:1], **{**kwargs, "attention_mask": mask[:1], "max_new_tokens": 4, "min_new_tokens": 4})
-            hf_out, hf_s = timed(lambda: hf.generate(ids, **kwargs))
-        assert hf_out.shape[1] == width + new_tokens
-        # transformers' min_new_tokens bans stop tokens, ours just keeps going past them: compare our
-        # answer up to its first stop token with as many of transformers' tokens
-        answers = [until_stop(c.token_ids, tok.stop_ids) for [c] in outs]
-        same = sum(hf_out[i, width:width + len(a)].tolist() == a for i, a in enumerate(answers))
-        n = bs * new_tokens
-        rows.append({"batch": bs, "ours_tok_s": n / ours_s, "hf_tok_s": n / hf_s, "ratio": hf_s / ours_s,
-                     "greedy_rows_identical": f"{same}/{bs}"})
-    return rows
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
+                              do_sample=params.temperature > 0, temperature=params.temperature or None,
+                              top_p=params.top_p, top_k=0, eos_token_id=tok.stop_ids, pad_token_id=tok.pad_id)
+        for r in range(len(batch)):
+            new = out[r, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in tok.stop_ids), len(new))
+            outs.append(new[:cut])
+            tokens += cut
+    return outs, tokens
 
 
-def judge_workload(ckpt: Path, device, batch_size: int) -> dict:
-    net, tok = model.load(ckpt, device=device)
-    seed_rows = [json.loads(line) for line in (ROOT / "data/seed/ift.jsonl").read_text().splitlines()[:8]]
-    # 4 candidates per prompt: the seed answer, and shortened / padded versions of it
-    prompts = []
-    for row in seed_rows:
-        answer = row["response"]
-        words = answer.split()
-        for cand in (answer, " ".join(words[: len(words) // 2]), " ".join(words[: len(words) // 4]),
-                     answer + " I hope this helps! Let me know if you have any other questions."):
-            prompts.append(tok.encode_chat(judge_messages(row["prompt"], cand)))
-    params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=100)
-    seeds = [[3 * i + j for j in range(3)] for i in range(len(prompts))]
-    result = {"judge_prompts": len(prompts), "judgements": 3 * len(prompts),
-              "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts), "batch_rows": batch_size}
-    outs = {}
-    for share in (True, False):
-        sampler = Sampler(net, tok, max_batch_size=batch_size, share_prefix=share)
-        outs[share], seconds = timed(lambda: sampler.generate(prompts, params, n=3, seeds=seeds))
-        key = "shared" if share else "unshared"
-        result[f"{key}_s"] = seconds
-        result[f"{key}_judgements_s"] = 3 * len(prompts) / seconds
-    result["speedup"] = result["unshared_s"] / result["shared_s"]
-    result["new_tokens"] = sum(c.n_tokens for cs in outs[True] for c in cs)
-    result["outputs_identical"] = sum(a.token_ids == b.token_ids for x, y in zip(outs[True], outs[False])
-                                      for a, b in zip(x, y))
-    return result
+def workloads(ckpt: Path, device, dtype, baseline, hf) -> list[dict]:
+    net, tok = model.load(ckpt, device=device, dtype=dtype)
+    seed = [json.loads(line) for line in (ROOT / "data/seed/ift.jsonl").read_text().splitlines()[:24]]
+    answer_prompts = [tok.encode_chat([{"role": "user", "content": r["prompt"]}]) for r in seed]
+    answer = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=160)
+    judge = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=120)
+    results = []
+    engine = Sampler(net, tok, max_batch_size=16)
+    engine.generate(answer_prompts[:2], SamplingParams(temperature=0.7, max_new_tokens=8))  # warm-up
+    candidates, seconds = timed(lambda: engine.generate(answer_prompts, answer, n=4))
+    texts = [(r["prompt"], c.text) for r, cs in zip(seed, candidates) for c in cs]
+    judge_prompts = [tok.encode_chat(judge_messages(q, a)) for q, a in texts]
+    tasks = [("candidates (24 x 4, <= 160 tokens)", answer_prompts, 4, answer, 16),
+             ("judge (96 x 3, <= 120 tokens)", judge_prompts, 3, judge, 24)]
+    for name, prompts, n, params, batch in tasks:
+        row = {"workload": name, "batch": batch,
+               "prompt_tokens": sum(map(len, prompts)) / len(prompts)}
+        for label, make in (("ours", lambda: Sampler(net, tok, max_batch_size=batch)),
+                            ("baseline", lambda: baseline.Sampler(net, tok, max_batch_size=batch))):
+            sampler = make()
+            outs, seconds = timed(lambda: sampler.generate(prompts, params, n=n))
+            row[f"{label}_tokens"] = sum(c.n_tokens for cs in outs for c in cs)
+            row[f"{label}_tok_s"] = row[f"{label}_tokens"] / seconds
+            row[f"{label}_s"] = seconds
+            row[f"{label}_outs"] = [c.token_ids for cs in outs for c in cs]
+        if hf is not None:
+            _, tokens = hf_generate(hf, tok, prompts[:1], 1, SamplingParams(temperature=0.7, max_new_tokens=4), 1,
+                                    device)
+            (_, tokens), seconds = timed(lambda: hf_generate(hf, tok, prompts, n, params, batch, device))
+            row.update(hf_tokens=tokens, hf_tok_s=tokens / seconds, hf_s=seconds)
+        row["identical"] = sum(a == b for a, b in zip(row.pop("ours_outs"), row.pop("baseline_outs")))
+        row["rows"] = len(prompts) * n
+        results.append(row)
+        print(row, flush=True)
+    return results
 
 
-def bench_7b_decode(device) -> dict:
-    """Batch-1 decode of a random Llama-2-7B-shaped model in bf16, against the bandwidth bound."""
-    args = model.PRESETS["llama2-7b"]
-    with torch.device(device):
-        net = model.Transformer(args).to(torch.bfloat16).eval()
+def read_bandwidth(device) -> float:
+    """Bytes per second a large sum reads."""
+    x = torch.ones(2 ** 28, dtype=torch.float32, device=device)  # 1 GiB
+    for _ in range(2):
+        x.sum()
+    _, seconds = timed(lambda: [x.sum() for _ in range(5)])
+    return 5 * x.numel() * 4 / seconds
+
+
+def matmul_rate(device, dtype) -> float:
+    """Flops per second of a large matrix product."""
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ a
+    _, seconds = timed(lambda: [a @ a for _ in range(5)])
+    return 5 * 2 * 2048 ** 3 / seconds
+
+
+class NoStop:
+    stop_ids, pad_id = [], 0
+
+    def decode(self, ids):
+        return ""
+
+
+def greedy_decode(ckpt: Path, device, dtype, batch: int = 16, new_tokens: int = 128) -> dict:
+    net, tok = model.load(ckpt, device=device, dtype=dtype)
+    seed = [json.loads(line) for line in (ROOT / "data/seed/ift.jsonl").read_text().splitlines()[:batch]]
+    prompts = [tok.encode_chat([{"role": "user", "content": r["prompt"]}]) for r in seed]
+    sampler = Sampler(net, NoStop(), max_batch_size=batch)
+    params = SamplingParams(temperature=0, max_new_tokens=new_tokens)
+    sampler.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8))  # warm-up, the same shapes
+    _, seconds = timed(lambda: sampler.generate(prompts, params))
+    tok_s = batch * new_tokens / seconds
+    args = net.args
     weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    buf = torch.empty(2**30, dtype=torch.uint8, device=device)  # copy bandwidth: read + write 1 GiB
-    out = torch.empty_like(buf)
-    for _ in range(3):
-        out.copy_(buf)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(20):
-        out.copy_(buf)
-    torch.cuda.synchronize()
-    bandwidth = 2 * 20 * buf.numel() / (time.perf_counter() - start)
-    del buf, out
+    mean_cached = sum(map(len, prompts)) / batch + new_tokens / 2
+    kv_bytes = batch * mean_cached * args.n_layers * 2 * args.n_kv_heads * args.head_dim * net.output_weight.element_size()
+    bandwidth, rate = read_bandwidth(device), matmul_rate(device, dtype)
+    bound = bandwidth / (weight_bytes + kv_bytes) * batch
+    flop_bound = rate / (2 * net.num_params()) * batch
+    return {"tok_s": tok_s, "bandwidth_GB_s": bandwidth / 1e9, "weight_MB": weight_bytes / 1e6,
+            "kv_MB": kv_bytes / 1e6, "bound_tok_s": bound, "fraction_of_bound": tok_s / bound,
+            "matmul_GFLOPS": rate / 1e9, "flop_bound_tok_s": flop_bound, "fraction_of_flop_bound": tok_s / flop_bound}
 
-    class NoStop:
-        stop_ids, pad_id = [], 0
 
-        def decode(self, ids):
-            return ""
-
-    result = {"weight_GB": weight_bytes / 1e9, "copy_bandwidth_GB_s": bandwidth / 1e9,
-              "bound_tok_s": bandwidth / weight_bytes}
-    for compile in (False, True):
-        sampler = Sampler(net, NoStop(), max_batch_size=1, compile=compile)
-        params = SamplingParams(temperature=0, max_new_tokens=128)
-        sampler.generate([[1, 2, 3]], SamplingParams(temperature=0, max_new_tokens=16))  # warm-up / compile
-        torch.cuda.synchronize()
-        _, seconds = timed(lambda: (sampler.generate([[1, 2, 3, 4]], params), torch.cuda.synchronize()))
-        key = "compiled" if compile else "eager"
-        result[f"{key}_tok_s"] = 128 / seconds
-        result[f"{key}_fraction_of_bound"] = 128 / seconds / result["bound_tok_s"]
-    return result
+def gpu_decode(device) -> list[dict]:
+    """Random bf16 models, batches 16 and 64, eager and compiled, against the bandwidth bound."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    bandwidth = read_bandwidth(device)
+    rows = []
+    for name in ("smollm2-135m", "llama2-7b"):
+        args = model.PRESETS[name]
+        with torch.device(device):
+            net = model.Transformer(args).to(torch.bfloat16).eval()
+        weight_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        for batch in (16, 64):
+            for compile in (False, True):
+                torch._dynamo.reset()
+                counters.clear()
+                sampler = Sampler(net, NoStop(), max_batch_size=batch, compile=compile)
+                prompts = [[1 + (i * 7 + j) % 100 for j in range(32)] for i in range(batch)]
+                params = SamplingParams(temperature=0, max_new_tokens=128)
+                sampler.generate(prompts, params)  # warm-up: exactly the shapes timed
+                _, seconds = timed(lambda: sampler.generate(prompts, params))
+                tok_s = batch * 128 / seconds
+                kv = batch * 96 * args.n_layers * 2 * args.n_kv_heads * args.head_dim * 2
+                bound = bandwidth / (weight_bytes + kv) * batch
+                rows.append({"model": name, "batch": batch, "compiled": compile, "tok_s": tok_s,
+                             "fraction_of_bound": tok_s / bound,
+                             "compilations": counters["stats"]["unique_graphs"] if compile else 0})
+                print(rows[-1], flush=True)
+        del net
+        torch.cuda.empty_cache()
+    return rows
 
 
 def machine(device) -> str:
@@ -165,35 +215,45 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "checkpoints/smollm2-135m"), help="checkpoint (make model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--judge-batch-size", type=int, default=24, help="rows per batch in the judge workload")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="auto: the machine's fast dtype (see sample/generate.py's resolve_dtype)")
+    parser.add_argument("--baseline", default="daa4b46", help="commit whose sample/sampler.py is the baseline")
+    parser.add_argument("--no-transformers", action="store_true", help="leave out transformers' generate")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     a = parser.parse_args()
     device = torch.device(a.device)
+    dtype = resolve_dtype(a.dtype, device)
     torch.manual_seed(0)
-    lines = [f"\n## Sampler ({time.strftime('%Y-%m-%d')}, {machine(device)}, torch {torch.__version__})\n",
-             f"`python bench/sampler.py --device {a.device}`; model: {a.model} (fp32 on CPU)\n",
-             "| batch | ours tok/s | transformers tok/s | ours / transformers | greedy answers identical |",
-             "|---|---|---|---|---|"]
-    for r in bench_vs_transformers(Path(a.model), device, (1, 16), a.new_tokens):
-        lines.append(f"| {r['batch']} | {r['ours_tok_s']:.1f} | {r['hf_tok_s']:.1f} | {r['ratio']:.2f}x | "
-                     f"{r['greedy_rows_identical']} |")
-        print(lines[-1], flush=True)
-    j = judge_workload(Path(a.model), device, a.judge_batch_size)
-    lines += ["", f"Judge workload: {j['judge_prompts']} judge prompts (mean {j['mean_prompt_tokens']:.0f} tokens) "
-              f"x 3 samples, T 0.7, top-p 0.9, up to 100 new tokens, {j['batch_rows']} rows per batch; "
-              f"{j['new_tokens']} tokens generated; {j['outputs_identical']}/{j['judgements']} judgements "
-              "identical between the two modes.", "",
-              "| mode | seconds | judgements/s |", "|---|---|---|",
-              f"| prefix sharing + fan-out | {j['shared_s']:.1f} | {j['shared_judgements_s']:.2f} |",
-              f"| every row prefilled alone | {j['unshared_s']:.1f} | {j['unshared_judgements_s']:.2f} |",
-              f"| speed-up | {j['speedup']:.2f}x | |"]
+    hf = None
+    if not a.no_transformers:
+        import transformers
+        with tempfile.TemporaryDirectory() as hf_dir:
+            export_hf(a.model, Path(hf_dir) / "hf")
+            hf = transformers.LlamaForCausalLM.from_pretrained(Path(hf_dir) / "hf", dtype=dtype).to(device).eval()
+    command = " ".join(["python bench/sampler.py"] + sys.argv[1:])
+    lines = [f"\n## Sampling engine ({time.strftime('%Y-%m-%d')}, {machine(device)}, torch {torch.__version__}, "
+             f"{str(dtype).removeprefix('torch.')})\n", f"`{command}`; model: {a.model}; baseline: the sampler "
+             f"of commit {a.baseline}\n",
+             "| workload | rows | batch | mean prompt tokens | ours tok/s | baseline tok/s | transformers tok/s "
+             "| ours / baseline | ours / transformers | rows identical to the baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in workloads(Path(a.model), device, dtype, baseline_sampler(a.baseline), hf):
+        hf_cells = (f"{r['hf_tok_s']:.1f}", f"{r['ours_tok_s'] / r['hf_tok_s']:.2f}x") if hf else ("-", "-")
+        lines.append(f"| {r['workload']} | {r['rows']} | {r['batch']} | {r['prompt_tokens']:.0f} | "
+                     f"{r['ours_tok_s']:.1f} | {r['baseline_tok_s']:.1f} | {hf_cells[0]} | "
+                     f"{r['ours_tok_s'] / r['baseline_tok_s']:.2f}x | {hf_cells[1]} | {r['identical']}/{r['rows']} |")
+    g = greedy_decode(Path(a.model), device, dtype)
+    lines += ["", f"Greedy decode, batch 16, 128 new tokens: {g['tok_s']:.1f} tok/s. Bandwidth bound: "
+              f"({g['weight_MB']:.0f} MB weights + {g['kv_MB']:.0f} MB KV per step) / {g['bandwidth_GB_s']:.1f} GB/s "
+              f"read = {g['bound_tok_s']:.0f} tok/s, so {100 * g['fraction_of_bound']:.0f}% of it; arithmetic bound: "
+              f"{g['matmul_GFLOPS']:.0f} GFLOP/s (a 2048^3 product) = {g['flop_bound_tok_s']:.0f} tok/s, so "
+              f"{100 * g['fraction_of_flop_bound']:.0f}% of it."]
     if device.type == "cuda":
-        d = bench_7b_decode(device)
-        lines += ["", f"Llama-2-7B shape, bf16, batch 1, 128 new tokens: weights {d['weight_GB']:.2f} GB, copy "
-                  f"bandwidth {d['copy_bandwidth_GB_s']:.0f} GB/s, bound {d['bound_tok_s']:.1f} tok/s; eager "
-                  f"{d['eager_tok_s']:.1f} tok/s ({100 * d['eager_fraction_of_bound']:.0f}%), compiled "
-                  f"{d['compiled_tok_s']:.1f} tok/s ({100 * d['compiled_fraction_of_bound']:.0f}%)."]
+        lines += ["", "| model (random, bf16) | batch | compiled | tok/s | of the bandwidth bound | compilations |",
+                  "|---|---|---|---|---|---|"]
+        for r in gpu_decode(device):
+            lines.append(f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['tok_s']:.0f} | "
+                         f"{100 * r['fraction_of_bound']:.0f}% | {r['compilations']} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if not a.no_record:

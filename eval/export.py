@@ -32,7 +32,7 @@ from pathlib import Path
 from eval.stages import add_answer_args, answer, prepare_work_dir, sampling_settings, work_dir, write_json
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
-from sample.generate import is_rank_zero
+from sample.stage import is_rank_zero
 
 
 def read_alpaca_eval(path) -> list[dict]:

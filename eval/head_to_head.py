@@ -33,11 +33,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eval.pairwise import pairwise_messages, parse_verdict
-from eval.stages import (add_answer_args, answer, number, percent, prepare_work_dir, sampling_settings, stage_args,
+from eval.stages import (add_answer_args, answer, number, percent, prepare_work_dir, sampling_settings, eval_stage_config,
                          write_json)
 from model.errors import FormatError
 from model.jsonl import check_output, write_jsonl_atomic
-from sample.generate import Request, is_rank_zero, read_prompts, run_stage
+from sample.generate import read_prompts
+from sample.stage import Request, is_rank_zero, run_stage
 
 # A judge takes items {"id", "sample", "prompt", "response_1", "response_2", ...} and returns its raw
 # output for each, in order (None for an item it could not judge).
@@ -132,7 +133,7 @@ def model_judge(a, judge_model, out) -> Judge:
                 pairwise_messages(it["prompt"], it["response_1"], it["response_2"])), [(it["id"], it["sample"])])
                 for it in items]
 
-        rows, _, _ = run_stage(stage_args(a, judge_model, out, judge=True), "eval/head_to_head.py judgements",
+        rows, _, _ = run_stage(eval_stage_config(a, judge_model, out, judge=True), "eval/head_to_head.py judgements",
                                requests, judged, 1, desc="judging",
                                on_too_long=lambda r: {**r.fields, "judgement": None, "finish_reason": "too long"})
         return [r["judgement"] for r in rows]

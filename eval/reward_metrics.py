@@ -28,11 +28,12 @@ from pathlib import Path
 from eval.metrics import parse_rate, reward_model_metrics
 from eval.stages import number, percent, prepare_work_dir, write_json
 from judge.oasst import build_sets, read_messages
-from judge.prompt import judge_messages, neutralise_response
-from judge.score import judged_row
+from judge.prompt import judge_messages
+from judge.score import judged_row, unjudged_row
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
-from sample.generate import Request, add_sampling_args, is_rank_zero, positive_int, run_stage, throughput
+from sample.generate import add_sampling_args, positive_int, stage_config
+from sample.stage import Request, is_rank_zero, run_stage, throughput
 
 # The paper's Table 4 (Llama-2-70B; SFT baseline, then iterations 1-3), for comparison.
 PAPER = {"SFT baseline": {"pairwise_accuracy": 0.651, "five_best": 0.396, "exact_match": 0.101,
@@ -150,7 +151,6 @@ def main(argv=None):
     work = prepare_work_dir(a.out, "eval/reward_metrics.py", {"model": Path(a.model), "ranked": Path(a.ranked),
                                                                "samples": a.samples, "lang": a.lang,
                                                                "sampling": sampling})
-    judging = argparse.Namespace(**{**vars(a), "out": str(work / "judgements.jsonl")})
 
     def requests(tokenizer):
         return [Request([p["id"], i], {"id": p["id"], "sample": i, "prompt": p["prompt"], "response": text,
@@ -158,12 +158,8 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(p["prompt"], text)), [(p["id"], i)])
                 for p in prompts for i, (text, rank) in enumerate(zip(p["replies"], p["ranks"]))]
 
-    def too_long(request: Request) -> dict:
-        return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
-                "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
-
-    judged, stats, _ = run_stage(judging, "eval/reward_metrics.py", requests, judged_row, a.samples, desc="judging",
-                                 on_too_long=too_long)
+    judged, stats, _ = run_stage(stage_config(a, out=str(work / "judgements.jsonl")), "eval/reward_metrics.py",
+                                 requests, judged_row, a.samples, desc="judging", on_too_long=unjudged_row)
     if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
     metrics = {"model": a.model, "ranked": a.ranked, "samples": a.samples, "sampling": sampling,

@@ -46,7 +46,8 @@ from eval.head_to_head import judge_answers, same_checkpoint
 from eval.stages import add_answer_args, answer, percent, prepare_work_dir, sampling_settings, write_json
 from model.checkpoint import atomic_directory, verify
 from model.errors import FormatError
-from sample.generate import is_rank_zero, read_prompts
+from sample.generate import read_prompts
+from sample.stage import is_rank_zero
 
 RULE = "highest win %, then lowest loss %, then the earliest checkpoint"
 SHARED = ("a", "b", "judge", "prompts", "answer_sampling", "judge_sampling")  # the same for every candidate

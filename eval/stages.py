@@ -9,12 +9,11 @@ in the folder beside it named like it with ".work" for its suffix (`head_to_head
 `head_to_head.work/`): rerun the same command after a crash and it goes on where it stopped;
 delete the folder to start over. The folder's settings.json records which CLI made it, with which
 settings: a CLI refuses a folder, or an --out beside it, that it did not make, and removes and starts
-over only a folder of its own made with other settings. Sampling goes through sample/generate.py's
+over only a folder of its own made with other settings. Sampling goes through sample/stage.py's
 run_stage, so it is batched, prefix-shared and seeded exactly as the loop's own stages, and every CLI
 runs under torchrun as they do (data parallel, or with --tp one model split over the ranks): all ranks
 run every stage in turn, each stage returns its rows on every rank, and rank 0 alone writes results.
 """
-import argparse
 import shutil
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
-from sample.generate import (Request, chat_ids, is_rank_zero, non_negative_float, non_negative_int, positive_int,
-                             probability, run_stage, sample_rows, setup_distributed)
+from sample.generate import chat_ids, non_negative_float, non_negative_int, positive_int, probability, sample_rows
+from sample.stage import Request, StageConfig, is_rank_zero, run_stage, setup_distributed
 from sample.resume import ELSEWHERE, check_owned, read_record
 
 
@@ -104,28 +103,31 @@ def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> No
     g.add_argument("--batch-size", type=positive_int, default=16, help="rows decoded together (default %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: bfloat16 on CUDA, float32 on CPU")
+                   help="auto: bfloat16 on CUDA and on CPUs with native bf16, else float32")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     g.add_argument("--no-share-prefix", action="store_true", help="prefill every row on its own (slower)")
     g.add_argument("--tp", action="store_true",
                    help="under torchrun: tensor parallel (each model split over all ranks) instead of data parallel")
+    g.add_argument("--check-every", type=positive_int, default=None,
+                   help="decode steps between looks at which rows finished (default 1 on CPU, 8 on GPU)")
 
 
-def stage_args(a, model, out, judge: bool = False) -> argparse.Namespace:
-    """The arguments run_stage reads, for one stage: `model` answering (a's answer options) or judging
-    (a's judge options) into `out`."""
+def eval_stage_config(a, model, out, judge: bool = False) -> StageConfig:
+    """One stage of an evaluation CLI (add_answer_args' options): `model` answering (the answer options) or
+    judging (the judge options) into `out`."""
     if judge:
-        sampling = {"temperature": a.judge_temperature, "top_p": a.judge_top_p, "top_k": 0,
-                    "max_new_tokens": a.judge_max_new_tokens}
+        sampling = dict(temperature=a.judge_temperature, top_p=a.judge_top_p, top_k=0,
+                        max_new_tokens=a.judge_max_new_tokens)
     else:
-        sampling = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k,
-                    "max_new_tokens": a.max_new_tokens}
-    return argparse.Namespace(**{**vars(a), **sampling, "model": str(model), "out": str(out)})
+        sampling = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens)
+    return StageConfig(model=str(model), out=str(out), **sampling, seed=a.seed, dtype=a.dtype,
+                       batch_size=a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile, tp=a.tp,
+                       check_every=a.check_every)
 
 
 def sampling_settings(a, judge: bool = False) -> dict:
     """The sampling options of a stage, as written into a result file."""
-    s = stage_args(a, "", "", judge)
+    s = eval_stage_config(a, "", "", judge)
     return {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
             "seed": s.seed, "greedy": s.temperature == 0}
 
@@ -144,6 +146,6 @@ def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[
     def requests(tokenizer):
         return [Request(p["id"], p, chat_ids(tokenizer, p), [(p["id"], 0)]) for p in prompts]
 
-    rows, _, _ = run_stage(stage_args(a, model, out), "eval/stages.py answers", requests, sample_rows, 1, desc=desc,
+    rows, _, _ = run_stage(eval_stage_config(a, model, out), "eval/stages.py answers", requests, sample_rows, 1, desc=desc,
                            on_too_long=too_long_row)
     return rows

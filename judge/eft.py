@@ -22,8 +22,9 @@ from judge.prompt import judge_messages
 from judge.score import judged_row
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
-from sample.generate import Request, add_sampling_args, is_rank_zero, probability, run_stage, throughput
+from sample.generate import add_sampling_args, probability, stage_config
 from sample.resume import check_owned, settings_path
+from sample.stage import Request, is_rank_zero, run_stage, throughput
 
 
 def read_pool(path) -> list[dict]:
@@ -68,11 +69,11 @@ def main(argv=None):
     parser.add_argument("--max-fraction", type=probability, default=0.3, help="no score above this share (default 0.3)")
     a = parser.parse_args(argv)
     final_out = Path(a.out)
-    a.out = str(final_out.with_name(final_out.stem + ".judgements.jsonl"))  # where run_stage writes
+    judgements = final_out.with_name(final_out.stem + ".judgements.jsonl")  # where run_stage writes
     try:
-        for out in (final_out, a.out):
+        for out in (final_out, judgements):
             check_output(out, {"--pool": a.pool})
-        check_owned([final_out], settings_path(Path(a.out)))  # OUT is ours if its judgements are
+        check_owned([final_out], settings_path(judgements))  # OUT is ours if its judgements are
         pool = read_pool(a.pool)
     except FormatError as e:
         sys.exit(f"error: {e}")
@@ -83,7 +84,7 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(row["prompt"], r["text"])), [(row["id"], r["id"])])
                 for row in pool for r in row["replies"]]
 
-    rows, stats, too_long = run_stage(a, "judge/eft.py", requests, judged_row, 1, desc="judging ranked replies")
+    rows, stats, too_long = run_stage(stage_config(a, out=str(judgements)), "judge/eft.py", requests, judged_row, 1, desc="judging ranked replies")
     if not is_rank_zero():
         return
     judged = {(r["id"], r["sample"]): r for r in rows}

@@ -22,8 +22,9 @@ from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
-from sample.generate import Request, add_sampling_args, is_rank_zero, positive_int, run_stage, throughput
+from sample.generate import add_sampling_args, positive_int, stage_config
 from sample.sampler import Completion
+from sample.stage import Request, is_rank_zero, run_stage, throughput
 
 
 def read_candidates(path) -> list[dict]:
@@ -49,6 +50,12 @@ def judged_row(request: Request, completions: list[Completion]) -> list[dict]:
     return [{**request.fields, "judgements": [c.text for c in completions], "scores": scores,
              "parse_errors": [p.reason for p in parsed], "score": sum(valid) / len(valid) if valid else None,
              "n_parsed": len(valid), "neutralised": neutralise_response(request.fields["response"])[1]}]
+
+
+def unjudged_row(request: Request) -> dict:
+    """The row of a candidate whose judge prompt does not fit the context: no judgements, a null score."""
+    return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
+            "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
 
 
 def summary(rows: list[dict]) -> str:
@@ -84,12 +91,8 @@ def main(argv=None):
         return [Request([c["id"], c["sample"]], c, tokenizer.encode_chat(judge_messages(c["prompt"], c["response"])),
                         [(c["id"], c["sample"])]) for c in candidates]
 
-    def too_long(request: Request) -> dict:
-        return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
-                "n_parsed": 0, "neutralised": neutralise_response(request.fields["response"])[1]}
-
-    rows, stats, _ = run_stage(a, "judge/score.py", requests, judged_row, a.samples, desc="judging",
-                               on_too_long=too_long)
+    rows, stats, _ = run_stage(stage_config(a), "judge/score.py", requests, judged_row, a.samples, desc="judging",
+                               on_too_long=unjudged_row)
     if is_rank_zero():
         print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)
 

@@ -37,10 +37,10 @@ import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import check_output, read_jsonl, write_jsonl_atomic
-from sample.generate import (add_sampling_args, load_model, non_negative_int, open_output, positive_int, row_seed,
-                             setup_distributed, stage_settings)
+from sample.generate import add_sampling_args, non_negative_int, positive_int, stage_config
 from sample.resume import check_owned, settings_path
-from sample.sampler import Sampler, SamplingParams
+from sample.sampler import Sampler
+from sample.stage import load_model, open_output, row_seed, settings_record, setup_distributed
 from sample.tp import broadcast_tokens
 
 INSTRUCTION = ("Below are some tasks that people have asked an AI assistant to help with.\n\n{examples}\n\n"
@@ -152,20 +152,21 @@ def main(argv=None):
         seeds = [row["prompt"] for row in read_jsonl(a.seed_prompts, required_fields=("prompt",))]
         if len(seeds) < 8:
             raise FormatError(f"{a.seed_prompts}: needs at least 8 seed prompts, has {len(seeds)}")
-        params = SamplingParams(a.temperature, a.top_p, a.top_k, a.max_new_tokens)
+        config = stage_config(a)
+        params = config.sampling
         net, tokenizer = load_model(a.model, device, a.dtype, a.tp)
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     max_requests = a.max_requests or 20 * a.n_prompts
     # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
     # size does too (--n-prompts and --max-requests only say when to stop).
-    settings = {**stage_settings(a, net), "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(),
+    settings = {**settings_record(config, net), "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(),
                 "batch_size": a.batch_size, "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
     log = open_output(attempts, rank, world, "sample/self_instruct.py", settings, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
-    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile,
-                      sync_tokens=broadcast_tokens if a.tp else None)
+    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=config.share_prefix, compile=a.compile,
+                      sync_tokens=broadcast_tokens if a.tp else None, check_every=a.check_every)
     B = a.batch_size
     # A batch is redone whole if a crash left it partly written; rows already there are not rewritten.
     start = (len(log.done) // B) * B

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import sample.generate
+import sample.stage
 import train.distributed
 from model.distributed import TIMEOUT, backend
 
@@ -35,8 +35,8 @@ def check(call, device):
 
 
 def test_sampling_stages_join_with_a_cpu_backend_too(fake_cuda_rank, monkeypatch):
-    monkeypatch.setattr(sample.generate.atexit, "register", lambda fn: None)
-    rank, world, device = sample.generate.setup_distributed()
+    monkeypatch.setattr(sample.stage.atexit, "register", lambda fn: None)
+    rank, world, device = sample.stage.setup_distributed()
     assert (rank, world, device) == (1, 2, torch.device("cuda", 1))
     check(fake_cuda_rank[0], torch.device("cuda", 1))
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import model
-from sample.generate import chat_ids, row_seed
+from sample.generate import chat_ids
+from sample.stage import resolve_dtype, row_seed
 from sample.sampler import Sampler, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_rows_match_the_sampler(tmp_path, tiny_checkpoint):
              "--n", 3, "--max-new-tokens", 8, "--temperature", 0.9, "--top-p", 0.9, "--seed", 7)
     rows = read(tmp_path / "o.jsonl")
     assert [(r["id"], r["sample"]) for r in rows] == [(f"p{i}", s) for i in range(5) for s in range(3)]
-    net, tok = model.load(tiny_checkpoint)
+    net, tok = model.load(tiny_checkpoint, dtype=resolve_dtype("auto", torch.device("cpu")))  # what --dtype auto ran
     prompts = read(tmp_path / "p.jsonl")
     outs = Sampler(net, tok).generate([chat_ids(tok, p) for p in prompts],
                                       SamplingParams(0.9, 0.9, 0, 8), n=3,
@@ -123,8 +124,11 @@ def torchrun(nproc, *args):
 @pytest.mark.parametrize("mode", ["data", "tensor"])
 def test_parallel_runs_equal_one_process(tmp_path, tiny_checkpoint, mode):
     write_prompts(tmp_path / "p.jsonl", 9)
+    # Tensor parallel in fp32: its all-reduced partial sums round otherwise than one process's full ones, which
+    # bf16 (--dtype auto on a CPU with native bf16) makes large enough to change greedy tokens.
     common = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--num-samples", 2, "--batch-size", 4,
-              "--max-new-tokens", 12, "--temperature", 0 if mode == "tensor" else 0.8]
+              "--max-new-tokens", 12, "--temperature", 0 if mode == "tensor" else 0.8,
+              "--dtype", "float32" if mode == "tensor" else "auto"]
     generate(*common, "--out", tmp_path / "one.jsonl")
     torchrun(2, *common, "--out", tmp_path / "two.jsonl", *(["--tp"] if mode == "tensor" else []))
     assert read(tmp_path / "two.jsonl") == read(tmp_path / "one.jsonl")
@@ -148,3 +152,18 @@ def test_rows_made_with_other_settings_are_not_reused(tmp_path, tiny_checkpoint)
     write_prompts(tmp_path / "p.jsonl", 5)
     changed = generate(*base, "--temperature", 0.9, "--out", tmp_path / "o.jsonl")
     assert "written with another requests; discarding" in changed.stderr and len(read(tmp_path / "o.jsonl")) == 10
+
+
+def test_dtype_auto_is_bf16_where_the_cpu_multiplies_it_natively(monkeypatch):
+    """--dtype auto: bf16 on CUDA and on CPUs whose flags (/proc/cpuinfo, read independently of torch) include
+    AVX512-BF16 or AMX-BF16; fp32 elsewhere."""
+    from sample.stage import cpu_has_fast_bf16
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+        assert cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    for fast in (True, False):
+        monkeypatch.setattr("sample.stage.cpu_has_fast_bf16", lambda: fast)
+        assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
+    assert resolve_dtype("float32", torch.device("cuda")) == torch.float32

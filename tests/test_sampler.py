@@ -91,6 +91,89 @@ def test_sampled_outputs_depend_on_the_seed_not_on_the_batch():
     assert [[c.token_ids for c in cs] for cs in together] != [[c.token_ids for c in cs] for cs in other]
 
 
+@torch.no_grad()
+def sampled_by_recomputation(net, prompt, params, seed, stop_ids=()):
+    """One row drawn on its own by full recomputation, from its own seed's uniforms (see the module doc of
+    sample/sampler.py): what the engine must give a row whatever shared its steps."""
+    n_new = min(params.max_new_tokens, net.args.max_seq_len - len(prompt))
+    uniforms = torch.rand(n_new, generator=torch.Generator().manual_seed(seed))
+    ids = list(prompt)
+    for t in range(n_new):
+        logits = (net(torch.tensor([ids]), return_hidden=True)[:, -1].float() @ net.output_weight.float().T)
+        token = int(sample_tokens(logits, params, uniforms[t:t + 1])[0])
+        if token in stop_ids:
+            return ids[len(prompt):]
+        ids.append(token)
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("slots,check_every", [(1, 1), (3, 1), (5, 4), (16, 3)])
+def test_continuous_batching_gives_each_row_its_own_draws(slots, check_every):
+    """Rows of many lengths stop at different steps and newcomers take their slots: whatever the slot
+    count, the check interval and the order prompts arrive in, every (prompt, sample) is what it is alone."""
+    net = tiny()
+    template = random_prompts([6], seed=4)[0]
+    prompts = random_prompts([2, 13, 5, 9, 1, 20, 4], seed=5, prefix=template)
+    stop_ids = list(range(3, 256, 9))  # a ninth of the vocabulary stops a row
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=15)
+    seeds = [[1000 + 7 * i + j for j in range(3)] for i in range(len(prompts))]
+    want = [[sampled_by_recomputation(net, p, params, s, stop_ids) for s in ss] for p, ss in zip(prompts, seeds)]
+    assert len({len(t) for row in want for t in row}) > 3  # rows did finish at many different steps
+    order = [3, 0, 6, 2, 5, 1, 4]
+    sampler = Sampler(net, StubTokenizer(stop_ids), max_batch_size=slots, check_every=check_every)
+    got = sampler.generate([prompts[i] for i in order], params, n=3, seeds=[seeds[i] for i in order])
+    assert [[c.token_ids for c in got[order.index(i)]] for i in range(len(prompts))] == want
+    streamed = [i for done in sampler.stream(prompts, params, n=3, seeds=seeds) for i, _ in done]
+    assert sorted(streamed) == list(range(len(prompts)))  # each prompt once, when its samples are all done
+
+
+def test_greedy_bf16_rows_do_not_depend_on_slots_or_order():
+    net = tiny().to(torch.bfloat16)
+    prompts = random_prompts([3, 17, 8, 1, 11], seed=6)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    stop_ids = list(range(3, 256, 11))
+    runs = []
+    for slots, order in ((1, [0, 1, 2, 3, 4]), (4, [4, 2, 0, 3, 1]), (9, [1, 3, 0, 4, 2])):
+        got = Sampler(net, StubTokenizer(stop_ids), max_batch_size=slots).generate([prompts[i] for i in order], params, n=2)
+        runs.append([[c.token_ids for c in got[order.index(i)]] for i in range(len(prompts))])
+    assert runs[0] == runs[1] == runs[2]
+    assert len({len(t) for row in runs[0] for t in row}) > 1
+
+
+def test_one_cache_for_the_engines_life():
+    """Calls with rows of other lengths reuse the engine's cache; one that needs longer rows grows it once."""
+    net = Transformer(ModelArgs(**{**vars(PRESETS["tiny"]), "max_seq_len": 256})).init_weights(std=0.3, seed=0).eval()
+    sampler = Sampler(net, StubTokenizer(), max_batch_size=4)
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    sampler.generate(random_prompts([5, 30]), params)
+    first = sampler.cache[0].k
+    sampler.generate(random_prompts([12, 3, 40]), params)
+    assert sampler.cache[0].k is first and first.shape[:3] == (4, 2, 64)
+    sampler.generate(random_prompts([100]), params)
+    assert sampler.cache[0].k.shape[2] == 128
+
+
+@pytest.mark.slow
+def test_compiled_step_compiles_once_per_length_bucket():
+    """Several calls whose rows reach different lengths: one compilation per power-of-two length bucket
+    reached (64, 128, 256), none for the calls after, and the eager step's tokens."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    net = Transformer(ModelArgs(**{**vars(PRESETS["tiny"]), "max_seq_len": 256})).init_weights(std=0.3, seed=0).eval()
+    # the first call sizes the cache (a larger one later would mean new buffers, and compiling again)
+    calls = [random_prompts(lengths, seed=k) for k, lengths in enumerate(([200, 3], [5, 9, 30], [50, 2],
+                                                                        [90, 7, 20, 33], [12, 100, 40]))]
+    params = SamplingParams(temperature=0, max_new_tokens=40)
+    eager = Sampler(net, StubTokenizer(), max_batch_size=4)
+    want = [[[c.token_ids for c in cs] for cs in eager.generate(prompts, params, n=2)] for prompts in calls]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = Sampler(net, StubTokenizer(), max_batch_size=4, compile=True)
+    got = [[[c.token_ids for c in cs] for cs in compiled.generate(prompts, params, n=2)] for prompts in calls]
+    assert got == want
+    assert counters["stats"]["unique_graphs"] == 3
+
+
 def filtered_distribution(logits, temperature, top_p, top_k):
     """The target distribution, in float64 and written independently of sample_tokens."""
     p = np.exp((logits - logits.max()) / temperature)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from judge.score import judged_row, summary
-from sample.generate import Request
+from sample.stage import Request
 from sample.sampler import Completion
 
 ROOT = Path(__file__).resolve().parents[1]

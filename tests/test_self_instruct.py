@@ -86,11 +86,12 @@ def test_cli_counts_add_up_and_resume_gives_the_same_attempts(tmp_path, tiny_che
 
 @pytest.mark.slow
 def test_tensor_parallel_equals_one_process(tmp_path, tiny_checkpoint):
-    """Under torchrun with --tp all ranks run the loop on one split model and rank 0 writes. Greedy, so
-    that the order of the all-reduce's float sums cannot tip a sample; the attempts must be the same."""
+    """Under torchrun with --tp all ranks run the loop on one split model and rank 0 writes. Greedy and fp32,
+    so that the order of the all-reduce's float sums cannot tip a sample (in bf16 it can); the attempts must
+    be the same."""
     common = ["--model", str(tiny_checkpoint), "--seed-prompts", str(ROOT / "data/seed/ift.jsonl"),
               "--n-prompts", "100", "--max-requests", "8", "--batch-size", "4", "--max-new-tokens", "12",
-              "--min-words", "1", "--temperature", "0"]
+              "--min-words", "1", "--temperature", "0", "--dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, str(ROOT / "sample/self_instruct.py"), *common,
                           "--out", str(tmp_path / "one.jsonl")], capture_output=True, text=True, env=env)
