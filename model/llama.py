@@ -171,9 +171,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class KVCache(nn.Module):
     """Static key/value buffers for one layer: (B, n_kv_heads, max_len, head_dim).
 
-    Cache positions ("slots") are written either at slots shared by every row (a prefill of
-    left-padded prompts) or at a slot per row (the sampler's decode step, where each row is at
-    its own length). Each row's rotary positions and its attention mask are the caller's business.
+    Cache positions ("slots") are written either at slots shared by every row (a prefill of padded
+    prompts) or at a slot per row (the sampler's decode step, where each row is at its own length). Each row's rotary positions and its attention mask are the caller's business.
     """
 
     def __init__(self, batch_size, max_len, n_kv_heads, head_dim, dtype, device=None):
@@ -342,6 +341,8 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if cache is not None and slots is None:
             raise ValueError("a KV cache needs the slots (T,) to write the new keys and values at")
+        if slots is not None and slots.dim() == 2 and mask is None:
+            raise ValueError("per-row slots (B, T) need a mask: the default one is causal over slots shared by all rows")
         if positions is None:
             positions = slots if slots is not None else torch.arange(T, device=tokens.device)
             positions = positions.expand(B, T)

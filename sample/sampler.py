@@ -22,17 +22,21 @@ slots together, so the batch stays full until the queue drains. Its steps (see `
      a bucket past the longest row, not the whole buffer. A step does not wait on the host: which
      rows are done is only looked at every `check_every` steps.
   4. Retiring (`_retire`): the rows that finished leave their slots, which newcomers take.
-Nothing is copied when a row finishes (no compaction), and a finished row that waits for the next
-check writes nothing.
+Nothing is copied when a row finishes (no compaction); a finished row that waits for the next check
+records no more tokens (its steps rewrite only its own last cache position, which nothing reads).
 
 Randomness is per row: each (prompt, sample) gets its own seed, from which all its uniforms are
 drawn up front, and tokens are drawn by inverse CDF from one uniform per step. So a sample's
 tokens do not depend on which other rows shared its steps or which slot it had, which is what lets
-an interrupted run resume and produce what an uninterrupted one would have.
+an interrupted run resume and produce what an uninterrupted one would have. (Up to rounding: a
+row's logits are the same sums whatever shares its steps, but a matrix product with another number of
+rows may add them in another order, and in bf16 that can tip a near-tie between two tokens. In fp32 the
+tests see identical rows; in bf16 a resumed row can rarely differ from the uninterrupted one.)
 
 With compile=True the decode step is torch.compile'd (CUDA graphs on a GPU) for a fixed number of
-rows and power-of-two attention lengths: one compilation per length bucket that a run reaches.
-Prefill stays eager (its shapes change with every group of newcomers).
+rows and power-of-two attention lengths: one compilation per length bucket that a run reaches (the
+recompile limit is raised to COMPILED_LENGTHS so that no bucket falls back to eager). Prefill stays
+eager (its shapes change with every group of newcomers).
 """
 from collections import deque
 from dataclasses import dataclass
@@ -42,6 +46,7 @@ import torch
 TOPK_PREFILTER = 256  # nucleus sampling on a CPU first looks only at the 256 most likely tokens (see sample_tokens)
 HEAD_RECOMPUTE = 256  # a non-fp32 head's most likely logits, recomputed in fp32 (see Sampler._logits)
 LENGTH_STEP = 64  # eager decode reads the cache up to a multiple of this past the longest row
+COMPILED_LENGTHS = 32  # compilations of the decode step allowed (each length bucket of each engine is one)
 
 
 @dataclass
@@ -165,6 +170,10 @@ class Sampler:
         self.cache = None  # the engine's KV cache: max_batch_size rows, made on first use, grown when needed
         self.forward_step = self._forward_step
         if compile:
+            from torch import _dynamo
+            # Every bucket is a compilation of the one _forward_step: past dynamo's recompile limit (8) the step
+            # would silently run eager. (A process-wide setting; it only ever goes up.)
+            _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, COMPILED_LENGTHS)
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPUs
             self.forward_step = torch.compile(self._forward_step, mode=mode, dynamic=False)
 
@@ -233,11 +242,13 @@ class Sampler:
                 yield complete
 
     def _reserve(self, length: int) -> None:
-        """A cache of max_batch_size rows that holds `length` positions (grown to the next bucket if not)."""
+        """A cache of max_batch_size rows that holds `length` positions (grown to the next multiple of
+        LENGTH_STEP if not: the compiled step's power-of-two buckets stop at the capacity, so the buffer
+        need not be one, and for a 7B model at 64 slots a power of two could be tens of GiB more)."""
         if self.cache is not None and self.cache[0].k.shape[2] >= length:
             return
         self.cache = None  # free the old one first
-        capacity = length_bucket(length, True, self.model.args.max_seq_len)
+        capacity = length_bucket(length, False, self.model.args.max_seq_len)
         self.cache = self.model.make_cache(self.max_batch_size, capacity)
 
     def _prefill_prefix(self, prefix: list[int]):
@@ -305,7 +316,7 @@ class Sampler:
 
     def _decode_step(self, state: SlotState, params: SamplingParams, rows: int, length: int) -> None:
         """One token for the first `rows` slots, from their logits; then their next logits. A finished row
-        (or an empty slot) writes nothing and stays where it is; all on the device, no host sync."""
+        (or an empty slot) records nothing and stays at its last position; all on the device, no host sync."""
         s = state
         live = ~s.finished[:rows]
         n_out = s.n_out[:rows]
@@ -339,7 +350,9 @@ class Sampler:
         if weight.dtype == torch.float32:
             return logits
         top = logits.topk(min(HEAD_RECOMPUTE, logits.shape[-1]), dim=-1).indices  # (B, K)
-        exact = torch.einsum("bd,bkd->bk", hidden.float(), weight[top].float())
+        rows = max(1, 2 ** 24 // (top.shape[1] * hidden.shape[1]))  # (rows, K, dim) fp32 at most 64 MiB at a time
+        exact = torch.cat([torch.einsum("bd,bkd->bk", h.float(), weight[t].float())
+                           for h, t in zip(hidden.split(rows), top.split(rows))])
         return logits.scatter(1, top, exact)
 
     def _retire(self, state: SlotState, slots: list, rows: int) -> list[tuple[Row, Completion]]:

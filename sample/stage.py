@@ -78,7 +78,7 @@ def run(sampler: Sampler, requests: list[Request], params: SamplingParams, n: in
 
     With world > 1 (data parallel) rank r takes every world-th request, longest first, so that the
     ranks get similar work. A request's rows do not depend on which rank or which other requests
-    shared its steps (see sample/sampler.py). Returns throughput stats.
+    shared its steps (up to rounding: see sample/sampler.py). Returns throughput stats.
     """
     by_length = sorted(range(len(requests)), key=lambda i: (-len(requests[i].token_ids), i))
     todo = [requests[i] for i in by_length[rank::world] if any(k not in writer.done for k in requests[i].keys)]

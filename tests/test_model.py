@@ -185,3 +185,12 @@ def test_presets_have_the_published_sizes():
     # Parameter counts of the released checkpoints (Meta's model cards; SmolLM2's 134,515,008).
     assert counts == {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320,
                       "llama2-70b": 68_976_648_192, "smollm2-135m": 134_515_008}
+
+
+def test_per_row_cache_slots_need_a_mask():
+    """Per-row slots (B, T) say each row is at its own length: the default mask (causal over slots shared by
+    all rows) would be the wrong one, so it is refused rather than built."""
+    net = Transformer(PRESETS["tiny"]).init_weights(seed=0)
+    cache = net.make_cache(batch_size=2, max_len=8)
+    with pytest.raises(ValueError, match="per-row slots"):
+        net(torch.tensor([[3], [4]]), cache=cache, slots=torch.tensor([[2], [5]]))

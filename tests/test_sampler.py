@@ -155,15 +155,14 @@ def test_one_cache_for_the_engines_life():
 
 @pytest.mark.slow
 def test_compiled_step_compiles_once_per_length_bucket():
-    """Several calls whose rows reach different lengths: one compilation per power-of-two length bucket
-    reached (64, 128, 256), none for the calls after, and the eager step's tokens."""
+    """Calls whose rows reach different lengths: one compilation per power-of-two length bucket reached (64
+    and 128), none for the call after, and the eager step's tokens."""
     import torch._dynamo
     from torch._dynamo.utils import counters
-    net = Transformer(ModelArgs(**{**vars(PRESETS["tiny"]), "max_seq_len": 256})).init_weights(std=0.3, seed=0).eval()
+    net = Transformer(ModelArgs(**{**vars(PRESETS["tiny"]), "max_seq_len": 128})).init_weights(std=0.3, seed=0).eval()
     # the first call sizes the cache (a larger one later would mean new buffers, and compiling again)
-    calls = [random_prompts(lengths, seed=k) for k, lengths in enumerate(([200, 3], [5, 9, 30], [50, 2],
-                                                                        [90, 7, 20, 33], [12, 100, 40]))]
-    params = SamplingParams(temperature=0, max_new_tokens=40)
+    calls = [random_prompts(lengths, seed=k) for k, lengths in enumerate(([100, 3], [40, 9, 5], [50, 2]))]
+    params = SamplingParams(temperature=0, max_new_tokens=28)
     eager = Sampler(net, StubTokenizer(), max_batch_size=4)
     want = [[[c.token_ids for c in cs] for cs in eager.generate(prompts, params, n=2)] for prompts in calls]
     torch._dynamo.reset()
@@ -171,7 +170,7 @@ def test_compiled_step_compiles_once_per_length_bucket():
     compiled = Sampler(net, StubTokenizer(), max_batch_size=4, compile=True)
     got = [[[c.token_ids for c in cs] for cs in compiled.generate(prompts, params, n=2)] for prompts in calls]
     assert got == want
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 def filtered_distribution(logits, temperature, top_p, top_k):
