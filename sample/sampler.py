@@ -172,8 +172,10 @@ class Sampler:
         if compile:
             from torch import _dynamo
             # Every bucket is a compilation of the one _forward_step: past dynamo's recompile limit (8) the step
-            # would silently run eager. (A process-wide setting; it only ever goes up.)
-            _dynamo.config.recompile_limit = max(_dynamo.config.recompile_limit, COMPILED_LENGTHS)
+            # would silently run eager. (A process-wide setting; it only ever goes up. Before torch 2.7 its
+            # name was cache_size_limit.)
+            limit = "recompile_limit" if hasattr(_dynamo.config, "recompile_limit") else "cache_size_limit"
+            setattr(_dynamo.config, limit, max(getattr(_dynamo.config, limit), COMPILED_LENGTHS))
             mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs on GPUs
             self.forward_step = torch.compile(self._forward_step, mode=mode, dynamic=False)
 
