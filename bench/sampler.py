@@ -71,9 +71,7 @@ def hf_generate(hf, tok, prompts: list[list[int]], n: int, params: SamplingParam
         batch = rows[start:start + batch_size]
         width = max(map(len, batch))
         ids = torch.tensor([[tok.pad_id] * (width - len(p)) + p for p in batch], device=device)
-        mask = (ids != -1).long()
-        for r, p in enumerate(batch):
-            mask[r, :width - len(p)] = 0
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
         with torch.no_grad():
             out = hf.generate(ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
                               do_sample=params.temperature > 0, temperature=params.temperature or None,
@@ -116,8 +114,7 @@ def workloads(ckpt: Path, device, dtype, baseline, hf) -> list[dict]:
             outs, seconds = timed(lambda: sampler.generate(prompts, params, n=n))
             row["ours64_tok_s"] = sum(c.n_tokens for cs in outs for c in cs) / seconds
         if hf is not None:
-            _, tokens = hf_generate(hf, tok, prompts[:1], 1, SamplingParams(temperature=0.7, max_new_tokens=4), 1,
-                                    device)
+            hf_generate(hf, tok, prompts[:1], 1, SamplingParams(temperature=0.7, max_new_tokens=4), 1, device)  # warm-up
             (_, tokens), seconds = timed(lambda: hf_generate(hf, tok, prompts, n, params, batch, device))
             row.update(hf_tokens=tokens, hf_tok_s=tokens / seconds, hf_s=seconds)
         row["identical"] = sum(a == b for a, b in zip(row.pop("ours_outs"), row.pop("baseline_outs")))
