@@ -16,10 +16,17 @@ tables and appends them to bench/RESULTS.md.
 2. Greedy batch-16 decode of 128 tokens (no stops) against the machine's bounds: memory bandwidth
    ((weight bytes + KV bytes read per step) / the read bandwidth of a large tensor sum) and arithmetic
    (2 x parameters x rows flops per step / the rate of a large matrix product in the same dtype).
-3. CUDA only: batch 16 and 64 for random SmolLM2- and Llama-2-7B-shaped bf16 models, eager and compiled,
+3. `--llama-cpp`: the peer a CPU user would pick, llama.cpp through llama-cpp-python (a bench-only extra:
+   `CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_OPENMP=OFF" pip install llama-cpp-python`,
+   a source build of about 10 minutes on 2 cores), on the GGUF file the demo model was converted from
+   (Q4_1 weights) and on an F32 and a BF16 copy of it written here, greedy at batch 1 and 16 (one sequence
+   per prompt in one context, llama_decode on a batch of one token per sequence), against ours on the same
+   prompts; `--only llama-cpp` runs this part alone.
+4. CUDA only: batch 16 and 64 for random SmolLM2- and Llama-2-7B-shaped bf16 models, eager and compiled,
    against the bandwidth bound, with the number of compilations.
 """
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import platform
@@ -34,7 +41,7 @@ import torch
 import model
 from judge.prompt import judge_messages
 from model.convert import export_hf
-from sample.stage import resolve_dtype
+from model.dtypes import resolve_dtype
 from sample.sampler import Sampler, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +177,119 @@ def greedy_decode(ckpt: Path, device, dtype, batch: int = 16, new_tokens: int = 
             "matmul_GFLOPS": rate / 1e9, "flop_bound_tok_s": flop_bound, "fraction_of_flop_bound": tok_s / flop_bound}
 
 
+def ours_greedy(net, prompts: list[list[int]], new_tokens: int) -> float:
+    """Tokens/s of our engine decoding every prompt greedily for new_tokens, after a warm-up of its shapes."""
+    sampler = Sampler(net, NoStop(), max_batch_size=len(prompts))
+    sampler.generate(prompts, SamplingParams(temperature=0, max_new_tokens=8))
+    _, seconds = timed(lambda: sampler.generate(prompts, SamplingParams(temperature=0, max_new_tokens=new_tokens)))
+    return len(prompts) * new_tokens / seconds
+
+
+_QUIET = None  # llama.cpp's log callback that drops its load-time messages
+
+
+def plain_gguf(source: Path, out: Path, kind: str) -> Path:
+    """A copy of a GGUF file with every 2-D weight dequantised to F32 or BF16 (1-D ones stay F32), for llama.cpp
+    at the bytes per weight ours reads; the metadata (vocabulary, chat template) copied as it is."""
+    import gguf
+    qtype = {"F32": gguf.GGMLQuantizationType.F32, "BF16": gguf.GGMLQuantizationType.BF16}[kind]
+    reader = gguf.GGUFReader(source)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(out, arch)
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE):
+            continue
+        sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub_type)
+    writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16}[kind])
+    for t in reader.tensors:
+        weights = gguf.quants.dequantize(t.data, t.tensor_type).astype("float32")
+        if weights.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(t.name, gguf.quants.quantize(weights, qtype), raw_shape=weights.shape, raw_dtype=qtype)
+        else:
+            writer.add_tensor(t.name, weights)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def llama_cpp_greedy(gguf: Path, prompts: list[list[int]], new_tokens: int, threads: int) -> float:
+    """Tokens/s of llama.cpp decoding every prompt greedily for new_tokens (no stops), one sequence per prompt
+    in one context, prompts prefilled in one llama_decode as ours are; timed after a warm-up run."""
+    import numpy as np
+    import llama_cpp as lc
+    global _QUIET
+    if _QUIET is None:  # kept alive: llama.cpp holds on to the callback
+        _QUIET = lc.llama_log_callback(lambda level, text, user_data: None)
+    lc.llama_log_set(_QUIET, None)
+    lc.llama_backend_init()
+    net = lc.llama_model_load_from_file(str(gguf).encode(), lc.llama_model_default_params())
+    if not net:
+        raise SystemExit(f"{gguf}: llama.cpp could not load it")
+    rows, prefill = len(prompts), sum(map(len, prompts))
+    params = lc.llama_context_default_params()
+    params.n_seq_max, params.kv_unified = rows, True
+    params.n_ctx = -(-(prefill + rows * new_tokens + rows) // 256) * 256
+    params.n_batch = params.n_ubatch = max(512, prefill)
+    params.n_threads = params.n_threads_batch = threads
+    vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(net))
+    batch = lc.llama_batch_init(params.n_batch, 0, rows)
+
+    def decode(ctx, entries):  # (token, position, sequence, wants logits)
+        batch.n_tokens = len(entries)
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+            batch.seq_id[i][0] = seq
+        if lc.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        outputs = [i for i, e in enumerate(entries) if e[3]]
+        return [int(np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i), shape=(vocab,)).argmax()) for i in outputs]
+
+    def run(tokens):
+        ctx = lc.llama_init_from_model(net, params)
+        try:
+            next_ids = decode(ctx, [(t, j, s, j == len(p) - 1) for s, p in enumerate(prompts) for j, t in enumerate(p)])
+            for k in range(tokens - 1):
+                next_ids = decode(ctx, [(t, len(p) + k, s, True) for s, (t, p) in enumerate(zip(next_ids, prompts))])
+        finally:
+            lc.llama_free(ctx)
+
+    try:
+        run(8)
+        _, seconds = timed(lambda: run(new_tokens))
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_model_free(net)
+    return rows * new_tokens / seconds
+
+
+def llama_cpp_section(ckpt: Path, gguf_path: Path, dtype, new_tokens: int = 128) -> list[str]:
+    """Ours against llama.cpp on the same prompts, greedy, at batch 1 and 16, on the same 2 threads."""
+    net, tok = model.load(ckpt, dtype=dtype)
+    seed = [json.loads(line) for line in (ROOT / "data/seed/ift.jsonl").read_text().splitlines()[:16]]
+    prompts = [tok.encode_chat([{"role": "user", "content": r["prompt"]}]) for r in seed]
+    threads = torch.get_num_threads()
+    weights = sum(p.numel() for p in net.parameters())
+    lines = [f"\nllama.cpp (llama-cpp-python {importlib.metadata.version('llama-cpp-python')}, {threads} threads) "
+             f"against ours, greedy, {new_tokens} new tokens, no stops, the first 1 or 16 seed prompts "
+             f"(prefill included); {gguf_path.name} and F32/BF16 copies of it:\n",
+             "| engine | weights | weight MB read per step | batch 1 tok/s | batch 16 tok/s |", "|---|---|---|---|---|"]
+    ours = [ours_greedy(net, prompts[:b], new_tokens) for b in (1, 16)]
+    lines.append(f"| ours | {str(dtype).removeprefix('torch.')} | {weights * net.output_weight.element_size() / 1e6:.0f} | "
+                 f"{ours[0]:.1f} | {ours[1]:.1f} |")
+    del net
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("Q4_1", "BF16", "F32"):
+            path = gguf_path if kind == "Q4_1" else plain_gguf(gguf_path, Path(tmp) / f"{kind}.gguf", kind)
+            rates = [llama_cpp_greedy(path, prompts[:b], new_tokens, threads) for b in (1, 16)]
+            lines.append(f"| llama.cpp | {kind} | {path.stat().st_size / 1e6:.0f} (file) | {rates[0]:.1f} | "
+                         f"{rates[1]:.1f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def gpu_decode(device) -> list[dict]:
     """Random bf16 models, batches 16 and 64, eager and compiled, against the bandwidth bound."""
     import torch._dynamo
@@ -217,21 +337,43 @@ def main():
     parser.add_argument("--model", default=str(ROOT / "checkpoints/smollm2-135m"), help="checkpoint (make model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="auto: the machine's fast dtype (see sample/generate.py's resolve_dtype)")
+                        help="auto: the machine's fast dtype (see model/dtypes.py)")
     parser.add_argument("--baseline", default="daa4b46", help="commit whose sample/sampler.py is the baseline")
     parser.add_argument("--no-transformers", action="store_true", help="leave out transformers' generate")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    parser.add_argument("--llama-cpp", nargs="?", const="demo", metavar="GGUF",
+                        help="also compare with llama.cpp (llama-cpp-python) on this GGUF file; default: the demo's")
+    parser.add_argument("--only", choices=["llama-cpp"], help="run that part alone")
     a = parser.parse_args()
     device = torch.device(a.device)
     dtype = resolve_dtype(a.dtype, device)
     torch.manual_seed(0)
+    if a.only == "llama-cpp" and not a.llama_cpp:
+        a.llama_cpp = "demo"
+    gguf_path = None
+    if a.llama_cpp:
+        from model.convert import demo_gguf_path
+        gguf_path = Path(demo_gguf_path() if a.llama_cpp == "demo" else a.llama_cpp)
+    command = " ".join(["python bench/sampler.py"] + sys.argv[1:])
+    if a.only == "llama-cpp":
+        lines = [f"\n## llama.cpp against the engine ({time.strftime('%Y-%m-%d')}, {machine(device)}, "
+                 f"torch {torch.__version__})\n", f"`{command}`"] + llama_cpp_section(Path(a.model), gguf_path, dtype)
+    else:
+        lines = everything(a, command, device, dtype, gguf_path)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not a.no_record:
+        with open(ROOT / "bench/RESULTS.md", "a") as f:
+            f.write(text)
+
+
+def everything(a, command: str, device, dtype, gguf_path) -> list[str]:
     hf = None
     if not a.no_transformers:
         import transformers
         with tempfile.TemporaryDirectory() as hf_dir:
             export_hf(a.model, Path(hf_dir) / "hf")
             hf = transformers.LlamaForCausalLM.from_pretrained(Path(hf_dir) / "hf", dtype=dtype).to(device).eval()
-    command = " ".join(["python bench/sampler.py"] + sys.argv[1:])
     lines = [f"\n## Sampling engine ({time.strftime('%Y-%m-%d')}, {machine(device)}, torch {torch.__version__}, "
              f"{str(dtype).removeprefix('torch.')})\n", f"`{command}`; model: {a.model}; baseline: the sampler "
              f"of commit {a.baseline}\n",
@@ -252,17 +394,15 @@ def main():
               f"read = {g['bound_tok_s']:.0f} tok/s, so {100 * g['fraction_of_bound']:.0f}% of it; arithmetic bound: "
               f"{g['matmul_GFLOPS']:.0f} GFLOP/s (a 2048^3 product) = {g['flop_bound_tok_s']:.0f} tok/s, so "
               f"{100 * g['fraction_of_flop_bound']:.0f}% of it."]
+    if gguf_path is not None:
+        lines += llama_cpp_section(Path(a.model), gguf_path, dtype)
     if device.type == "cuda":
         lines += ["", "| model (random, bf16) | batch | compiled | tok/s | of the bandwidth bound | compilations |",
                   "|---|---|---|---|---|---|"]
         for r in gpu_decode(device):
             lines.append(f"| {r['model']} | {r['batch']} | {r['compiled']} | {r['tok_s']:.0f} | "
                          f"{100 * r['fraction_of_bound']:.0f}% | {r['compilations']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not a.no_record:
-        with open(ROOT / "bench/RESULTS.md", "a") as f:
-            f.write(text)
+    return lines
 
 
 if __name__ == "__main__":

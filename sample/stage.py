@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import model
 from model.distributed import join_process_group
+from model.dtypes import resolve_dtype
 from model.errors import FormatError
 from sample.resume import ResumableJSONL, read_rows
 from sample.sampler import Sampler, SamplingParams
@@ -121,21 +122,6 @@ def setup_distributed():
         join_process_group(device)
         atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX tiles or AVX512-BF16), as torch's kernels see it: there
-    bf16 products run several times faster than fp32 ones (bench/RESULTS.md); elsewhere they are emulated."""
-    cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-
-
-def resolve_dtype(name: str, device) -> torch.dtype:
-    """A --dtype value as a torch dtype. auto: bf16 on CUDA and on a CPU with native bf16, fp32 on other CPUs."""
-    if name == "auto":
-        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
-        return torch.bfloat16 if fast else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_model(path, device, dtype_name: str, tp: bool):

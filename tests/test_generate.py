@@ -14,7 +14,8 @@ import torch
 
 import model
 from sample.generate import chat_ids
-from sample.stage import resolve_dtype, row_seed
+from model.dtypes import resolve_dtype
+from sample.stage import row_seed
 from sample.sampler import Sampler, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,13 +160,13 @@ def test_rows_made_with_other_settings_are_not_reused(tmp_path, tiny_checkpoint)
 def test_dtype_auto_is_bf16_where_the_cpu_multiplies_it_natively(monkeypatch):
     """--dtype auto: bf16 on CUDA and on CPUs whose flags (/proc/cpuinfo, read independently of torch) include
     AVX512-BF16 or AMX-BF16; fp32 elsewhere."""
-    from sample.stage import cpu_has_fast_bf16
+    from model.dtypes import cpu_has_fast_bf16
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
         assert cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     for fast in (True, False):
-        monkeypatch.setattr("sample.stage.cpu_has_fast_bf16", lambda: fast)
+        monkeypatch.setattr("model.dtypes.cpu_has_fast_bf16", lambda: fast)
         assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
     assert resolve_dtype("float32", torch.device("cuda")) == torch.float32

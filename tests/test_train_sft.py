@@ -139,6 +139,52 @@ def test_only_response_tokens_carry_loss(tiny_checkpoint):
     assert ((grad != 0) == (targets != -100)).all()
 
 
+@pytest.mark.parametrize("param_dtype", ["bfloat16", "auto"])
+def test_cpu_bf16_autocast_keeps_fp32_weights_and_tracks_float64(tiny_checkpoint, monkeypatch, param_dtype):
+    """param_dtype bfloat16 on a CPU (and auto, on a CPU that has native bf16): the block products run in bf16
+    over fp32 weights, gradients come back fp32, and log-probs and gradients stay within bf16's rounding of a
+    float64 computation of the same step (within 1.5x the error of the whole model cast to bf16); fp32 stays 1e-5
+    close to it."""
+    from train.distributed import Dist, build
+    monkeypatch.setattr("model.dtypes.cpu_has_fast_bf16", lambda: True)
+    tok = model.load_tokenizer(tiny_checkpoint)
+    seqs = []
+    for prompt, response in (("the model judges its own", "answers and learns from pairs"), ("pairs of", "score")):
+        p, r = response_tokens(tok, [{"role": "user", "content": prompt}], response)
+        seqs.append(Sequence(p + r, len(p)))
+    batch = collate(seqs, tok.pad_id, "cpu")
+    cpu = Dist(0, 1, torch.device("cpu"), None)
+
+    def step(net):
+        seen = []
+        hook = net.model.layers[0].attention.wq.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        logp = net(batch.inputs, batch.index, batch.labels)
+        hook.remove()
+        (-logp.sum()).backward()
+        grads = torch.cat([p.grad.flatten().double() for p in net.parameters()])
+        return logp.detach().double(), grads, seen[0]
+
+    exact = build(tiny_checkpoint, cpu, dropout=0.0, param_dtype="float32", activation_checkpointing=False).double()
+    want, want_grad, _ = step(exact)
+    # bf16's rounding: the same step with the whole model cast to bf16 (weights too, as FSDP does on CUDA)
+    plain = LogProbModel(model.load(tiny_checkpoint, dtype=torch.bfloat16)[0])
+    logp, grad, _ = step(plain)
+    bf16_error, bf16_grad_error = (logp - want).abs().max() / want.abs().max(), (grad - want_grad).norm() / want_grad.norm()
+    for name, dtype, tol, grad_tol in (("float32", torch.float32, 1e-5, 1e-5),
+                                       (param_dtype, torch.bfloat16, 1.5 * bf16_error, 1.5 * bf16_grad_error)):
+        net = build(tiny_checkpoint, cpu, dropout=0.0, param_dtype=name, activation_checkpointing=False)
+        assert net.compute_dtype == dtype
+        logp, grad, product_dtype = step(net)
+        assert product_dtype == dtype and all(p.dtype == p.grad.dtype == torch.float32 for p in net.parameters())
+        assert (logp - want).abs().max() <= tol * want.abs().max()
+        assert (grad - want_grad).norm() <= grad_tol * want_grad.norm()
+        if dtype == torch.bfloat16:
+            assert (logp - want).abs().max() > 1e-5 * want.abs().max()  # it did compute in bf16
+    monkeypatch.setattr("model.dtypes.cpu_has_fast_bf16", lambda: False)  # emulated bf16: auto stays fp32
+    net = build(tiny_checkpoint, cpu, dropout=0.0, param_dtype="auto", activation_checkpointing=False)
+    assert net.compute_dtype == torch.float32 and not net.autocast
+
+
 # ---------------------------------------------------------------- the CLI
 
 

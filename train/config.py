@@ -36,12 +36,13 @@ class TrainConfig:
     dropout: float = 0.1            # on the residual branches while training
     seed: int = 0                   # data order, dropout
     save_every: int = 200           # steps between training states and snapshots (the paper's checkpoint selection)
-    param_dtype: str = "bfloat16"   # the dtype forward and backward run in on CUDA (fp32 master weights,
-                                    # fp32 gradient reduction); CPU always runs in float32
+    param_dtype: str = "auto"       # the dtype forward and backward run in over fp32 master weights, with fp32
+                                    # gradient reduction; auto: bf16 on CUDA and on CPUs with native bf16
+                                    # (AMX, AVX512-BF16), fp32 on other CPUs (train/distributed.py)
     activation_checkpointing: bool = False  # recompute each block in the backward instead of storing it
     save_dtype: str = "auto"        # weights written to checkpoints: auto = the input checkpoint's dtype
 
-    CHOICES = {"param_dtype": ("bfloat16", "float32"), "save_dtype": ("auto", "float32", "bfloat16", "float16")}
+    CHOICES = {"param_dtype": ("auto", "bfloat16", "float32"), "save_dtype": ("auto", "float32", "bfloat16", "float16")}
 
     def validate(self):
         for key, choices in self.CHOICES.items():

@@ -2,9 +2,14 @@
 
 Under torchrun every block and then the root are sharded with `fully_shard` over a 1-D mesh of all
 ranks (NCCL on CUDA, with gloo for CPU tensors; gloo on CPU: model/distributed.py). On CUDA the
-sharded master weights stay fp32 while forward and backward run in `param_dtype` (bf16) and gradients are reduced in fp32 (MixedPrecisionPolicy); a
-single CUDA process gets a one-rank group so that it uses the same policy. A single CPU process
-trains the plain model in fp32 -- which is what the tests compare the sharded runs against.
+sharded master weights stay fp32 while forward and backward run in `param_dtype` (bf16) and gradients
+are reduced in fp32 (MixedPrecisionPolicy); a single CUDA process gets a one-rank group so that it uses
+the same policy. On a CPU the weights (sharded or, in a single process, plain) and their gradients are
+fp32, and a bf16 `param_dtype` runs forward and backward under bf16 autocast: the matrix products and
+attention in bf16, the norms and the output's log-softmax in fp32 -- the same split as on CUDA, where
+bf16 weights go into fp32 norms. `auto` is bf16 on CUDA and on CPUs with native bf16, fp32 on other CPUs
+(model/dtypes.py): one SFT step of the demo runs 2x faster in bf16 on an AVX512-BF16 CPU (bench/RESULTS.md).
+The tests compare sharded runs against the single process in fp32.
 
 The model is built on the meta device and filled from the checkpoint one layer at a time: rank 0
 reads a layer and `set_model_state_dict(..., broadcast_from_rank0=True)` sends each rank its shard,
@@ -30,8 +35,8 @@ import kernels
 import model
 from model.checkpoint import read_params, read_tensors, verify, weight_files
 from model.distributed import join_process_group
+from model.dtypes import dtype_name, resolve_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
@@ -94,14 +99,23 @@ class LogProbModel(nn.Module):
     It is the root FSDP unit, so the output weight is unsharded while forward runs.
     """
 
-    def __init__(self, net: model.Transformer):
+    def __init__(self, net: model.Transformer, compute_dtype: torch.dtype = torch.float32, autocast: bool = False):
         super().__init__()
         self.model = net
+        self.compute_dtype = compute_dtype  # what forward and backward compute in
+        self.autocast = autocast  # reach it by autocast over the fp32 weights (a CPU); else FSDP casts them, or fp32
 
     def forward(self, inputs, index, labels):
         """inputs (B, T), index (M,) flat positions into B * T, labels (M,) -> (M,) fp32 log p(label)."""
-        hidden = self.model(inputs, return_hidden=True)                      # (B, T, dim)
-        return kernels.linear_logprob(hidden.flatten(0, 1)[index], self.model.output_weight, labels)
+        weight = self.model.output_weight
+        if not self.autocast:
+            hidden = self.model(inputs, return_hidden=True)                  # (B, T, dim)
+        else:
+            with torch.autocast(inputs.device.type, dtype=self.compute_dtype):
+                hidden = self.model(inputs, return_hidden=True)
+            # the fused log-prob outside autocast, on bf16 inputs: its own fp32 softmax and accumulators
+            hidden, weight = hidden.to(self.compute_dtype), weight.to(self.compute_dtype)
+        return kernels.linear_logprob(hidden.flatten(0, 1)[index], weight, labels)
 
 
 def apply_activation_checkpointing(net: model.Transformer):
@@ -156,19 +170,25 @@ def checkpoint_dtype(path) -> torch.dtype:
 
 def build(path, d: Dist, *, dropout: float, param_dtype: str, activation_checkpointing: bool,
           trainable: bool = True) -> LogProbModel:
-    """The checkpoint at `path` as a LogProbModel on d.device, sharded when d.mesh is set."""
+    """The checkpoint at `path` as a LogProbModel on d.device, sharded when d.mesh is set; forward and
+    backward compute in `param_dtype` (see the module doc; "auto" resolved in net.compute_dtype)."""
     verify(path)  # names and shapes, on every rank: a bad checkpoint is an error before any work
     args = read_params(path)
     args.dropout = dropout
+    compute = resolve_dtype(param_dtype, d.device)
+    on_cpu = d.device.type != "cuda"
     with torch.device("meta"):
-        net = LogProbModel(model.Transformer(args))
+        net = LogProbModel(model.Transformer(args), compute, autocast=on_cpu and compute != torch.float32)
+    if d.rank == 0 and trainable:
+        how = " (autocast over fp32 weights)" if net.autocast else ""
+        print(f"{path}: forward and backward in {dtype_name(compute)}{how}", file=sys.stderr)
     net.requires_grad_(trainable)
     if activation_checkpointing:
         apply_activation_checkpointing(net.model)
     if d.mesh is None:
         net.load_state_dict({"model." + k: v.float() for k, v in read_tensors(path)}, assign=True)
         return net
-    apply_fsdp(net, d, DTYPES[param_dtype] if d.device.type == "cuda" else torch.float32)
+    apply_fsdp(net, d, torch.float32 if on_cpu else compute)
     net.to_empty(device=d.device)
     _load_sharded(net, path, d)
     return net

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import kernels
 from model.checkpoint import fingerprint as checkpoint_fingerprint
+from model.dtypes import dtype_name
 from model.errors import FormatError
 from train.config import DPOConfig
 from train.data import collate, fingerprint, read_pairs, to_device
@@ -111,8 +112,7 @@ def main(argv=None):
         check_weights(net, d, a.model)  # before the reference log-probs come from it
         model_key, data_key = checkpoint_fingerprint(a.model), fingerprint(pairs)
         if cfg.reference == "cached":  # before any training: the policy is still the reference
-            key = {"pairs": data_key, "model": model_key, "average": average,
-                   "dtype": cfg.param_dtype if d.device.type == "cuda" else "float32"}
+            key = {"pairs": data_key, "model": model_key, "average": average, "dtype": dtype_name(net.compute_dtype)}
             ref_logps = cached_reference(run.train / "ref_logps.pt", net, pairs, lengths, s, key)
         else:
             reference = build(a.model, d, dropout=0.0, trainable=False, **build_args).eval()

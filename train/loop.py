@@ -38,10 +38,11 @@ from tqdm import tqdm
 
 import model
 from model.checkpoint import check_replaceable, checkpoint_tokenizer, read_params
+from model.dtypes import DTYPES
 from model.errors import FormatError
 from train.config import TrainConfig, dump_config, load_config
 from train.data import micro_batches, step_batches
-from train.distributed import DTYPES, Dist, checkpoint_dtype
+from train.distributed import Dist, checkpoint_dtype
 
 STATE_FORMAT = 1
 # What a resume may change: the schedule is recomputed and grad_clip read at every step. The other optimizer
