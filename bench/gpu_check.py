@@ -15,7 +15,6 @@ check's status as JSON. Exit code 1 if a check failed; 2 if there is no CUDA dev
   logprob_int64   kernels.logprob on N x V > 2**31 bf16 logits, rows past 2**31 against fp32
   logprob_speed   logprob against eager and compiled log_softmax + gather; bytes/s against a copy
   linear_logprob  time, TFLOP/s against a matmul, peak memory against eager and Liger-Kernel
-  dpo_loss        the Triton DPO loss against its reference: value, gradient, time
   attention       the SDPA kernel model.llama.attend runs for training, prefill and decode, MHA and GQA
   flash_attn      the model's flash-attn forward against SDPA's math kernel (when flash_attn imports)
   sampler         decode tokens/s of SmolLM2- and Llama-2-7B-shaped models against the bandwidth bound
@@ -70,8 +69,6 @@ class Sizes:
     linear_tokens: int
     linear_dim: int
     compile: bool           # also time torch.compile of the eager code
-    dpo_pairs: int
-    dpo_len: int            # tokens per sequence
     attention_batch: int
     attention_len: int      # T = S for training and prefill
     decode_batch: int
@@ -87,7 +84,7 @@ class Sizes:
 
 
 GPU = Sizes(repeats=10, big_logprob=(17000, 128256), logprob_tokens=16384, vocabs=(32000, 128256),
-            linear_tokens=8192, linear_dim=4096, compile=True, dpo_pairs=64, dpo_len=512,
+            linear_tokens=8192, linear_dim=4096, compile=True,
             attention_batch=2, attention_len=1024, decode_batch=8, decode_len=4096,
             sampler_models=("smollm2-135m", "llama2-7b"), sampler_batches=(1, 16, 64), prompt_len=128,
             new_tokens=128, trainer_model=dict(dim=2048, n_layers=8, n_heads=16, n_kv_heads=4, vocab_size=32000,
@@ -95,7 +92,7 @@ GPU = Sizes(repeats=10, big_logprob=(17000, 128256), logprob_tokens=16384, vocab
             trainer_seq_len=512, trainer_steps=4, kernel_tests="not interpreter")
 # --cpu-smoke: the same code at sizes a CPU runs in seconds (and one kernel test, for the child pytest's plumbing)
 CPU_SMOKE = Sizes(repeats=1, big_logprob=(300, 1000), logprob_tokens=256, vocabs=(1000,), linear_tokens=256,
-                  linear_dim=64, compile=False, dpo_pairs=4, dpo_len=16, attention_batch=2, attention_len=16,
+                  linear_dim=64, compile=False, attention_batch=2, attention_len=16,
                   decode_batch=2, decode_len=32, sampler_models=("tiny",), sampler_batches=(1, 2), prompt_len=8,
                   new_tokens=8, trainer_model=dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512,
                                                    multiple_of=16, max_seq_len=256),
@@ -423,30 +420,6 @@ def check_linear_logprob(ctx, numbers):
     return "; ".join(parts)
 
 
-def check_dpo_loss(ctx, numbers):
-    """3d. kernels.dpo_loss on 64 pairs (128 sequences x 512 tokens, a fifth of them prompt): the Triton kernels
-    against the reference (backend="torch"), loss and gradient within 1e-4, and both timed. ~5 s."""
-    import kernels
-    from kernels.backend import use_triton
-    n_sequences, T = 2 * ctx.sizes.dpo_pairs, ctx.sizes.dpo_len
-    token_logps = (-5 * torch.rand(n_sequences * T, device=ctx.device)).requires_grad_()   # (M,)
-    seq_ids = torch.arange(n_sequences, device=ctx.device).repeat_interleave(T)             # (M,)
-    seq_ids[torch.rand(n_sequences * T, device=ctx.device) < 0.2] = -1                      # prompt and padding
-    near_policy = token_logps.detach() + 0.01 * torch.randn_like(token_logps)
-    inputs = (token_logps, seq_ids, kernels.sequence_logps(near_policy, seq_ids, n_sequences))  # ref_logps (2B,)
-
-    def loss(backend):
-        return lambda *x: kernels.dpo_loss(*x, backend=backend)[0]
-    numbers["triton"] = use_triton(token_logps, "auto")
-    numbers["rel_errors"] = rel_errors(loss("auto"), loss("torch"), inputs)                 # loss, d loss / d token
-    numbers["auto"], numbers["torch"] = fwd_bwd(ctx, loss("auto"), inputs), fwd_bwd(ctx, loss("torch"), inputs)
-    expect(([] if max(numbers["rel_errors"]) <= 1e-4 else [f"relative errors {numbers['rel_errors']}, above 1e-4"])
-           + ([] if numbers["triton"] or not ctx.cuda else ["backend='auto' did not pick Triton for CUDA tensors"]))
-    return (f"{'Triton' if numbers['triton'] else 'reference (CPU)'} {numbers['auto']['ms']:.2f} ms, reference "
-            f"{numbers['torch']['ms']:.2f} ms fwd+bwd; relative error of the loss {numbers['rel_errors'][0]:.1e}, "
-            f"of the gradient {numbers['rel_errors'][1]:.1e}")
-
-
 def attention_cases(ctx, n_heads, n_kv_heads, head_dim) -> dict:
     """{mode: (q, k, v, mask)}: training (causal, no mask), prefill (a padding mask, T = S), decode (T = 1)."""
     from model import attention_mask
@@ -708,7 +681,7 @@ def check_trainer(ctx, numbers):
 
 
 CHECKS = (check_environment, check_kernel_tests, check_logprob_int64, check_logprob_speed, check_linear_logprob,
-          check_dpo_loss, check_attention, check_flash_attn, check_sampler, check_trainer)
+          check_attention, check_flash_attn, check_sampler, check_trainer)
 
 
 def run_check(check, ctx: Context) -> dict:

@@ -205,7 +205,7 @@ def plain_gguf(source: Path, out: Path, kind: str) -> Path:
     for t in reader.tensors:
         weights = gguf.quants.dequantize(t.data, t.tensor_type).astype("float32")
         if weights.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(t.name, gguf.quants.quantize(weights, qtype), raw_shape=weights.shape, raw_dtype=qtype)
+            writer.add_tensor(t.name, gguf.quants.quantize(weights, qtype), raw_dtype=qtype)  # bytes, shape from them
         else:
             writer.add_tensor(t.name, weights)
     writer.write_header_to_file()

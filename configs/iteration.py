@@ -14,6 +14,7 @@ stage runs with is visible in runs/RUN/config.mk. With --stamps DIR it also writ
 stage's own settings, touched only when they change, for the Makefile's stage targets to depend on.
 """
 import hashlib
+import json
 import math
 import os
 import re
@@ -192,7 +193,9 @@ def flags(stage, skip=()) -> str:
 
 def overrides(trainer: Trainer) -> str:
     """A trainer's `set:` mapping as its --set key=value arguments."""
-    return ("--set " + " ".join(shlex.quote(f"{k}={v}") for k, v in trainer.set.items())) if trainer.set else ""
+    # values as JSON, which the trainers read as YAML: a mapping (loss_options) or a bool survives the trip
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in trainer.set.items()}
+    return ("--set " + " ".join(shlex.quote(f"{k}={v}") for k, v in values.items())) if values else ""
 
 
 def variables(cfg: Iteration) -> dict:

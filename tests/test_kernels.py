@@ -18,7 +18,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import kernels
 from kernels.backend import INTERPRETED
-from kernels.dpo_loss import METRICS, dpo_loss_reference
 from kernels.linear_logprob import linear_logprob_reference
 from kernels.logprob import logprob_reference
 
@@ -67,29 +66,6 @@ def logprob_float64(logits, labels, ignore_index=-100):
     all_logps = torch.log_softmax(logits.double(), dim=-1)                     # (N, V)
     rows = torch.arange(len(labels), device=labels.device)
     return torch.where(valid, all_logps[rows, labels.clamp(min=0)], 0.0)
-
-
-def dpo_float64(token_logps, seq_ids, ref_logps, n_sequences, beta, label_smoothing, loss_type, average):
-    """Loss (mean over pairs) and per-pair metrics, one pair at a time."""
-    B = n_sequences // 2
-    seq = []
-    for s in range(n_sequences):
-        in_seq = seq_ids == s
-        seq.append(token_logps[in_seq].sum() / (max(int(in_seq.sum()), 1) if average else 1))
-    ref = [torch.zeros((), dtype=torch.float64)] * n_sequences if ref_logps is None else ref_logps.double()
-    losses, metrics = [], {name: [] for name in METRICS}
-    for i in range(B):
-        z = (seq[i] - seq[B + i]) - (ref[i] - ref[B + i])
-        if loss_type == "ipo":
-            losses.append((z - 1 / (2 * beta)) ** 2)
-        else:
-            losses.append(-(1 - label_smoothing) * torch.log(torch.sigmoid(beta * z))
-                          - label_smoothing * torch.log(torch.sigmoid(-beta * z)))
-        reward_c, reward_r = beta * (seq[i] - ref[i]), beta * (seq[B + i] - ref[B + i])
-        for name, value in zip(METRICS, [seq[i], seq[B + i], reward_c, reward_r, reward_c - reward_r,
-                                         (reward_c > reward_r).double()]):
-            metrics[name].append(value.detach())
-    return torch.stack(losses).mean(), {name: torch.stack(values) for name, values in metrics.items()}
 
 
 # ---- token log-prob ----
@@ -209,55 +185,29 @@ def test_linear_logprob_torch_path_never_makes_full_logits():
     assert largest.numel == chunk * V           # one chunk's logits; (N, V) would be 8x that
 
 
-# ---- DPO loss ----
+# ---- per-sequence log-probs ----
 
-DPO_CONFIGS = [  # (loss_type, label_smoothing, average_log_prob, with reference)
-    (loss, smoothing, average, with_ref)
-    for loss, smoothing in [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)]
-    for average in [False, True]
-    for with_ref in [True, False]]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("loss_type,label_smoothing,average,with_ref", DPO_CONFIGS,
-                         ids=[f"{c[0]}-ls{c[1]}-{'mean' if c[2] else 'sum'}-{'ref' if c[3] else 'noref'}"
-                              for c in DPO_CONFIGS])
-@pytest.mark.parametrize("n_pairs,n_tokens", [(1, 20), (3, 47), (20, 300)])   # 20 pairs: two kernel programs
-def test_dpo_loss(backend, loss_type, label_smoothing, average, with_ref, n_pairs, n_tokens):
-    device = device_of(backend)
-    beta = 0.3
-    # Log-probs of tokens in 2B sequences, in shuffled order, a fifth of them in none (-1).
-    token_logps = (-3 * torch.rand(n_tokens)).to(device).requires_grad_()
-    seq_ids = torch.randint(2 * n_pairs, (n_tokens,))
-    seq_ids[torch.rand(n_tokens) < 0.2] = -1
-    seq_ids = seq_ids.to(device)
-    per_sequence = 1.5 if average else 1.5 * n_tokens / (2 * n_pairs)     # about the policy's sequence log-probs
-    ref_logps = (-2 * per_sequence * torch.rand(2 * n_pairs)).to(device) if with_ref else None
-    loss, metrics = kernels.dpo_loss(token_logps, seq_ids, ref_logps, beta=beta, label_smoothing=label_smoothing,
-                                     loss_type=loss_type, average_log_prob=average, n_sequences=2 * n_pairs,
-                                     backend=backend)
-    loss.backward()
-
-    token_logps64 = token_logps.detach().double().requires_grad_()
-    truth, truth_metrics = dpo_float64(token_logps64, seq_ids, ref_logps, 2 * n_pairs, beta, label_smoothing,
-                                       loss_type, average)
-    truth.backward()
-    assert loss.shape == () and rel_err(loss, truth) < 1e-5
-    assert rel_err(token_logps.grad, token_logps64.grad) < 1e-5
-    assert (token_logps.grad[seq_ids == -1] == 0).all()
-    assert set(metrics) == set(METRICS)
-    for name in METRICS:
-        assert metrics[name].shape == (n_pairs,) and not metrics[name].requires_grad
-        torch.testing.assert_close(metrics[name].double().cpu(), truth_metrics[name].cpu(), rtol=1e-5, atol=1e-5)
-
-
-def test_dpo_loss_defaults_average_for_ipo_only():
-    token_logps, seq_ids = -torch.rand(30), torch.randint(4, (30,))
-    for loss_type, average in [("sigmoid", False), ("ipo", True)]:
-        default, _ = kernels.dpo_loss(token_logps, seq_ids, n_sequences=4, loss_type=loss_type)
-        explicit, _ = kernels.dpo_loss(token_logps, seq_ids, n_sequences=4, loss_type=loss_type,
-                                       average_log_prob=average)
-        assert default == explicit
+@pytest.mark.parametrize("average", [False, True])
+def test_sequence_logps_against_a_loop(average):
+    """Tokens in shuffled order, a fifth of them in no sequence (-1), one sequence empty: sums (or means) per
+    sequence against a Python loop in float64, and the gradient reaches exactly the tokens of a sequence."""
+    g = torch.Generator().manual_seed(0)
+    token_logps = (-3 * torch.rand(47, generator=g)).requires_grad_()
+    seq_ids = torch.randint(5, (47,), generator=g)
+    seq_ids[seq_ids == 4] = 5                                   # sequence 4 has no tokens
+    seq_ids[torch.rand(47, generator=g) < 0.2] = -1
+    out = kernels.sequence_logps(token_logps, seq_ids, 6, average)
+    for s in range(6):
+        mine = [float(x) for x, i in zip(token_logps.double(), seq_ids) if i == s]
+        want = (sum(mine) / len(mine) if average else sum(mine)) if mine else 0.0
+        assert abs(float(out[s]) - want) < 1e-5
+    weights = torch.arange(1.0, 7.0)
+    (out * weights).sum().backward()
+    counts = torch.bincount(seq_ids[seq_ids >= 0], minlength=6).float()
+    for t in range(47):
+        s = int(seq_ids[t])
+        want = 0.0 if s < 0 else float(weights[s] / (counts[s] if average else 1))
+        assert abs(float(token_logps.grad[t]) - want) < 1e-6
 
 
 # ---- the references' own gradients, and the dispatcher ----
@@ -273,14 +223,6 @@ def test_references_pass_gradcheck():
     # and the chunked PyTorch path, whose backward is written by hand (chunks of 4 and 2 tokens)
     assert torch.autograd.gradcheck(
         lambda h, w: kernels.linear_logprob(h, w, labels, chunk_size=4, backend="torch"), (hidden, weight))
-
-    token_logps = -torch.rand(20, dtype=torch.float64, requires_grad=True)
-    seq_ids = torch.tensor([0, 1, 2, 3, -1] * 4)
-    ref_logps = -torch.rand(4, dtype=torch.float64)
-    for ref, loss_type, smoothing, average in [(ref_logps, "sigmoid", 0.1, False), (None, "ipo", 0.0, True)]:
-        def loss(x, ref=ref, smoothing=smoothing, loss_type=loss_type, average=average):
-            return dpo_loss_reference(x, seq_ids, ref, 4, 0.5, smoothing, loss_type, average)[0]
-        assert torch.autograd.gradcheck(loss, (token_logps,))
 
 
 def test_backend_dispatch():
@@ -300,13 +242,8 @@ def test_bad_inputs_raise():
         kernels.logprob(logits, labels.float())
     with pytest.raises(ValueError, match="weight"):
         kernels.linear_logprob(torch.randn(4, 3), torch.randn(9, 5), labels)
-    token_logps, seq_ids = torch.randn(6), torch.tensor([0, 1, 2, 0, 1, 2])
-    with pytest.raises(ValueError, match="even"):
-        kernels.dpo_loss(token_logps, seq_ids, n_sequences=3)
-    with pytest.raises(ValueError, match="even"):
-        kernels.dpo_loss(token_logps, seq_ids)                    # reference-free needs n_sequences
-    with pytest.raises(ValueError, match="label_smoothing"):
-        kernels.dpo_loss(token_logps, seq_ids, n_sequences=4, loss_type="ipo", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="seq_ids"):
+        kernels.sequence_logps(torch.randn(6), torch.tensor([0.0, 1, 2, 0, 1, 2]), 3)
 
 
 @pytest.mark.slow
@@ -358,7 +295,8 @@ torch.testing.assert_close(kernels.linear_logprob(hidden, weight, labels, chunk_
 seq_ids = torch.randint(-1, 4, (37,), generator=g)
 ref = torch.randn(4, generator=g)
 token_logps = kernels.logprob(hidden @ weight.T, labels)
-loss, _ = kernels.dpo_loss(token_logps, seq_ids, ref)
+from train.losses import preference_loss
+loss, _ = preference_loss(kernels.sequence_logps(token_logps, seq_ids, 4), ref, 0.1)
 pi = [float(token_logps[seq_ids == s].sum()) for s in range(4)]        # 2 pairs: chosen 0, 1; rejected 2, 3
 z = [(pi[i] - pi[i + 2]) - float(ref[i] - ref[i + 2]) for i in range(2)]
 expected = sum(math.log1p(math.exp(-0.1 * zi)) for zi in z) / 2       # -logsigmoid(beta z), averaged

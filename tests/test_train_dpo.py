@@ -19,6 +19,7 @@ import kernels
 import model
 from train import dpo
 from train.data import read_pairs, step_batches
+from train.losses import preference_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = "helpful assistant answers the question".split()
@@ -72,7 +73,7 @@ def test_loss_is_the_formula_on_hand_computed_values():
     # pair 0: policy chosen -3, rejected -3; z = 0 - (-2.5 + 2) = 0.5
     # pair 1: policy chosen -0.5, rejected -4.25; z = 3.75 - (-1 + 5) = -0.25
     expected = (math.log1p(math.exp(-0.05)) + math.log1p(math.exp(0.025))) / 2  # -log sigmoid(beta z), beta 0.1
-    loss, m = kernels.dpo_loss(token_logps, seq_ids, ref, beta=0.1)
+    loss, m = preference_loss(kernels.sequence_logps(token_logps, seq_ids, 4), ref, beta=0.1)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert m["rewards_chosen"].tolist() == pytest.approx([-0.05, 0.05])
     assert m["rewards_rejected"].tolist() == pytest.approx([-0.1, 0.075])
@@ -175,8 +176,8 @@ def test_bad_pairs_are_skipped_and_counted_or_refused(tmp_path, tiny_checkpoint,
     assert code == 1 and f"error: {path}:1: missing field 'rejected'" in err
     code, err = run_dpo(capsys, tmp_path / "missing", path, tmp_path / "n")
     assert code == 1 and "missing/params.json: no such file" in err
-    code, err = run_dpo(capsys, tiny_checkpoint, path, tmp_path / "n", "loss_type=ipo", "label_smoothing=0.1")
-    assert code == 1 and "label_smoothing must be in [0, 0.5), and 0 with loss_type ipo" in err
+    code, err = run_dpo(capsys, tiny_checkpoint, path, tmp_path / "n", "loss_type=ipo", "loss_options={label_smoothing: 0.1}")
+    assert code == 1 and "loss_options: ipo takes no options; got label_smoothing" in err
 
 
 @pytest.mark.slow

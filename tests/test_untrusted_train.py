@@ -55,7 +55,7 @@ def error_line(err: str) -> str:
     ("dropout=nan", "dropout must be in [0, 1), got nan"),
     ("beta=nan", "beta must be a finite number > 0, got nan"),
     ("beta=inf", "beta must be a finite number > 0, got inf"),
-    ("label_smoothing=nan", "label_smoothing must be in [0, 0.5)"),
+    ("loss_options={label_smoothing: .nan}", "label_smoothing must be in [0, 0.5)"),
     ("activation_checkpointing=maybe", "key 'activation_checkpointing' must be bool, got 'maybe'"),
     ("batch_size=2.5", "key 'batch_size' must be int, got 2.5"),
     ("max_steps=true", "key 'max_steps' must be int, got True"),

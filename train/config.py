@@ -9,12 +9,13 @@ strings ("1e-6", which YAML 1.1 reads as text) are accepted for numeric keys.
 """
 import difflib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from model.errors import FormatError
+from train.losses import LOSSES, check_options
 
 
 @dataclass
@@ -42,10 +43,12 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block in the backward instead of storing it
     save_dtype: str = "auto"        # weights written to checkpoints: auto = the input checkpoint's dtype
 
-    CHOICES = {"param_dtype": ("auto", "bfloat16", "float32"), "save_dtype": ("auto", "float32", "bfloat16", "float16")}
+    def choices(self) -> dict:
+        """The keys that take one of a few values, and those values."""
+        return {"param_dtype": ("auto", "bfloat16", "float32"), "save_dtype": ("auto", "float32", "bfloat16", "float16")}
 
     def validate(self):
-        for key, choices in self.CHOICES.items():
+        for key, choices in self.choices().items():
             if getattr(self, key) not in choices:
                 raise ValueError(f"{key} must be one of {choices}, got {getattr(self, key)!r}")
         for key in ("batch_size", "micro_batch_size", "epochs", "max_seq_len", "save_every"):
@@ -85,19 +88,20 @@ class DPOConfig(TrainConfig):
     lr: float = 1e-6
     final_lr: float = 1e-7
     beta: float = 0.1
-    loss_type: str = "sigmoid"      # sigmoid = DPO; ipo = IPO (Azar et al.)
-    label_smoothing: float = 0.0    # > 0: conservative DPO (cDPO)
+    loss_type: str = "sigmoid"      # a name in train/losses.py's LOSSES: sigmoid = DPO, ipo, robust, hinge
+    loss_options: dict = field(default_factory=dict)  # the loss's own keyword arguments, e.g.
+                                    # {label_smoothing: 0.1}: sigmoid with it is conservative DPO (cDPO)
     reference: str = "cached"       # cached: reference log-probs computed once before training;
                                     # live: a second, frozen copy of the model scores every batch
 
-    CHOICES = {**TrainConfig.CHOICES, "loss_type": ("sigmoid", "ipo"), "reference": ("cached", "live")}
+    def choices(self) -> dict:
+        # LOSSES as it is now: a loss registered after this module was imported is a choice too
+        return {**super().choices(), "loss_type": tuple(LOSSES), "reference": ("cached", "live")}
 
     def validate(self):
         super().validate()
         _require(self, "beta", 0 < self.beta < math.inf, "a finite number > 0")
-        if not 0 <= self.label_smoothing < 0.5 or (self.loss_type == "ipo" and self.label_smoothing):
-            raise ValueError(f"label_smoothing must be in [0, 0.5), and 0 with loss_type ipo; "
-                             f"got {self.label_smoothing}")
+        check_options(self.loss_type, self.loss_options)
 
 
 def _coerce(key: str, kind: type, value, where: str):

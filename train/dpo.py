@@ -12,8 +12,9 @@ are skipped and counted; long ones are cut as train/data.py says.
 
 A step takes batch_size pairs. Each micro-batch's chosen and rejected answers go through one
 forward as 2B right-padded rows (chosen 0..B-1, rejected B..2B-1); a sequence's log-prob is the sum
-of its response tokens' log-probs (the mean for IPO), computed from the final hidden states by
-kernels.linear_logprob, and kernels.dpo_loss turns those into the loss and its metrics. The
+of its response tokens' log-probs (the mean for losses that ask for it, IPO), computed from the final
+hidden states by kernels.linear_logprob, and the loss named by `loss_type` (train/losses.py: sigmoid
+DPO, IPO, robust DPO, hinge, or one you register) turns those into the loss and its metrics. The
 reference log-probs are computed once before training by the same model in eval mode (no dropout)
 and cached in OUT.train/ref_logps.pt, keyed by the tokenised pairs, the checkpoint and the dtype,
 so the reference model is never held while the policy trains; `reference: live` keeps a frozen
@@ -33,6 +34,7 @@ from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.dtypes import dtype_name
 from model.errors import FormatError
 from train.config import DPOConfig
+from train.losses import LOSSES, preference_loss
 from train.data import collate, fingerprint, read_pairs, to_device
 from train.distributed import build, reshard, save_plain, setup, teardown
 from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
@@ -106,7 +108,7 @@ def main(argv=None):
         if d.rank == 0:
             print(f"dpo: {len(plan)} steps of {cfg.batch_size} pairs on {d.world} rank(s); output {run.out}, "
                   f"training files in {run.train}", file=sys.stderr)
-        average = cfg.loss_type == "ipo"  # IPO compares mean token log-probs, DPO sums
+        average = LOSSES[cfg.loss_type].average  # IPO compares mean token log-probs, DPO sums
         build_args = dict(param_dtype=cfg.param_dtype, activation_checkpointing=cfg.activation_checkpointing)
         net = build(a.model, d, dropout=cfg.dropout, **build_args)
         check_weights(net, d, a.model)  # before the reference log-probs come from it
@@ -122,7 +124,7 @@ def main(argv=None):
 
         def micro_step(step, micro):
             batch = pair_batch(pairs, micro, s.tokenizer.pad_id, d.device)
-            token_logps = net(batch.inputs, batch.index, batch.labels)                    # (M,)
+            policy = sequence_logps(net, batch, average)                                  # (2B,)
             if cfg.reference == "cached":
                 rows = to_device(torch.tensor(micro), d.device)                             # no wait for the GPU
                 ref = ref_logps[rows].T.flatten()                                           # (2B,) chosen, rejected
@@ -130,9 +132,7 @@ def main(argv=None):
                 with torch.no_grad():
                     ref = sequence_logps(reference, batch, average)
                 reshard(reference)
-            loss, metrics = kernels.dpo_loss(token_logps, batch.seq_ids, ref, beta=cfg.beta,
-                                             label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type,
-                                             average_log_prob=average)
+            loss, metrics = preference_loss(policy, ref, cfg.beta, cfg.loss_type, cfg.loss_options)
             share = len(micro) / cfg.batch_size  # the step's loss is the mean over all its pairs
             (loss * share * d.world).backward()  # FSDP averages gradients over ranks
             return {"loss": loss.detach() * share, "tokens": batch.n_tokens,  # device tensors, read once a step
