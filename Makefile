@@ -56,9 +56,11 @@ I      := $(R)/iter$(N)
 PREV   := $(R)/iter$(shell expr $(N) - 1)
 
 ifneq ($(filter-out setup test model tiny-model gpu-check,$(MAKECMDGOALS)),)
-# Regenerated on every make, replaced only when it changes. Each stage's own settings go to $(S)/<stage>,
-# rewritten only when they change: stage targets depend on them, so a changed setting makes exactly the
-# outputs it affects out of date (and the sampling stages discard rows made with other settings).
+# Regenerated on every make, replaced only when it changes. Each stage's own settings, and a digest of the code
+# that runs it (its script and every project module it imports: model/sources.py), go to $(S)/<stage>,
+# rewritten only when they change: stage targets depend on them, so a changed setting or an edit of the method
+# (judge/prompt.py, train/losses.py, ...) makes exactly the outputs it affects out of date (and the sampling
+# stages discard rows made with other settings or code).
 # A setting configs/iteration.py refuses (it says why on stderr) stops make here, before any stage.
 S := $(R)/settings
 CONFIG_OK := $(shell mkdir -p $(R) && $(PY) configs/iteration.py --stamps $(S) $(CONFIG) $(SET) > $(R)/config.mk.new \
@@ -84,7 +86,7 @@ iteration: $(I)/summary.json
 	@$(PY) model/checkpoint.py $(I)/model
 	@cat $<
 
-$(I)/sft.jsonl: $(IFT) $(EFT)
+$(I)/sft.jsonl: $(IFT) $(EFT) $(S)/sft_data
 	mkdir -p $(I)
 	$(PY) judge/sft_data.py --ift $(IFT) $(if $(filter 1,$(BASELINE)),,--eft $(EFT)) --out $@
 
@@ -93,11 +95,11 @@ $(I)/model/params.json: $(I)/sft.jsonl $(BASE_MODEL)/params.json $(S)/sft
 	$(if $(wildcard $@),rm -rf $(I)/model $(I)/model.train)
 	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $(I)/model --resume $(SFT_SET)
 
-$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(filter 1,$(BASELINE)),,$(R)/iter0/eval/reward_metrics.json)
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(filter 1,$(BASELINE)),,$(R)/iter0/eval/reward_metrics.json) $(S)/summary
 	$(PY) eval/summary.py --iter $(I) --out $@
 
 # M0 as a judge, before any EFT training: the parse rate the paper's EFT data is there to raise
-$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(S)/eval
+$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(S)/reward_metrics
 	mkdir -p $(R)/iter0/eval
 	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(R)/iter0/eval/ranked.trees.jsonl
 	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(R)/iter0/eval/ranked.trees.jsonl --out $@ \
@@ -141,18 +143,18 @@ $(I)/model/params.json: $(I)/dpo/params.json $(S)/select
 		$(SELECT_ARGS) $(TP_FLAG)
 endif
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
-$(I)/eval/head_to_head.json: $(I)/model/params.json $(S)/eval
+$(I)/eval/head_to_head.json: $(I)/model/params.json $(S)/head_to_head
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
 		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
-$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json $(S)/summary
 	$(PY) eval/summary.py --iter $(I) --out $@
 endif
 
 # the judge's quality (the paper's reward-model metrics), for M1 and every later model
-$(I)/eval/reward_metrics.json: $(I)/model/params.json $(S)/eval
+$(I)/eval/reward_metrics.json: $(I)/model/params.json $(S)/reward_metrics
 	mkdir -p $(I)/eval
 	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(I)/eval/ranked.trees.jsonl
 	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(I)/eval/ranked.trees.jsonl --out $@ \

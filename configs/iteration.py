@@ -20,12 +20,13 @@ import os
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import yaml
 
 from model.errors import FormatError
+from model.sources import code_digest
 from train.config import DPOConfig, SFTConfig, load_config
 
 # what a path may hold to be written into make and a shell unquoted: nothing either would interpret
@@ -152,7 +153,7 @@ def check_trainers(cfg: "Iteration") -> None:
     """Each trainer's config file and its `set:` overrides, read as the trainer will read them."""
     for name, trainer, config_class in (("sft", cfg.sft, SFTConfig), ("dpo", cfg.dpo, DPOConfig)):
         try:
-            load_config(config_class, trainer.config, [f"{k}={v}" for k, v in trainer.set.items()])
+            load_config(config_class, trainer.config, overrides_list(trainer))
         except FormatError as e:
             raise ValueError(f"{name}: {e}") from None
 
@@ -191,11 +192,16 @@ def flags(stage, skip=()) -> str:
                     for f in fields(stage) if f.name not in skip)
 
 
+def overrides_list(trainer: Trainer) -> list[str]:
+    """A trainer's `set:` mapping as KEY=VALUE overrides, values as JSON (which the trainers read as YAML:
+    a mapping such as loss_options, or a bool, survives the trip)."""
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in trainer.set.items()]
+
+
 def overrides(trainer: Trainer) -> str:
     """A trainer's `set:` mapping as its --set key=value arguments."""
-    # values as JSON, which the trainers read as YAML: a mapping (loss_options) or a bool survives the trip
-    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in trainer.set.items()}
-    return ("--set " + " ".join(shlex.quote(f"{k}={v}") for k, v in values.items())) if values else ""
+    items = overrides_list(trainer)
+    return ("--set " + " ".join(shlex.quote(item) for item in items)) if items else ""
 
 
 def variables(cfg: Iteration) -> dict:
@@ -232,29 +238,60 @@ def make_variables(cfg: Iteration) -> str:
 
 
 def file_digest(path: str) -> str:
-    """A trainer YAML's content: editing configs/dpo.yaml must make the models trained with it stale."""
+    """A file's content: editing configs/dpo.yaml must make the models trained with it stale."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
 
 
+def trainer_digest(config_class, trainer: Trainer) -> str:
+    """The resolved trainer settings (its YAML with the set: keys applied), less micro_batch_size, which
+    changes memory and speed but not the model (train/config.py)."""
+    resolved = asdict(load_config(config_class, trainer.config, overrides_list(trainer)))
+    resolved.pop("micro_batch_size")
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The scripts whose code decides each stage's output (model/sources.py adds every project module they import):
+# editing judge/prompt.py redoes the judgements and the SFT data that embed its template, and nothing else.
+STAGE_SCRIPTS = {
+    "sft_data": ("judge/sft_data.py",),
+    "sft": ("train/sft.py",),
+    "self_instruct": ("sample/self_instruct.py",),
+    "generate": ("sample/generate.py",),
+    "judge": ("judge/score.py",),
+    "pairs": ("judge/pairs.py",),
+    "dpo": ("train/dpo.py",),
+    "select": ("eval/select_checkpoint.py",),
+    "reward_metrics": ("eval/reward_metrics.py",),
+    "head_to_head": ("eval/head_to_head.py",),
+    "summary": ("eval/summary.py",),
+}
+
+
 def stage_settings(cfg: Iteration) -> dict[str, str]:
-    """What each stage's outputs depend on besides its input files, one text per stage. Not the number
-    of processes or tensor parallelism: the outputs do not depend on them."""
+    """What each stage's outputs depend on besides its input files, one text per stage: its settings and
+    the digest of the code that runs it. Not the number of processes, tensor parallelism, batch sizes of
+    the samplers or micro-batch sizes of the trainers: the outputs do not depend on them."""
     v = variables(cfg)
 
     def pick(*keys, batch_size=False):
         text = "".join(f"{k} := {value}\n" for k, value in v.items() if k in keys)
         # the sampler's outputs do not depend on its batch size (self-instruct's requests do)
         return text if batch_size else re.sub(r" ?--batch-size \S+", "", text)
-    return {
-        "sft": pick("IFT", "EFT", "SFT_CONFIG", "SFT_SET") + f"config {file_digest(cfg.sft.config)}\n",
+    evaluation = ("RANKED", "HELDOUT", "EVAL_ARGS", "H2H_ARGS", "EVAL_RANKED_LIMIT", "EVAL_HELDOUT_LIMIT", "SEED")
+    settings = {
+        "sft_data": pick("IFT", "EFT"),
+        "sft": f"trainer {trainer_digest(SFTConfig, cfg.sft)}\n",
         "self_instruct": pick("SI_MODEL", "SI_ARGS", "IFT", "SEED", batch_size=True),
         "generate": pick("GEN_ARGS", "SEED"),
         "judge": pick("JUDGE_ARGS", "SEED"),
         "pairs": pick("PAIRS_ARGS"),
-        "dpo": pick("DPO_CONFIG", "DPO_SET") + f"config {file_digest(cfg.dpo.config)}\n",
-        "eval": pick("RANKED", "HELDOUT", "EVAL_ARGS", "H2H_ARGS", "EVAL_RANKED_LIMIT", "EVAL_HELDOUT_LIMIT", "SEED"),
+        "dpo": f"trainer {trainer_digest(DPOConfig, cfg.dpo)}\n",
         "select": pick("SELECT_JUDGE", "SELECT_PROMPTS", "SELECT_LIMIT", "SELECT_ARGS", "HELDOUT", "SEED"),
+        "reward_metrics": pick(*evaluation),
+        "head_to_head": pick(*evaluation),
+        "summary": "",
     }
+    return {stage: text + f"code {code_digest(*STAGE_SCRIPTS[stage])}\n" for stage, text in settings.items()}
 
 
 def write_stamps(directory: str, cfg: Iteration) -> None:

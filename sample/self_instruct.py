@@ -160,8 +160,8 @@ def main(argv=None):
     max_requests = a.max_requests or 20 * a.n_prompts
     # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
     # size does too (--n-prompts and --max-requests only say when to stop).
-    settings = {**settings_record(config, net), "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(),
-                "batch_size": a.batch_size, "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
+    settings = {**settings_record(config, net, "sample/self_instruct.py"),
+                "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": a.batch_size, "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
     log = open_output(attempts, rank, world, "sample/self_instruct.py", settings, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends

@@ -28,6 +28,7 @@ import model
 from model.distributed import join_process_group
 from model.dtypes import resolve_dtype
 from model.errors import FormatError
+from model.sources import ROOT, code_digest
 from sample.resume import ResumableJSONL, read_rows
 from sample.sampler import Sampler, SamplingParams
 from sample.tp import broadcast_tokens
@@ -142,11 +143,15 @@ def requests_digest(requests: list[Request]) -> str:
     return digest.hexdigest()
 
 
-def settings_record(config: StageConfig, net) -> dict:
+def settings_record(config: StageConfig, net, stage: str = "") -> dict:
     """What decides a sampling stage's rows besides its requests: the checkpoint, the dtype, the sampling
-    parameters and the seed (not the batch size or the parallelism: outputs do not depend on them)."""
+    parameters, the seed, and the code of the stage's script (its first word) with every project module it
+    imports (model/sources.py); not the batch size or the parallelism: outputs do not depend on them."""
+    script = stage.split(" ")[0]
+    code = code_digest(script) if script.endswith(".py") and (ROOT / script).is_file() else ""
     return {"model": model.checkpoint.fingerprint(config.model), "dtype": str(next(net.parameters()).dtype),
-            "sampling": [config.temperature, config.top_p, config.top_k, config.max_new_tokens], "seed": config.seed}
+            "sampling": [config.temperature, config.top_p, config.top_k, config.max_new_tokens], "seed": config.seed,
+            "code": code}
 
 
 def open_output(out, rank: int, world: int, stage: str, settings: dict, **kwargs) -> ResumableJSONL:
@@ -180,7 +185,7 @@ def run_stage(config: StageConfig, stage: str, make_requests, make_rows, n: int,
         sys.exit(f"error: {e}")
     requests = make_requests(tokenizer)
     writer = open_output(config.out, rank, world, stage,
-                         {**settings_record(config, net), "n": n, "requests": requests_digest(requests)})
+                         {**settings_record(config, net, stage), "n": n, "requests": requests_digest(requests)})
     fits = [r for r in requests if len(r.token_ids) < net.args.max_seq_len]
     too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
     if on_too_long is not None and rank == 0:

@@ -232,3 +232,33 @@ def test_a_changed_setting_redoes_what_it_affects(runs, tiny_checkpoint, tmp_pat
     assert three.returncode == 0, three.stdout[-3000:] + three.stderr[-3000:]
     for name, data in before.items():
         assert (it / name).read_bytes() == data, name
+
+
+def test_an_edit_of_the_method_redoes_what_it_affects(runs, tiny_checkpoint, tmp_path):
+    """A copy of the project's files runs the finished run's make (dry, -n): unchanged, nothing is redone; an
+    edit of the judge template redoes judging and what follows it, not the prompts or the candidates; an edit
+    of the losses redoes DPO and what follows, not the judging; a new micro_batch_size redoes nothing."""
+    whole, _ = runs
+    repo = tmp_path / "repo"
+    for folder in ("model", "kernels", "sample", "judge", "train", "eval", "configs", "data"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "Makefile", repo / "Makefile")
+    shutil.copytree(whole, tmp_path / "runs" / "r")
+
+    def dry_run(*settings):
+        cmd = ["make", "-n", "-C", str(repo), "iteration", "N=2", f"RUNS={tmp_path / 'runs'}", "RUN=r",
+               "CONFIG=configs/tiny.yaml", f"PY={sys.executable}",
+               f"SET=base_model={tiny_checkpoint} self_instruct.model={tiny_checkpoint} " + " ".join(SETTINGS + list(settings))]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return [s for s in ("self_instruct.py", "generate.py", "score.py", "pairs.py", "dpo.py", "reward_metrics.py",
+                            "head_to_head.py", "summary.py") if f"/{s} " in done.stdout]
+
+    assert dry_run() == []
+    assert dry_run("dpo.set.micro_batch_size=1") == []  # memory and speed only
+    with open(repo / "train/losses.py", "a") as f:
+        f.write("\n# an edit of the losses\n")
+    assert dry_run() == ["dpo.py", "reward_metrics.py", "head_to_head.py", "summary.py"]
+    with open(repo / "judge/prompt.py", "a") as f:
+        f.write("\n# an edit of the judge\n")
+    assert dry_run() == ["score.py", "pairs.py", "dpo.py", "reward_metrics.py", "head_to_head.py", "summary.py"]
