@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from judge.pairs import RULES
 from model.errors import FormatError
 from model.sources import code_digest
 from train.config import DPOConfig, SFTConfig, load_config
@@ -63,6 +64,7 @@ class Judge(Sampling):
 
 @dataclass
 class Pairs:
+    rule: str = "best_vs_worst"  # judge/pairs.py's RULES
     min_gap: float = 0.0
 
 
@@ -179,6 +181,8 @@ def load(path: str, overrides: list[str]) -> Iteration:
     if not cfg.base_model:
         raise ValueError(f"{path}: base_model is empty")
     check_trainers(cfg)
+    if cfg.pairs.rule not in RULES:
+        raise ValueError(f"{path}: pairs.rule must be one of {sorted(RULES)} (judge/pairs.py), got {cfg.pairs.rule!r}")
     return cfg
 
 

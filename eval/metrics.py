@@ -12,8 +12,9 @@ when no judgement of it parsed. Every rate is a fraction in [0, 1], or None when
   counts as not correct (the model did not order the pair); pairwise_tie_rate is the fraction of
   pairs tied, so counting a tie as half is pairwise_accuracy + pairwise_tie_rate / 2. A pair with a
   missing score is not correct either (pairwise_missing_rate).
-- five_best: of the replies the model scores 5 (every parsed judgement said 5), the fraction that
-  humans ranked best, i.e. whose rank is the lowest among that prompt's replies.
+- five_best: of the replies the model scores 5 (every parsed judgement said 5; the top of the scale,
+  judge/parse.py's MAX_SCORE, under another judge prompt), the fraction that humans ranked best, i.e.
+  whose rank is the lowest among that prompt's replies.
 - exact_match: the fraction of prompts whose order by the model's scores is the human order, ties
   included: for every pair of replies, the model ties them exactly when humans do and otherwise
   prefers the one humans ranked better. A prompt with a missing score is not a match.
@@ -25,6 +26,8 @@ when no judgement of it parsed. Every rate is a fraction in [0, 1], or None when
 """
 import math
 from collections.abc import Sequence
+
+from judge import parse
 
 Scores = Sequence[float | None]
 Ranks = Sequence[int]
@@ -126,7 +129,7 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
         correct, tied, missing, pairs = correct + c, tied + t, missing + m, pairs + n
         best = min(r)
         for score, rank in zip(s, r):
-            if score is not None and score >= 5:
+            if score is not None and score >= parse.MAX_SCORE:
                 fives += 1
                 fives_best += rank == best
         exact += same_order(s, r)

@@ -34,10 +34,11 @@ from pathlib import Path
 
 from eval.reward_metrics import COLUMNS as RM_COLUMNS, PAPER as PAPER_REWARD
 from eval.stages import is_number, number, percent
+from judge import parse
 
-# The paper's head-to-head result the issue quotes (Llama-2-70B, GPT-4 as the judge): win / tie / loss.
+# The paper's head-to-head result for M2 against M1 (Llama-2-70B, GPT-4 as the judge): win / tie / loss.
 PAPER_HEAD_TO_HEAD = {"M2 vs M1": (0.555, 0.328, 0.117)}
-SCORES = [str(s) for s in range(6)]
+SCORES = [str(s) for s in range(parse.MAX_SCORE + 1)]
 
 
 def read_json(path: Path) -> dict:
@@ -72,7 +73,7 @@ def read_run(run: Path) -> tuple[list[dict], dict | None]:
 
 
 def score_counts(histogram) -> list[float]:
-    """The counts of scores 0..5 in a summary's "score_histogram", [] if it holds none."""
+    """The counts of scores 0..MAX_SCORE in a summary's "score_histogram", [] if it holds none."""
     if not isinstance(histogram, dict):
         return []
     counts = [c if is_number(c := histogram.get(s, 0)) else 0 for s in SCORES]
@@ -176,8 +177,8 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         width = 0.8 / len(hists)
         for k, (n, counts) in enumerate(hists):
-            ax.bar([s + k * width for s in range(6)], [c / sum(counts) for c in counts], width, label=f"iter {n}")
-        ax.set(xticks=[s + 0.4 - width / 2 for s in range(6)], xticklabels=SCORES, xlabel="judge score",
+            ax.bar([s + k * width for s in range(len(SCORES))], [c / sum(counts) for c in counts], width, label=f"iter {n}")
+        ax.set(xticks=[s + 0.4 - width / 2 for s in range(len(SCORES))], xticklabels=SCORES, xlabel="judge score",
                ylabel="fraction of judgements", title="Score distribution")
         ax.legend()
         save(fig, "scores.png")

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from eval.stages import number, percent, write_json
+from judge import parse
 from model.jsonl import read_jsonl
 
 
@@ -51,7 +52,7 @@ def summarise(it: Path) -> dict:
         parsed = [x for x in scores if x is not None]
         s["judgements"] = len(scores)
         s["judge_parse_rate"] = len(parsed) / len(scores) if scores else None
-        s["score_histogram"] = {str(k): sum(round(x) == k for x in parsed) for k in range(6)}
+        s["score_histogram"] = {str(k): sum(round(x) == k for x in parsed) for k in range(parse.MAX_SCORE + 1)}
         s["neutralised"] = sum(bool(r.get("neutralised")) for r in rows)
     pairs = read_json(it / "pairs.summary.json")
     if pairs:

@@ -9,13 +9,14 @@ Input, judged.jsonl (written by judge/score.py), one line per candidate answer:
    "neutralised": bool (the response held text that tried to decide its own score)}
 Only id, sample, prompt, response and score are needed here (neutralised is counted
 when present), so a judged.jsonl from any other judge works as long as it has those,
-with scores on the judge prompt's scale, 0 to 5. A file with no lines is an error.
+with scores on the judge prompt's scale, 0 to judge/parse.py's MAX_SCORE. A file with no lines is an error.
 
 Per prompt id:
   - candidates whose score is null are left out;
   - fewer than two scored candidates: no pair ("fewer than 2 scored");
-  - chosen = the highest score, rejected = the lowest; between equal scores the
-    lowest sample index wins, a rule blind to the text and its length;
+  - the rule (--rule, RULES below) picks chosen and rejected; the paper's, best_vs_worst: the
+    highest score against the lowest, between equal scores the lowest sample index, a rule blind
+    to the text and its length;
   - chosen and rejected scored the same: no pair ("tie"); scores closer than
     --min-gap: no pair ("gap below min"). A pair always has a positive gap.
 Output, pairs.jsonl (TRL's DPO field names plus ids), one line per pair, in prompt order:
@@ -29,7 +30,9 @@ import json
 import math
 import sys
 from collections import Counter
+from typing import Callable
 
+from judge import parse
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 
@@ -46,8 +49,8 @@ def _check_row(row: dict) -> str | None:
             return f"'{key}' must be a string, got {type(row[key]).__name__}"
     score = row["score"]
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))
-                              or not math.isfinite(score) or not 0 <= score <= 5):
-        return f"'score' must be a number from 0 to 5 or null, got {json.dumps(score)}"
+                              or not math.isfinite(score) or not 0 <= score <= parse.MAX_SCORE):
+        return f"'score' must be a number from 0 to {parse.MAX_SCORE} or null, got {json.dumps(score)}"
     if "neutralised" in row and not isinstance(row["neutralised"], bool):
         return f"'neutralised' must be true or false, got {json.dumps(row['neutralised'])}"
     return None
@@ -72,15 +75,39 @@ def read_judged(path) -> list[dict]:
     return rows
 
 
-def select_pair(candidates: list[dict], min_gap: float = 0.0) -> tuple[dict | None, str | None]:
+# Pair-selection rules: the scored candidates of one prompt (at least two, in sample order) -> (chosen,
+# rejected), or the reason this prompt gives no pair. `--rule NAME` (pairs.rule in a loop config) picks one;
+# adding a rule is a function here and its decorator.
+RULES: dict[str, Callable[[list[dict]], tuple[dict, dict] | str]] = {}
+
+
+def rule(name: str):
+    def add(fn):
+        RULES[name] = fn
+        return fn
+    return add
+
+
+@rule("best_vs_worst")
+def best_vs_worst(scored: list[dict]) -> tuple[dict, dict] | str:
+    """The paper's: the highest score against the lowest; between equal scores the lowest sample index wins
+    (max and min keep the first of equals), a rule blind to the text and its length. Equal ends: a tie."""
+    chosen = max(scored, key=lambda c: c["score"])
+    rejected = min(scored, key=lambda c: c["score"])
+    return (chosen, rejected) if chosen["score"] > rejected["score"] else "tie"
+
+
+def select_pair(candidates: list[dict], min_gap: float = 0.0, rule: str = "best_vs_worst") -> tuple[dict | None, str | None]:
     """(pair, None) or (None, drop reason) for the candidates of one prompt (see the module doc)."""
     scored = sorted((c for c in candidates if c["score"] is not None), key=lambda c: c["sample"])
     if len(scored) < 2:
         return None, "fewer than 2 scored"
-    chosen = max(scored, key=lambda c: c["score"])       # max/min keep the first of equals: lowest sample
-    rejected = min(scored, key=lambda c: c["score"])
+    picked = RULES[rule](scored)
+    if isinstance(picked, str):
+        return None, picked
+    chosen, rejected = picked
     gap = chosen["score"] - rejected["score"]
-    if gap == 0:
+    if gap <= 0:
         return None, "tie"
     if gap < min_gap - 1e-9:                              # means of a few scores: allow rounding error
         return None, "gap below min"
@@ -90,14 +117,14 @@ def select_pair(candidates: list[dict], min_gap: float = 0.0) -> tuple[dict | No
             "rejected_sample": rejected["sample"]}, None
 
 
-def build_pairs(rows: list[dict], min_gap: float = 0.0) -> tuple[list[dict], dict]:
+def build_pairs(rows: list[dict], min_gap: float = 0.0, rule: str = "best_vs_worst") -> tuple[list[dict], dict]:
     """Pairs from judged rows (one per prompt id that gives one, in first-appearance order) and statistics."""
     by_prompt: dict = {}
     for row in rows:
         by_prompt.setdefault(row["id"], []).append(row)
     pairs, dropped = [], Counter()
     for candidates in by_prompt.values():
-        pair, reason = select_pair(candidates, min_gap)
+        pair, reason = select_pair(candidates, min_gap, rule)
         if pair is None:
             dropped[reason] += 1
         else:
@@ -108,7 +135,8 @@ def build_pairs(rows: list[dict], min_gap: float = 0.0) -> tuple[list[dict], dic
         "candidates": len(rows),
         "scored": sum(r["score"] is not None for r in rows),
         "pairs": len(pairs),
-        "dropped": {reason: dropped[reason] for reason in DROP_REASONS},
+        "dropped": {**{reason: 0 for reason in DROP_REASONS}, **dropped},
+        "rule": rule,
         "min_gap": min_gap,
         "neutralised": len(neutralised),
         "neutralised_chosen": sum((p["id"], p["chosen_sample"]) in neutralised for p in pairs),
@@ -155,6 +183,8 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="pairs JSONL to write (replaced atomically)")
     parser.add_argument("--min-gap", type=float, default=0.0,
                         help="drop pairs whose score_chosen - score_rejected is below this (default 0: only ties)")
+    parser.add_argument("--rule", default="best_vs_worst", choices=sorted(RULES),
+                        help="how a prompt's chosen and rejected answers are picked (default %(default)s, the paper's)")
     parser.add_argument("--summary", help="also write the statistics as JSON to this file")
     a = parser.parse_args(argv)
     if not (math.isfinite(a.min_gap) and a.min_gap >= 0):
@@ -163,7 +193,7 @@ def main(argv=None):
         check_output(a.out, {"--judged": a.judged})
         if a.summary:
             check_output(a.summary, {"--judged": a.judged, "--out": a.out}, flag="--summary")
-        pairs, stats = build_pairs(read_judged(a.judged), a.min_gap)
+        pairs, stats = build_pairs(read_judged(a.judged), a.min_gap, a.rule)
         write_jsonl_atomic(a.out, pairs)
         if a.summary:
             with open(a.summary, "w") as f:

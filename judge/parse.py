@@ -21,8 +21,8 @@ The rule, in order:
      value ("Score: 3 or 4", "Score: 3-4", "Score: 3 to 4", "Score: 3, 4"), or
      a sum disagrees with its stated total ("Score: 1 + 1 + 1 = 4");
    - "spelled out": the value is a word ("Score: four");
-   - "not out of 5": it gives another scale ("Score: 8/10", "7 out of 10");
-   - "out of range": the number is outside [0, 5] ("Score: 6", "Score: -1").
+   - "another scale": it gives a denominator other than MAX_SCORE ("Score: 8/10", "7 out of 10");
+   - "out of range": the number is outside [0, MAX_SCORE] ("Score: 6", "Score: -1").
    Otherwise the score is the number (a float; 4.5 is allowed).
 
 `parse_score` never raises: anything it cannot read gives ParsedScore(None, reason).
@@ -32,7 +32,11 @@ summary can count reason.split(":")[0].
 import re
 from typing import NamedTuple
 
-REASONS = ("no score", "conflicting scores", "spelled out", "not out of 5", "out of range", "not text")
+# The top of the judge prompt's scale (judge/prompt.py: the paper's additive 5-point system, 0 to 5 points).
+# A prompt with another scale changes it here; judge/pairs.py, the summaries and the report read it from here.
+MAX_SCORE = 5
+
+REASONS = ("no score", "conflicting scores", "spelled out", "another scale", "out of range", "not text")
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
@@ -53,7 +57,7 @@ _ONLY_MARKDOWN = re.compile(r"[*_ \t.]*(?:\n|$)")
 
 
 class ParsedScore(NamedTuple):
-    score: float | None   # the judge's score in [0, 5], or None
+    score: float | None   # the judge's score in [0, MAX_SCORE], or None
     reason: str | None    # why there is no score (None when there is one)
 
 
@@ -102,8 +106,8 @@ def parse_score(text) -> ParsedScore:
     if isinstance(value, str):
         return ParsedScore(None, f"spelled out: {final.group('value')!r}")
     denominator = final.group("denominator")
-    if denominator is not None and float(denominator) != 5:
-        return ParsedScore(None, f"not out of 5: {final.group(0).strip()!r}")
-    if not 0 <= value <= 5:
+    if denominator is not None and float(denominator) != MAX_SCORE:
+        return ParsedScore(None, f"another scale: {final.group(0).strip()!r}")
+    if not 0 <= value <= MAX_SCORE:
         return ParsedScore(None, f"out of range: {value:g}")
     return ParsedScore(value, None)

@@ -18,6 +18,7 @@ import argparse
 import sys
 from collections import Counter
 
+from judge import parse
 from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
@@ -67,7 +68,7 @@ def summary(rows: list[dict]) -> str:
              f"({100 * parsed / max(judgements, 1):.1f}%); {sum(r['neutralised'] for r in rows)} responses "
              f"neutralised; {sum(not r['judgements'] for r in rows)} not judged (prompt too long)",
              "score histogram (each judgement, rounded): " +
-             ", ".join(f"{k}: {histogram.get(k, 0)}" for k in range(6))]
+             ", ".join(f"{k}: {histogram.get(k, 0)}" for k in range(parse.MAX_SCORE + 1))]
     if reasons:
         lines.append("unparsed because: " + ", ".join(f"{v} {k}" for k, v in reasons.most_common()))
     return "\n".join(lines)

@@ -75,9 +75,9 @@ PARSER_TABLE = [
     ("Score: Five points", None, "spelled out"),
     ("Score: 3\nOn second thought, Score: two", None, "spelled out"),
     # another scale
-    ("Score: 8/10", None, "not out of 5"),
-    ("Score: 7 out of 10", None, "not out of 5"),
-    ("**Score: 4/4**", None, "not out of 5"),
+    ("Score: 8/10", None, "another scale"),
+    ("Score: 7 out of 10", None, "another scale"),
+    ("**Score: 4/4**", None, "another scale"),
     # out of range
     ("Score: 6", None, "out of range"),
     ("Score: -1", None, "out of range"),
@@ -279,6 +279,52 @@ def test_pairs_cli_end_to_end(tmp_path, capsys):
     pairs_main(["--judged", str(tmp_path / "judged.jsonl"), "--out", str(tmp_path / "pairs.jsonl"),
                 "--min-gap", "2"])
     assert [p["id"] for p in read_jsonl(tmp_path / "pairs.jsonl")] == ["q1"]
+
+
+def test_a_rule_registered_here_picks_the_pairs(tmp_path, capsys):
+    """The README's recipe for a new pair-selection rule: one function and its decorator, then --rule (or
+    pairs.rule in a loop config) names it. Here: the best answer against the second best, not the worst."""
+    from judge import pairs as pairs_module
+
+    @pairs_module.rule("best_vs_second")
+    def best_vs_second(scored):
+        ranked = sorted(scored, key=lambda c: -c["score"])          # stable: lower sample first among equals
+        return (ranked[0], ranked[1]) if ranked[0]["score"] > ranked[1]["score"] else "runner-up tied"
+
+    try:
+        rows = [judged_line("q1", 0, [4, 5, 4], "Good."), judged_line("q1", 1, [1, 1, 1], "Weak."),
+                judged_line("q1", 2, [3, 3, 3], "Okay."),
+                judged_line("q2", 0, [5, 5, 5], "Best."), judged_line("q2", 1, [5, 5, 5], "Also best."),
+                judged_line("q2", 2, [1, 1, 1], "Worst.")]
+        write_jsonl_atomic(tmp_path / "judged.jsonl", rows)
+        pairs_main(["--judged", str(tmp_path / "judged.jsonl"), "--out", str(tmp_path / "pairs.jsonl"),
+                    "--rule", "best_vs_second", "--summary", str(tmp_path / "summary.json")])
+    finally:
+        del pairs_module.RULES["best_vs_second"]
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    assert [(p["id"], p["chosen_sample"], p["rejected_sample"]) for p in pairs] == [("q1", 0, 2)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rule"] == "best_vs_second" and summary["dropped"]["runner-up tied"] == 1
+    assert "1 runner-up tied" in capsys.readouterr().out
+
+
+def test_a_new_scale_is_one_constant(monkeypatch, tmp_path):
+    """The README's recipe for a judge prompt on another scale: MAX_SCORE in judge/parse.py (with the new
+    template in judge/prompt.py). A 10-point judge's "8/10" is a score; "4/5" is then another scale; the
+    pairs accept scores up to 10, the summary's histogram counts 0-10."""
+    from eval import summary
+    from judge import parse
+    monkeypatch.setattr(parse, "MAX_SCORE", 10)
+    assert parse_score("Score: 8/10") == (8.0, None) and parse_score("Score: 10") == (10.0, None)
+    assert parse_score("Score: 4/5").reason.startswith("another scale")
+    assert parse_score("Score: 11").reason.startswith("out of range")
+    it = tmp_path / "iter2"
+    it.mkdir()
+    write_jsonl_atomic(it / "judged.jsonl", [judged_line("q", 0, [9, 8], "A."), judged_line("q", 1, [2], "B.")])
+    pairs, _ = build_pairs(read_judged(it / "judged.jsonl"))
+    assert pairs[0]["score_chosen"] == 8.5
+    histogram = summary.summarise(it)["score_histogram"]
+    assert list(histogram) == [str(k) for k in range(11)] and histogram["9"] == histogram["8"] == histogram["2"] == 1
 
 
 def test_pairs_cli_runs_as_a_script_with_help_and_one_line_errors(tmp_path):
