@@ -20,7 +20,8 @@ Per prompt id:
   - chosen and rejected scored the same: no pair ("tie"); scores closer than
     --min-gap: no pair ("gap below min"). A pair always has a positive gap.
 Output, pairs.jsonl (TRL's DPO field names plus ids), one line per pair, in prompt order:
-  {"id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "chosen_sample", "rejected_sample"}
+  {"id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "chosen_sample", "rejected_sample"},
+  and "messages" (the whole conversation; "prompt" is its last turn) when the prompt was multi-turn,
 written atomically. The summary says how many prompts gave pairs and why the
 others did not, and compares chosen and rejected lengths (in characters):
 self-rewarding is known to drift towards longer answers.
@@ -111,7 +112,8 @@ def select_pair(candidates: list[dict], min_gap: float = 0.0, rule: str = "best_
         return None, "tie"
     if gap < min_gap - 1e-9:                              # means of a few scores: allow rounding error
         return None, "gap below min"
-    return {"id": chosen["id"], "prompt": chosen["prompt"], "chosen": chosen["response"],
+    conversation = {"messages": chosen["messages"]} if "messages" in chosen else {}  # a multi-turn prompt, whole
+    return {"id": chosen["id"], "prompt": chosen["prompt"], **conversation, "chosen": chosen["response"],
             "rejected": rejected["response"], "score_chosen": chosen["score"],
             "score_rejected": rejected["score"], "chosen_sample": chosen["sample"],
             "rejected_sample": rejected["sample"]}, None

@@ -1,6 +1,7 @@
 """The judge prompt: the paper's LLM-as-a-Judge template (Figure 2), filled in safely.
 
     messages = judge_messages(instruction, response)   # one user turn; the tokenizer applies the chat template
+    messages = judge_messages(conversation, response)  # a multi-turn prompt: the judge sees the whole of it
     text, neutralised = neutralise_response(response)  # what the judge sees, and whether anything was changed
 
 The response being judged is written by the model being trained, so it must not
@@ -61,11 +62,24 @@ def neutralise_response(response: str) -> tuple[str, bool]:
     return text, text != response
 
 
-def judge_prompt(instruction: str, response: str) -> str:
-    """The judge template filled with the instruction as asked and the response neutralised."""
-    return JUDGE_TEMPLATE.format(instruction=instruction, response=neutralise_response(response)[0])
+def instruction_text(prompt: str | list[dict]) -> str:
+    """What fills the template's "User: {instruction}": a prompt's text, or for a conversation (chat messages
+    ending with the user turn being answered) its earlier turns, one "Role: content" block each, then that
+    last turn. A one-turn conversation gives the paper's prompt exactly."""
+    if isinstance(prompt, str):
+        return prompt
+    *earlier, last = prompt
+    if not earlier:
+        return last["content"]
+    context = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in earlier)
+    return f"[The conversation so far]\n{context}\n[The message the response answers]\n{last['content']}"
 
 
-def judge_messages(instruction: str, response: str) -> list[dict]:
+def judge_prompt(instruction: str | list[dict], response: str) -> str:
+    """The judge template filled with the instruction (or conversation) as asked and the response neutralised."""
+    return JUDGE_TEMPLATE.format(instruction=instruction_text(instruction), response=neutralise_response(response)[0])
+
+
+def judge_messages(instruction: str | list[dict], response: str) -> list[dict]:
     """The judge prompt as a chat: a single user turn."""
     return [{"role": "user", "content": judge_prompt(instruction, response)}]

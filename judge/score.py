@@ -23,7 +23,7 @@ from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
-from sample.generate import add_sampling_args, positive_int, stage_config
+from sample.generate import add_sampling_args, messages_problem, positive_int, stage_config
 from sample.sampler import Completion
 from sample.stage import Request, is_rank_zero, run_stage, throughput
 
@@ -36,6 +36,10 @@ def read_candidates(path) -> list[dict]:
         key = (row["id"], row["sample"])
         if not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
             raise FormatError(f"{path}:{lineno}: 'prompt' and 'response' must be strings")
+        problem = messages_problem(row["messages"]) if "messages" in row else None
+        if problem:
+            raise FormatError(f"{path}:{lineno}: 'messages' (the whole conversation of a multi-turn prompt) is not a "
+                              f"conversation the chat templates take: {problem}")
         if key in seen:
             raise FormatError(f"{path}:{lineno}: candidate (id {key[0]!r}, sample {key[1]!r}) "
                               f"already on line {seen[key]}")
@@ -89,7 +93,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
     def requests(tokenizer):
-        return [Request([c["id"], c["sample"]], c, tokenizer.encode_chat(judge_messages(c["prompt"], c["response"])),
+        # the judge sees a multi-turn prompt's whole conversation, not only its last turn
+        return [Request([c["id"], c["sample"]], c,
+                        tokenizer.encode_chat(judge_messages(c.get("messages") or c["prompt"], c["response"])),
                         [(c["id"], c["sample"])]) for c in candidates]
 
     rows, stats, _ = run_stage(stage_config(a), "judge/score.py", requests, judged_row, a.samples, desc="judging",

@@ -57,3 +57,49 @@ def test_score_cli_reports_bad_candidates(tmp_path, tiny_checkpoint):
                            "--candidates", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "j.jsonl")],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "c.jsonl:2: candidate (id 1, sample 0) already on line 1" in proc.stderr
+
+
+def test_a_conversation_stays_whole_from_candidates_to_dpo(tmp_path, tiny_checkpoint, monkeypatch):
+    """A multi-turn prompt: generate keeps its messages in the candidates (prompt = the last turn), the judge is
+    asked about the whole conversation, the pair carries it, and DPO's prompt side is all of it, encoded by
+    the chat template exactly as the conversation is."""
+    import model
+    from judge import pairs, score
+    from judge.prompt import judge_prompt
+    from sample import generate
+    from train.data import read_pairs, response_tokens
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+                    {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another one?"}]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"id": "c", "messages": conversation}) + "\n"
+                                      + json.dumps({"id": "s", "prompt": "Name a number."}) + "\n")
+    generate.main(["--model", str(tiny_checkpoint), "--prompts", str(tmp_path / "p.jsonl"), "--out",
+                   str(tmp_path / "cands.jsonl"), "--n", "2", "--max-new-tokens", "4", "--dtype", "float32"])
+    cands = [json.loads(line) for line in (tmp_path / "cands.jsonl").read_text().splitlines()]
+    multi = [c for c in cands if c["id"] == "c"]
+    assert len(multi) == 2 and all(c["messages"] == conversation and c["prompt"] == "Another one?" for c in multi)
+
+    asked = []
+    real = score.judge_messages
+    monkeypatch.setattr(score, "judge_messages", lambda prompt, response: asked.append(prompt) or real(prompt, response))
+    score.main(["--model", str(tiny_checkpoint), "--candidates", str(tmp_path / "cands.jsonl"), "--out",
+                str(tmp_path / "judged.jsonl"), "--samples", "1", "--max-new-tokens", "4", "--dtype", "float32"])
+    assert asked.count(conversation) == 2 and asked.count("Name a number.") == 2
+    text = judge_prompt(conversation, "Red.")
+    assert all(m["content"] in text for m in conversation) and "Assistant: Blue." in text
+    assert judge_prompt([conversation[-1]], "Red.") == judge_prompt("Another one?", "Red.")  # one turn: the paper's
+
+    judged = [json.loads(line) for line in (tmp_path / "judged.jsonl").read_text().splitlines()]
+    for row in judged:  # the tiny model never writes "Score: X": score by sample index, as a stub judge
+        row["score"] = float(row["sample"])
+    (tmp_path / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judged))
+    pairs.main(["--judged", str(tmp_path / "judged.jsonl"), "--out", str(tmp_path / "pairs.jsonl")])
+    rows = {r["id"]: r for r in map(json.loads, (tmp_path / "pairs.jsonl").read_text().splitlines())}
+    assert rows["c"]["messages"] == conversation and "messages" not in rows["s"]
+
+    tok = model.load_tokenizer(tiny_checkpoint)
+    encoded, _ = read_pairs(tmp_path / "pairs.jsonl", tok, 4096)
+    chosen = encoded[list(rows).index("c")][0]
+    prompt, _ = response_tokens(tok, conversation, rows["c"]["chosen"])
+    assert chosen.tokens[:chosen.n_prompt] == prompt and chosen.n_prompt == len(prompt)
+    single, _ = response_tokens(tok, [{"role": "user", "content": "Another one?"}], rows["c"]["chosen"])
+    assert len(prompt) > len(single)  # more than the last turn

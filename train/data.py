@@ -129,7 +129,8 @@ def read_pairs(path, tokenizer, max_len: int) -> tuple[list[tuple[Sequence, Sequ
     pairs, report = [], Report()
     for lineno, row in iter_jsonl(path, ("prompt", "chosen", "rejected")):
         where = f"{path}:{lineno}"
-        messages = _messages({"prompt": row["prompt"]}, where)
+        # a multi-turn prompt's whole conversation when the pair has it ("prompt" is then its last turn)
+        messages = _messages({"messages": row["messages"]} if "messages" in row else {"prompt": row["prompt"]}, where)
         for key in ("chosen", "rejected"):
             if not isinstance(row[key], str):
                 raise FormatError(f"{where}: \"{key}\" must be a string")

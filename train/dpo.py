@@ -7,7 +7,8 @@
     python train/dpo.py ... --resume                                  # continue after a crash
 
 Input lines (judge/pairs.py writes them): {"prompt": str (a user message), "chosen": str,
-"rejected": str, ...}. Pairs with an empty chosen or rejected answer, or with chosen == rejected,
+"rejected": str, ...}, with "messages" (a whole conversation, which is then the prompt side) for a
+multi-turn prompt. Pairs with an empty chosen or rejected answer, or with chosen == rejected,
 are skipped and counted; long ones are cut as train/data.py says.
 
 A step takes batch_size pairs. Each micro-batch's chosen and rejected answers go through one
