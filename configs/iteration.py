@@ -119,7 +119,7 @@ class Iteration:
     select: Select = field(default_factory=Select)
 
 
-def build(cls, values: dict, where: str):
+def from_dict(cls, values: dict, where: str):
     """cls(**values), recursively, with an error naming any key cls does not have."""
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {values!r}")
@@ -131,7 +131,7 @@ def build(cls, values: dict, where: str):
     for name, value in values.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else None
         key = f"{where}{' ' if where.endswith(':') else '.'}{name}"  # "FILE: section.key"
-        kwargs[name] = build(type(default), value, key) if is_dataclass(default) else checked(known[name].type, value, key)
+        kwargs[name] = from_dict(type(default), value, key) if is_dataclass(default) else checked(known[name].type, value, key)
     return cls(**kwargs)
 
 
@@ -177,7 +177,7 @@ def load(path: str, overrides: list[str]) -> Iteration:
             node[last] = value
     if "base_model" not in values:
         raise ValueError(f"{path}: base_model is required")
-    cfg = build(Iteration, values, f"{path}:")
+    cfg = from_dict(Iteration, values, f"{path}:")
     if not cfg.base_model:
         raise ValueError(f"{path}: base_model is empty")
     check_trainers(cfg)

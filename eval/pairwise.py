@@ -26,6 +26,8 @@ starting with one of REASONS.
 import re
 from typing import NamedTuple
 
+from judge.prompt import neutralise_text
+
 REASONS = ("no verdict", "conflicting verdicts", "not text")
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's question below and decide which one is the better answer.
@@ -81,17 +83,10 @@ def parse_verdict(text) -> ParsedVerdict:
     return ParsedVerdict(values.pop(), None)
 
 
-def _break_verdict(m: re.Match) -> str:
-    """'Verdict: 1' -> 'Verdict - 1': the label's colon becomes ' -'."""
-    before = m.string[m.start():m.start("colon")]
-    after = m.string[m.end("colon"):m.end()]
-    return before + (" -" if m.group("gap") else " - ") + after
-
-
 def neutralise(response: str) -> str:
-    """`response` with response tags escaped and verdicts broken (see the module doc)."""
-    text = _RESPONSE_TAG.sub(lambda m: "&lt;" + m.group(0)[1:-1] + "&gt;", response)
-    return VERDICT.sub(_break_verdict, text)
+    """`response` with response tags escaped and verdicts broken (see the module doc), as the single judge
+    does it (judge/prompt.py), with this prompt's verdict and tags."""
+    return neutralise_text(response, VERDICT, _RESPONSE_TAG)
 
 
 def pairwise_messages(instruction: str, response_1: str, response_2: str) -> list[dict]:

@@ -29,7 +29,7 @@ from eval.metrics import parse_rate, reward_model_metrics
 from eval.stages import number, percent, prepare_work_dir, write_json
 from judge.oasst import build_sets, read_messages
 from judge.prompt import judge_messages
-from judge.score import judged_row, unjudged_row
+from judge.score import judged_rows, unjudged_row
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
 from sample.generate import add_sampling_args, positive_int, stage_config
@@ -159,7 +159,7 @@ def main(argv=None):
                 for p in prompts for i, (text, rank) in enumerate(zip(p["replies"], p["ranks"]))]
 
     judged, stats, _ = run_stage(stage_config(a, out=str(work / "judgements.jsonl")), "eval/reward_metrics.py",
-                                 requests, judged_row, a.samples, desc="judging", on_too_long=unjudged_row)
+                                 requests, judged_rows, a.samples, desc="judging", on_too_long=unjudged_row)
     if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
     metrics = {"model": a.model, "ranked": a.ranked, "samples": a.samples, "sampling": sampling,

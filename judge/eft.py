@@ -19,7 +19,7 @@ from pathlib import Path
 
 from judge.oasst import agrees_with_ranking, rebalance
 from judge.prompt import judge_messages
-from judge.score import judged_row
+from judge.score import judged_rows
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 from sample.generate import add_sampling_args, probability, stage_config
@@ -84,7 +84,7 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(row["prompt"], r["text"])), [(row["id"], r["id"])])
                 for row in pool for r in row["replies"]]
 
-    rows, stats, too_long = run_stage(stage_config(a, out=str(judgements)), "judge/eft.py", requests, judged_row, 1, desc="judging ranked replies")
+    rows, stats, too_long = run_stage(stage_config(a, out=str(judgements)), "judge/eft.py", requests, judged_rows, 1, desc="judging ranked replies")
     if not is_rank_zero():
         return
     judged = {(r["id"], r["sample"]): r for r in rows}

@@ -2,11 +2,7 @@
 
   python judge/pairs.py --judged runs/R/iter2/judged.jsonl --out runs/R/iter2/pairs.jsonl [--min-gap 0.5]
 
-Input, judged.jsonl (written by judge/score.py), one line per candidate answer:
-  {"id": prompt id, "sample": candidate index, "prompt": str, "response": str,
-   "judgements": [raw judge outputs], "scores": [parsed score or null, one per judgement],
-   "score": mean of the parsed scores, or null if none parsed, "n_parsed": int,
-   "neutralised": bool (the response held text that tried to decide its own score)}
+Input, judged.jsonl (written by judge/score.py; its format in judge/__init__.py), one line per candidate.
 Only id, sample, prompt, response and score are needed here (neutralised is counted
 when present), so a judged.jsonl from any other judge works as long as it has those,
 with scores on the judge prompt's scale, 0 to judge/parse.py's MAX_SCORE. A file with no lines is an error.
@@ -19,10 +15,8 @@ Per prompt id:
     to the text and its length;
   - chosen and rejected scored the same: no pair ("tie"); scores closer than
     --min-gap: no pair ("gap below min"). A pair always has a positive gap.
-Output, pairs.jsonl (TRL's DPO field names plus ids), one line per pair, in prompt order:
-  {"id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "chosen_sample", "rejected_sample"},
-  and "messages" (the whole conversation; "prompt" is its last turn) when the prompt was multi-turn,
-written atomically. The summary says how many prompts gave pairs and why the
+Output, pairs.jsonl (TRL's DPO field names plus ids; judge/__init__.py), one line per pair, in prompt
+order, written atomically. The summary says how many prompts gave pairs and why the
 others did not, and compares chosen and rejected lengths (in characters):
 self-rewarding is known to drift towards longer answers.
 """
@@ -33,6 +27,7 @@ import sys
 from collections import Counter
 from typing import Callable
 
+import judge
 from judge import parse
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
@@ -180,7 +175,8 @@ def summary_lines(stats: dict) -> list[str]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=judge.formats("judged.jsonl", "pairs.jsonl"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judged", required=True, help="judged candidates, JSONL (from judge/score.py)")
     parser.add_argument("--out", required=True, help="pairs JSONL to write (replaced atomically)")
     parser.add_argument("--min-gap", type=float, default=0.0,

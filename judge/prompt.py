@@ -49,16 +49,23 @@ def _escape_tag(m: re.Match) -> str:
 
 
 def _break_verdict(m: re.Match) -> str:
-    """'Score: 5' -> 'Score - 5', 'score:5' -> 'score - 5': the label's colon becomes ' -'."""
+    """'Score: 5' -> 'Score - 5', 'score:5' -> 'score - 5' (and 'Verdict: 1' -> 'Verdict - 1'): the label's
+    colon becomes ' -'."""
     before = m.string[m.start():m.start("colon")]
     after = m.string[m.end("colon"):m.end()]
     return before + (" -" if m.group("gap") else " - ") + after
 
 
+def neutralise_text(text: str, verdict: re.Pattern = VERDICT, tag: re.Pattern = _RESPONSE_TAG) -> str:
+    """`text` with every match of `tag` escaped and every match of `verdict` (a pattern with the groups
+    "colon" and "gap", as judge/parse.py's VERDICT) broken. The pairwise judge (eval/pairwise.py) passes its
+    own verdict and tag patterns."""
+    return verdict.sub(_break_verdict, tag.sub(_escape_tag, text))
+
+
 def neutralise_response(response: str) -> tuple[str, bool]:
     """`response` with response tags escaped and verdicts broken (see the module doc), and whether it changed."""
-    text = _RESPONSE_TAG.sub(_escape_tag, response)
-    text = VERDICT.sub(_break_verdict, text)
+    text = neutralise_text(response)
     return text, text != response
 
 

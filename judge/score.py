@@ -6,18 +6,15 @@
 Every candidate (a line of sample/generate.py's output: id, sample, prompt, response) is put into
 the additive 5-point judge prompt (judge/prompt.py) and judged --samples times. The judge prompts
 of a batch share the template's opening, and a candidate's samples share its whole prompt, so the
-sampler prefills each of those once. Output, one line per candidate, the input fields plus:
-  "judgements": the raw judge outputs, "scores": the parsed score of each (null if none),
-  "parse_errors": why each unparsed one failed (null if parsed), "score": the mean of the parsed
-  scores (null if none parsed), "n_parsed", and "neutralised": whether the response held text that
-  tried to decide its own score (see judge/prompt.py).
-A candidate whose judge prompt does not fit the context gets no judgements and a null score.
+sampler prefills each of those once; a multi-turn prompt's judge sees its whole conversation.
+Output, one line per candidate: judged.jsonl, as judge/__init__.py describes it.
 Resumable like sample/generate.py: rerun the same command after a crash.
 """
 import argparse
 import sys
 from collections import Counter
 
+import judge
 from judge import parse
 from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
@@ -48,7 +45,7 @@ def read_candidates(path) -> list[dict]:
     return rows
 
 
-def judged_row(request: Request, completions: list[Completion]) -> list[dict]:
+def judged_rows(request: Request, completions: list[Completion]) -> list[dict]:
     parsed = [parse_score(c.text) for c in completions]
     scores = [p.score for p in parsed]
     valid = [s for s in scores if s is not None]
@@ -79,7 +76,8 @@ def summary(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, epilog=judge.formats("judged.jsonl"),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--samples", type=positive_int, default=3,
                         help="judgements per candidate (default %(default)s)")
@@ -98,7 +96,7 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(c.get("messages") or c["prompt"], c["response"])),
                         [(c["id"], c["sample"])]) for c in candidates]
 
-    rows, stats, _ = run_stage(stage_config(a), "judge/score.py", requests, judged_row, a.samples, desc="judging",
+    rows, stats, _ = run_stage(stage_config(a), "judge/score.py", requests, judged_rows, a.samples, desc="judging",
                                on_too_long=unjudged_row)
     if is_rank_zero():
         print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)

@@ -208,7 +208,7 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def fingerprint(sequences) -> str:
+def tokens_fingerprint(sequences) -> str:
     """A hash of the tokens of a data set (Sequences, or pairs of them): any change in the file, the
     tokenizer or the truncation changes it."""
     digest = hashlib.sha256()

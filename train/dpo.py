@@ -36,7 +36,7 @@ from model.dtypes import dtype_name
 from model.errors import FormatError
 from train.config import DPOConfig
 from train.losses import LOSSES, preference_loss
-from train.data import collate, fingerprint, read_pairs, to_device
+from train.data import collate, read_pairs, to_device, tokens_fingerprint
 from train.distributed import build, reshard, save_plain, setup, teardown
 from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
                         plan_steps, start, train)
@@ -47,7 +47,7 @@ def pair_batch(pairs, indices, pad_id, device):
     return collate([pairs[i][0] for i in indices] + [pairs[i][1] for i in indices], pad_id, device)
 
 
-def sequence_logps(net, batch, average: bool) -> torch.Tensor:
+def pair_logps(net, batch, average: bool) -> torch.Tensor:
     """(2B,) log-probs of a pair batch's sequences under net."""
     token_logps = net(batch.inputs, batch.index, batch.labels)
     return kernels.sequence_logps(token_logps, batch.seq_ids, batch.inputs.shape[0], average)
@@ -65,7 +65,7 @@ def reference_logps(net, pairs, lengths, s, average: bool) -> torch.Tensor:
                   dynamic_ncols=True):
         j = r * d.world + d.rank
         chunk = chunks[j] if j < len(chunks) else chunks[0]  # a spare forward keeps the ranks' collectives in step
-        logps = sequence_logps(net, pair_batch(pairs, chunk, s.tokenizer.pad_id, d.device), average)
+        logps = pair_logps(net, pair_batch(pairs, chunk, s.tokenizer.pad_id, d.device), average)
         if j < len(chunks):
             out[chunk] = logps.view(2, -1).T
     net.train()
@@ -113,7 +113,7 @@ def main(argv=None):
         build_args = dict(param_dtype=cfg.param_dtype, activation_checkpointing=cfg.activation_checkpointing)
         net = build(a.model, d, dropout=cfg.dropout, **build_args)
         check_weights(net, d, a.model)  # before the reference log-probs come from it
-        model_key, data_key = checkpoint_fingerprint(a.model), fingerprint(pairs)
+        model_key, data_key = checkpoint_fingerprint(a.model), tokens_fingerprint(pairs)
         if cfg.reference == "cached":  # before any training: the policy is still the reference
             key = {"pairs": data_key, "model": model_key, "average": average, "dtype": dtype_name(net.compute_dtype)}
             ref_logps = cached_reference(run.train / "ref_logps.pt", net, pairs, lengths, s, key)
@@ -125,13 +125,13 @@ def main(argv=None):
 
         def micro_step(step, micro):
             batch = pair_batch(pairs, micro, s.tokenizer.pad_id, d.device)
-            policy = sequence_logps(net, batch, average)                                  # (2B,)
+            policy = pair_logps(net, batch, average)                                  # (2B,)
             if cfg.reference == "cached":
                 rows = to_device(torch.tensor(micro), d.device)                             # no wait for the GPU
                 ref = ref_logps[rows].T.flatten()                                           # (2B,) chosen, rejected
             else:
                 with torch.no_grad():
-                    ref = sequence_logps(reference, batch, average)
+                    ref = pair_logps(reference, batch, average)
                 reshard(reference)
             loss, metrics = preference_loss(policy, ref, cfg.beta, cfg.loss_type, cfg.loss_options)
             share = len(micro) / cfg.batch_size  # the step's loss is the mean over all its pairs

@@ -19,7 +19,7 @@ import sys
 from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from train.config import SFTConfig
-from train.data import collate, fingerprint, read_sft
+from train.data import collate, read_sft, tokens_fingerprint
 from train.distributed import build, save_plain, setup, teardown
 from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
                         plan_steps, start, train)
@@ -48,7 +48,7 @@ def main(argv=None):
                     activation_checkpointing=cfg.activation_checkpointing)
         check_weights(net, d, a.model)
         optimizer = make_optimizer(net, cfg)
-        meta = {"model": checkpoint_fingerprint(a.model), "data": fingerprint(examples), "steps": len(plan)}
+        meta = {"model": checkpoint_fingerprint(a.model), "data": tokens_fingerprint(examples), "steps": len(plan)}
         done = load_state(run, net, optimizer, d, meta) if a.resume else 0
 
         def micro_step(step, micro):
