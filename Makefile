@@ -99,10 +99,9 @@ $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(f
 	$(PY) eval/summary.py --iter $(I) --out $@
 
 # M0 as a judge, before any EFT training: the parse rate the paper's EFT data is there to raise
-$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(S)/reward_metrics
+$(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(RANKED) $(S)/reward_metrics
 	mkdir -p $(R)/iter0/eval
-	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(R)/iter0/eval/ranked.trees.jsonl
-	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(R)/iter0/eval/ranked.trees.jsonl --out $@ \
+	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(RANKED) --limit $(EVAL_RANKED_LIMIT) --out $@ \
 		--seed $(SEED) $(EVAL_ARGS) $(TP_FLAG)
 else
 iteration: $(I)/summary.json
@@ -136,26 +135,24 @@ ifeq ($(SELECT),1)
 # 5b. M_N = the DPO snapshot (or final model) that wins most often head to head against M_{N-1}. Prompts: the
 # config's select.prompts, or the last select.limit held-out prompts (the head-to-head below takes the first).
 $(I)/model/params.json: $(I)/dpo/params.json $(S)/select
-	$(if $(SELECT_PROMPTS),head,tail) -n $(or $(filter-out 0,$(SELECT_LIMIT)),1000000) \
-		$(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) > $(I)/selection.prompts.jsonl
 	$(LAUNCH) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
-		--prompts $(I)/selection.prompts.jsonl --judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) \
-		$(SELECT_ARGS) $(TP_FLAG)
+		--prompts $(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) \
+		$(if $(SELECT_PROMPTS),--limit,--last) $(SELECT_LIMIT) \
+		--judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS) $(TP_FLAG)
 endif
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
 $(I)/eval/head_to_head.json: $(I)/model/params.json $(S)/head_to_head
 	mkdir -p $(I)/eval
-	head -n $(or $(filter-out 0,$(EVAL_HELDOUT_LIMIT)),1000000) $(or $(HELDOUT),data/seed/heldout.jsonl) > $(I)/eval/heldout.jsonl
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
-		--prompts $(I)/eval/heldout.jsonl --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
+		--prompts $(or $(HELDOUT),data/seed/heldout.jsonl) --limit $(EVAL_HELDOUT_LIMIT) --out $@ --seed $(SEED) \
+		$(H2H_ARGS) $(TP_FLAG)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json $(S)/summary
 	$(PY) eval/summary.py --iter $(I) --out $@
 endif
 
 # the judge's quality (the paper's reward-model metrics), for M1 and every later model
-$(I)/eval/reward_metrics.json: $(I)/model/params.json $(S)/reward_metrics
+$(I)/eval/reward_metrics.json: $(I)/model/params.json $(RANKED) $(S)/reward_metrics
 	mkdir -p $(I)/eval
-	head -n $(or $(filter-out 0,$(EVAL_RANKED_LIMIT)),1000000) $(RANKED) > $(I)/eval/ranked.trees.jsonl
-	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(I)/eval/ranked.trees.jsonl --out $@ \
+	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(RANKED) --limit $(EVAL_RANKED_LIMIT) --out $@ \
 		--seed $(SEED) $(EVAL_ARGS) $(TP_FLAG)

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eval.pairwise import pairwise_messages, parse_verdict
-from eval.stages import (add_answer_args, answer, number, percent, prepare_work_dir, sampling_settings, eval_stage_config,
-                         write_json)
+from eval.stages import (add_answer_args, add_limit_args, answer, eval_stage_config, limit_settings, limited, number,
+                         percent, prepare_work_dir, sampling_settings, write_json)
 from model.errors import FormatError
 from model.jsonl import check_output, write_jsonl_atomic
 from sample.generate import read_prompts
@@ -191,15 +191,16 @@ def main(argv=None):
     parser.add_argument("--judge", required=True, help="checkpoint of the judge (may be A or B: said loudly)")
     parser.add_argument("--prompts", required=True, help="held-out prompts, JSONL {\"id\", \"prompt\"}")
     parser.add_argument("--out", required=True, help="summary JSON to write; stage files go to its .work folder")
+    add_limit_args(parser)
     add_answer_args(parser)
     a = parser.parse_args(argv)
     try:
         check_output(a.out, {"--prompts": a.prompts})
-        prompts, _ = read_prompts(a.prompts)
+        prompts = limited(read_prompts(a.prompts)[0], a)
     except FormatError as e:
         sys.exit(f"error: {e}")
     work = prepare_work_dir(a.out, "eval/head_to_head.py",
-                            {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts),
+                            {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts), **limit_settings(a),
                              "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
     answers_a = answer(a, a.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(a, a.b, prompts, work / "answers_b.jsonl", desc="answering (B)")

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from eval.metrics import parse_rate, reward_model_metrics
-from eval.stages import number, percent, prepare_work_dir, write_json
+from eval.stages import add_limit_args, limit_settings, limited, number, percent, prepare_work_dir, write_json
 from judge.oasst import build_sets, read_messages
 from judge.prompt import judge_messages
 from judge.score import judged_rows, unjudged_row
@@ -138,6 +138,7 @@ def main(argv=None):
     add_sampling_args(parser, max_new_tokens=256)
     parser.add_argument("--ranked", required=True, help="human-ranked set: an Open Assistant export or a ranked JSONL")
     parser.add_argument("--samples", type=positive_int, default=3, help="judgements per reply (default %(default)s)")
+    add_limit_args(parser, "ranked prompts")
     parser.add_argument("--lang", default="en", help="Open Assistant exports: the language to keep (default en)")
     parser.add_argument("--out", required=True, help="metrics JSON to write; judgements go to its .work folder")
     a = parser.parse_args(argv)
@@ -146,9 +147,10 @@ def main(argv=None):
     try:
         check_output(a.out, {"--ranked": a.ranked})
         prompts, counts = read_ranked(a.ranked, a.lang)
+        prompts = limited(prompts, a)
     except FormatError as e:
         sys.exit(f"error: {e}")
-    work = prepare_work_dir(a.out, "eval/reward_metrics.py", {"model": Path(a.model), "ranked": Path(a.ranked),
+    work = prepare_work_dir(a.out, "eval/reward_metrics.py", {"model": Path(a.model), "ranked": Path(a.ranked), **limit_settings(a),
                                                                "samples": a.samples, "lang": a.lang,
                                                                "sampling": sampling})
 

@@ -43,7 +43,8 @@ import sys
 from pathlib import Path
 
 from eval.head_to_head import judge_answers, same_checkpoint
-from eval.stages import add_answer_args, answer, percent, prepare_work_dir, sampling_settings, write_json
+from eval.stages import (add_answer_args, add_limit_args, answer, limit_settings, limited, percent, prepare_work_dir,
+                         sampling_settings, write_json)
 from model.checkpoint import atomic_directory, verify
 from model.errors import FormatError
 from sample.generate import read_prompts
@@ -96,6 +97,7 @@ def main(argv=None):
     parser.add_argument("--iter", type=int, required=True, help="iteration N whose checkpoints to choose from")
     parser.add_argument("--prompts", required=True, help="validation prompts, JSONL {\"id\", \"prompt\"}")
     parser.add_argument("--judge", required=True, help="checkpoint of the judge")
+    add_limit_args(parser)
     parser.add_argument("--previous", help="M_{N-1} (default: RUN/iter{N-1}/model)")
     parser.add_argument("--model-dir", help="the DPO run's output directory, whose snapshots are in MODEL_DIR.train/ "
                         "(default: RUN/iterN/model)")
@@ -113,11 +115,11 @@ def main(argv=None):
         candidates = find_candidates(model_dir)
         if not candidates:
             raise FormatError(f"{model_dir}.train/snapshots: no step-* checkpoints, and no final model")
-        prompts, _ = read_prompts(a.prompts)
+        prompts = limited(read_prompts(a.prompts)[0], a)
     except FormatError as e:
         sys.exit(f"error: {e}")
     work = prepare_work_dir(iter_dir / "selection.json", "eval/select_checkpoint.py",
-                            {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts),
+                            {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts), **limit_settings(a),
                              "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
 
     answers = {"previous": answer(a, previous, prompts, work / "answers" / "previous.jsonl",
@@ -140,7 +142,8 @@ def main(argv=None):
     judged_by = [name for name, path in [("previous", previous), *((c["name"], c["path"]) for c in candidates)]
                  if same_checkpoint(a.judge, path)]
     selection = {"iter": a.iter, "against": a.against, "baseline": str(previous), "judge": str(a.judge),
-                 "self_judged": judged_by or None, "prompts": str(a.prompts),
+                 "self_judged": judged_by or None, "prompts": str(a.prompts), **limit_settings(a),
+                 "prompt_ids": [p["id"] for p in prompts],
                  "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True),
                  "rule": RULE, "candidates": candidates,
                  "chosen": chosen and {k: chosen[k] for k in ("name", "step", "path")}}

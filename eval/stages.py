@@ -84,6 +84,24 @@ def prepare_work_dir(out, stage: str, settings: dict) -> Path:
     return work_dir(out)
 
 
+def add_limit_args(parser, what: str = "prompts") -> None:
+    """--limit N / --last N: evaluate on the first or the last N of the file's prompts (0 or absent: all)."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--limit", type=non_negative_int, default=0, metavar="N", help=f"only the first N {what} (0: all)")
+    g.add_argument("--last", type=non_negative_int, default=0, metavar="N", help=f"only the last N {what} (0: all)")
+
+
+def limited(rows: list, a) -> list:
+    """The rows that --limit or --last keep."""
+    if a.limit:
+        return rows[:a.limit]
+    return rows[-a.last:] if a.last else rows
+
+
+def limit_settings(a) -> dict:
+    return {"limit": a.limit, "last": a.last}
+
+
 def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> None:
     """Sampling options for CLIs that run several models: the contestants answer with --temperature etc.
     (greedy by default), the judge decides with --judge-temperature etc. (greedy by default)."""
