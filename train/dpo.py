@@ -35,11 +35,11 @@ from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.dtypes import dtype_name
 from model.errors import FormatError
 from train.config import DPOConfig
-from train.losses import LOSSES, preference_loss
 from train.data import collate, read_pairs, to_device, tokens_fingerprint
-from train.distributed import build, reshard, save_plain, setup, teardown
+from train.distributed import build, reshard, setup, teardown
 from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
-                        plan_steps, start, train)
+                        plan_steps, start, train_and_save)
+from train.losses import LOSSES, preference_loss
 
 
 def pair_batch(pairs, indices, pad_id, device):
@@ -139,16 +139,9 @@ def main(argv=None):
             return {"loss": loss.detach() * share, "tokens": batch.n_tokens,  # device tensors, read once a step
                     **{k: v.detach().sum() / cfg.batch_size for k, v in metrics.items()}}
 
-        def snapshot(directory):
-            save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, d)
-
-        last = train(run, cfg, net, optimizer, d, plan, micro_step, done, snapshot, meta, "dpo")
-        if last or not run.out.exists():
-            snapshot(run.out)
-        if d.rank == 0:
-            summary = (f", last loss {last['loss']:.4f}, reward accuracy {last['accuracy']:.2f}, margin "
-                       f"{last['margins']:.4f}" if last else " (the run was already complete)")
-            print(f"dpo: {len(plan)} steps{summary}; model in {run.out}", file=sys.stderr)
+        train_and_save(s, net, optimizer, plan, micro_step, done, meta, "dpo",
+                       lambda last: f", last loss {last['loss']:.4f}, reward accuracy {last['accuracy']:.2f}, "
+                                    f"margin {last['margins']:.4f}")
     except (FormatError, NonFiniteLoss) as e:
         fail(str(e), d)
     teardown(d)

@@ -42,7 +42,7 @@ from model.dtypes import DTYPES
 from model.errors import FormatError
 from train.config import TrainConfig, dump_config, load_config
 from train.data import micro_batches, step_batches
-from train.distributed import Dist, checkpoint_dtype
+from train.distributed import Dist, checkpoint_dtype, save_plain
 
 STATE_FORMAT = 1
 # What a resume may change: the schedule is recomputed and grad_clip read at every step. The other optimizer
@@ -406,3 +406,20 @@ def fail(message: str, d: Dist):
 
 def command_line() -> str:
     return " ".join([os.path.relpath(sys.argv[0]) if sys.argv else ""] + sys.argv[1:])
+
+
+def train_and_save(s: Session, net, optimizer, plan: list[list[list[int]]], micro_step, start: int, meta: dict,
+                   desc: str, describe) -> None:
+    """What both trainers do once their model, data and micro-step are ready: train (see train()), write the
+    final checkpoint (a rerun of a finished run leaves it as it is) and say what came out, with
+    describe(last step's metrics) after the step count."""
+    def snapshot(directory):
+        save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, s.d)
+
+    last = train(s.run, s.cfg, net, optimizer, s.d, plan, micro_step, start, snapshot, meta, desc)
+    if last or not s.run.out.exists():
+        snapshot(s.run.out)
+    if s.d.rank == 0:
+        summary = describe(last) if last else " (the run was already complete)"
+        print(f"{desc}: {len(plan)} steps{summary}; model in {s.run.out}", file=sys.stderr)
+

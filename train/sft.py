@@ -20,9 +20,9 @@ from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
 from train.config import SFTConfig
 from train.data import collate, read_sft, tokens_fingerprint
-from train.distributed import build, save_plain, setup, teardown
+from train.distributed import build, setup, teardown
 from train.loop import (NonFiniteLoss, add_args, check_weights, fail, load_state, make_optimizer, open_run_dir,
-                        plan_steps, start, train)
+                        plan_steps, start, train_and_save)
 
 
 def main(argv=None):
@@ -57,15 +57,8 @@ def main(argv=None):
             (loss * d.world).backward()  # FSDP averages gradients over ranks; the loss is already global
             return {"loss": loss.detach(), "tokens": batch.n_tokens}  # a device tensor, read once a step
 
-        def snapshot(directory):
-            save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, d)
-
-        last = train(run, cfg, net, optimizer, d, plan, micro_step, done, snapshot, meta, "sft")
-        if last or not run.out.exists():
-            snapshot(run.out)
-        if d.rank == 0:
-            loss = f", last loss {last['loss']:.4f}" if last else " (the run was already complete)"
-            print(f"sft: {len(plan)} steps{loss}; model in {run.out}", file=sys.stderr)
+        train_and_save(s, net, optimizer, plan, micro_step, done, meta, "sft",
+                       lambda last: f", last loss {last['loss']:.4f}")
     except (FormatError, NonFiniteLoss) as e:
         fail(str(e), d)
     teardown(d)
