@@ -31,6 +31,7 @@ import os
 import random
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch.distributed as dist
@@ -124,6 +125,48 @@ def choose_examples(rng: random.Random, seeds: list[str], generated: list[str], 
     return examples
 
 
+def request_prompts(sampler, tokenizer, log, seeds: list[str], params, a, max_requests: int, rank: int) -> None:
+    """Ask for new prompts a batch of --batch-size requests at a time, each request showing examples drawn
+    from the seeds and the prompts kept so far, until --n-prompts are kept or max_requests were made; every
+    attempt, kept or dropped (and why), goes to the attempts log. A batch is redone whole if a crash left it
+    partly written; rows already there are not rewritten."""
+    B = a.batch_size
+    start = (len(log.done) // B) * B
+    history = sorted((r for r in log.done.values() if r["request"] < start), key=lambda r: r["request"])
+    kept = [r["prompt"] for r in history if r["dropped"] is None]
+    known = [rouge_tokens(s) for s in seeds] + [rouge_tokens(k) for k in kept]
+    while len(kept) < a.n_prompts and start < max_requests:
+        batch = range(start, min(start + B, max_requests))
+        requests = [few_shot_request(choose_examples(random.Random(row_seed(a.seed, "examples", r)), seeds, kept))
+                    for r in batch]
+        prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) + tokenizer.encode(ANSWER_START)
+                   for q in requests]
+        outs = sampler.generate(prompts, params, n=1, seeds=[[row_seed(a.seed, r, 0)] for r in batch])
+        rows = []
+        for r, [completion] in zip(batch, outs):
+            task = extract_task(completion.text)
+            reason = drop_reason(task, known, a.min_words, a.max_words)
+            if reason is None:
+                kept.append(task)
+                known.append(rouge_tokens(task))
+            rows.append({"request": r, "id": f"{a.id_prefix}-{r}", "prompt": task, "dropped": reason,
+                         "raw": completion.text})
+        start = batch.stop
+        if rank == 0:
+            log.append(rows)
+            print(f"requests {batch.stop}, kept {len(kept)}/{a.n_prompts}", file=sys.stderr)
+
+
+def write_prompts(log, out: Path, n_prompts: int) -> None:
+    """The attempts log merged, and its first n_prompts kept prompts written to `out`, with the counts."""
+    attempts = log.finalize(sorted(log.done))
+    new = [{"id": r["id"], "prompt": r["prompt"]} for r in attempts if r["dropped"] is None][:n_prompts]
+    write_jsonl_atomic(out, new)
+    reasons = Counter(r["dropped"] or "kept" for r in attempts)
+    print(f"self-instruct: {len(attempts)} requests, {len(new)} prompts written to {out}; " +
+          ", ".join(f"{v} {k}" for k, v in reasons.most_common()), file=sys.stderr)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(parser, temperature=0.6, top_p=0.9, max_new_tokens=128)
@@ -161,48 +204,16 @@ def main(argv=None):
     # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
     # size does too (--n-prompts and --max-requests only say when to stop).
     settings = {**settings_record(config, net, "sample/self_instruct.py"),
-                "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": a.batch_size, "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
+                "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": a.batch_size,
+                "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
     log = open_output(attempts, rank, world, "sample/self_instruct.py", settings, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
     sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=config.share_prefix, compile=a.compile,
                       sync_tokens=broadcast_tokens if a.tp else None, check_every=a.check_every)
-    B = a.batch_size
-    # A batch is redone whole if a crash left it partly written; rows already there are not rewritten.
-    start = (len(log.done) // B) * B
-    history = sorted((r for r in log.done.values() if r["request"] < start), key=lambda r: r["request"])
-    kept = [r["prompt"] for r in history if r["dropped"] is None]
-    known = [rouge_tokens(s) for s in seeds] + [rouge_tokens(k) for k in kept]
-    while len(kept) < a.n_prompts and start < max_requests:
-        batch = range(start, min(start + B, max_requests))
-        requests = [few_shot_request(choose_examples(random.Random(row_seed(a.seed, "examples", r)), seeds, kept))
-                    for r in batch]
-        prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) + tokenizer.encode(ANSWER_START)
-                   for q in requests]
-        outs = sampler.generate(prompts,
-                                params, n=1, seeds=[[row_seed(a.seed, r, 0)] for r in batch])
-        rows = []
-        for r, [completion] in zip(batch, outs):
-            task = extract_task(completion.text)
-            reason = drop_reason(task, known, a.min_words, a.max_words)
-            if reason is None:
-                kept.append(task)
-                known.append(rouge_tokens(task))
-            rows.append({"request": r, "id": f"{a.id_prefix}-{r}", "prompt": task, "dropped": reason,
-                         "raw": completion.text})
-        start = batch.stop
-        if rank == 0:
-            log.append(rows)
-            print(f"requests {batch.stop}, kept {len(kept)}/{a.n_prompts}", file=sys.stderr)
+    request_prompts(sampler, tokenizer, log, seeds, params, a, max_requests, rank)
     if rank == 0:
-        attempts = log.finalize(sorted(log.done))
-        new = [{"id": r["id"], "prompt": r["prompt"]} for r in attempts if r["dropped"] is None][:a.n_prompts]
-        write_jsonl_atomic(out, new)
-        reasons = {}
-        for r in attempts:
-            reasons[r["dropped"] or "kept"] = reasons.get(r["dropped"] or "kept", 0) + 1
-        print(f"self-instruct: {len(attempts)} requests, {len(new)} prompts written to {out}; " +
-              ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])), file=sys.stderr)
+        write_prompts(log, out, a.n_prompts)
     if world > 1:
         dist.barrier()  # no rank leaves before the output is written
 
