@@ -9,7 +9,7 @@ to one length) through one forward, per-sequence log-probs summed over the respo
 loss (beta 0.1) against reference log-probs computed beforehand, backward, gradient clipping and an
 AdamW step. The same weights, token ids and lengths for all.
   ours        train/dpo.py's micro-step: our Transformer to final hidden states, kernels.linear_logprob
-              (chunked: never the (tokens, vocab) logits), kernels.dpo_loss
+              (chunked: never the (tokens, vocab) logits), kernels.sequence_logps, the sigmoid DPO loss
   ours-logits our Transformer's full logits, then log_softmax/gather: what the fused log-prob saves
   hf          transformers' LlamaForCausalLM (from export-hf) with attention_mask, logits.log_softmax(-1)
               gathered at the labels, masked sums, the DPO formula: TRL's classic concatenated_forward /
