@@ -134,14 +134,14 @@ $(DPO_OUT)/params.json: $(I)/pairs.jsonl $(S)/dpo
 ifeq ($(SELECT),1)
 # 5b. M_N = the DPO snapshot (or final model) that wins most often head to head against M_{N-1}. Prompts: the
 # config's select.prompts, or the last select.limit held-out prompts (the head-to-head below takes the first).
-$(I)/model/params.json: $(I)/dpo/params.json $(S)/select
+$(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) $(S)/select
 	$(LAUNCH) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
 		--prompts $(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) \
 		$(if $(SELECT_PROMPTS),--limit,--last) $(SELECT_LIMIT) \
 		--judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS) $(TP_FLAG)
 endif
 # 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
-$(I)/eval/head_to_head.json: $(I)/model/params.json $(S)/head_to_head
+$(I)/eval/head_to_head.json: $(I)/model/params.json $(or $(HELDOUT),data/seed/heldout.jsonl) $(S)/head_to_head
 	mkdir -p $(I)/eval
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
 		--prompts $(or $(HELDOUT),data/seed/heldout.jsonl) --limit $(EVAL_HELDOUT_LIMIT) --out $@ --seed $(SEED) \

@@ -79,6 +79,8 @@ RULES: dict[str, Callable[[list[dict]], tuple[dict, dict] | str]] = {}
 
 def rule(name: str):
     def add(fn):
+        if name in RULES:
+            raise ValueError(f"a pair-selection rule named {name!r} is already registered")
         RULES[name] = fn
         return fn
     return add
@@ -103,7 +105,10 @@ def select_pair(candidates: list[dict], min_gap: float = 0.0, rule: str = "best_
         return None, picked
     chosen, rejected = picked
     gap = chosen["score"] - rejected["score"]
-    if gap <= 0:
+    if gap < 0:
+        raise ValueError(f"pair rule {rule!r} chose a candidate scored below the one it rejected "
+                         f"(prompt id {chosen['id']!r}: {chosen['score']:g} < {rejected['score']:g})")
+    if gap == 0:
         return None, "tie"
     if gap < min_gap - 1e-9:                              # means of a few scores: allow rounding error
         return None, "gap below min"

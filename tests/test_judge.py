@@ -306,6 +306,14 @@ def test_a_rule_registered_here_picks_the_pairs(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rule"] == "best_vs_second" and summary["dropped"]["runner-up tied"] == 1
     assert "1 runner-up tied" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="already registered"):
+        pairs_module.rule("best_vs_worst")(lambda scored: "tie")
+    pairs_module.RULES["backwards"] = lambda scored: (scored[1], scored[0])  # a rule with a bug
+    try:
+        with pytest.raises(ValueError, match="'backwards' chose a candidate scored below the one it rejected"):
+            select_pair([cand("p", 0, 4.0), cand("p", 1, 2.0)], rule="backwards")
+    finally:
+        del pairs_module.RULES["backwards"]
 
 
 def test_a_new_scale_is_one_constant(monkeypatch, tmp_path):

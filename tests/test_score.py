@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from judge.score import judged_rows, summary
 from sample.stage import Request
 from sample.sampler import Completion
@@ -65,6 +67,7 @@ def test_a_conversation_stays_whole_from_candidates_to_dpo(tmp_path, tiny_checkp
     the chat template exactly as the conversation is."""
     import model
     from judge import pairs, score
+    from model.errors import FormatError
     from judge.prompt import judge_prompt
     from sample import generate
     from train.data import read_pairs, response_tokens
@@ -103,3 +106,6 @@ def test_a_conversation_stays_whole_from_candidates_to_dpo(tmp_path, tiny_checkp
     assert chosen.tokens[:chosen.n_prompt] == prompt and chosen.n_prompt == len(prompt)
     single, _ = response_tokens(tok, [{"role": "user", "content": "Another one?"}], rows["c"]["chosen"])
     assert len(prompt) > len(single)  # more than the last turn
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**rows["c"], "prompt": "Name a colour."}) + "\n")
+    with pytest.raises(FormatError, match='bad.jsonl:1: "prompt" must be the last turn of "messages"'):
+        read_pairs(tmp_path / "bad.jsonl", tok, 4096)

@@ -2,6 +2,7 @@
 the loss against an independent computation, memorisation, resumable output layout, bad input."""
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -243,3 +244,21 @@ def test_bad_input_is_one_clear_message(tmp_path, tiny_checkpoint, capsys, args,
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and re.search(message, lines[0]), err
     assert "Traceback" not in err
+
+
+def test_a_run_is_not_resumed_across_an_edit_of_its_code(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """The training state records the digest of the trainer's code (model/sources.py): --resume after an edit
+    is refused by name, with what to remove; a new micro_batch_size is accepted (memory and speed only)."""
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "the model", "response": "judges its own answers"},
+                                              {"prompt": "pairs of", "response": "chosen rejected"}])
+    args = ["--config", "configs/sft-tiny.yaml", "--model", tiny_checkpoint, "--data", data, "--out", tmp_path / "m",
+            "--set", "max_steps=1", "batch_size=2", "micro_batch_size=2", "save_every=1", "dropout=0"]
+    code, err = run_sft(capsys, *args)
+    assert code == 0, err
+    shutil.rmtree(tmp_path / "m")  # as if it had stopped before writing the final model
+    code, err = run_sft(capsys, *args[:-3], "micro_batch_size=1", "save_every=1", "dropout=0", "--resume")
+    assert code == 0, err
+    monkeypatch.setattr(sft, "code_digest", lambda script: "edited")
+    shutil.rmtree(tmp_path / "m")
+    code, err = run_sft(capsys, *args, "--resume")
+    assert code == 1 and "used another code" in err and f"remove {tmp_path / 'm.train'}" in err

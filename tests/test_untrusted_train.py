@@ -152,7 +152,7 @@ def test_a_resume_may_lower_the_lr_as_the_divergence_message_advises(tmp_path, t
 
     code, err = run_dpo(capsys, tiny_checkpoint, pairs, out, *settings, "beta=0.2", "lr=5e-4", resume=True)
     assert code == 1 and ("the run being resumed had other settings (beta: 0.1 -> 0.2); resume with the same "
-                          "config (only lr, final_lr, grad_clip may change)") in error_line(err)
+                          "config (only lr, final_lr, grad_clip, micro_batch_size may change)") in error_line(err)
     code, err = run_dpo(capsys, tiny_checkpoint, pairs, out, *settings, "lr=5e-4", "final_lr=5e-5", "grad_clip=0.5",
                         resume=True)
     assert code == 0, err

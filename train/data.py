@@ -131,6 +131,8 @@ def read_pairs(path, tokenizer, max_len: int) -> tuple[list[tuple[Sequence, Sequ
         where = f"{path}:{lineno}"
         # a multi-turn prompt's whole conversation when the pair has it ("prompt" is then its last turn)
         messages = _messages({"messages": row["messages"]} if "messages" in row else {"prompt": row["prompt"]}, where)
+        if messages[-1]["content"] != row["prompt"]:
+            raise FormatError(f"{where}: \"prompt\" must be the last turn of \"messages\" (judge/pairs.py writes both)")
         for key in ("chosen", "rejected"):
             if not isinstance(row[key], str):
                 raise FormatError(f"{where}: \"{key}\" must be a string")

@@ -6,8 +6,9 @@ sharded master weights stay fp32 while forward and backward run in `param_dtype`
 are reduced in fp32 (MixedPrecisionPolicy); a single CUDA process gets a one-rank group so that it uses
 the same policy. On a CPU the weights (sharded or, in a single process, plain) and their gradients are
 fp32, and a bf16 `param_dtype` runs forward and backward under bf16 autocast: the matrix products and
-attention in bf16, the norms and the output's log-softmax in fp32 -- the same split as on CUDA, where
-bf16 weights go into fp32 norms. `auto` is bf16 on CUDA and on CPUs with native bf16, fp32 on other CPUs
+attention in bf16, the norms, the residual stream and the output's log-softmax in fp32 (on CUDA the
+weights themselves, and so the residual stream, are bf16; the norms and the log-softmax are fp32 there
+too). `auto` is bf16 on CUDA and on CPUs with native bf16, fp32 on other CPUs
 (model/dtypes.py): one SFT step of the demo runs 2x faster in bf16 on an AVX512-BF16 CPU (bench/RESULTS.md).
 The tests compare sharded runs against the single process in fp32.
 

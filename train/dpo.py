@@ -34,6 +34,7 @@ import kernels
 from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.dtypes import dtype_name
 from model.errors import FormatError
+from model.sources import code_digest
 from train.config import DPOConfig
 from train.data import collate, read_pairs, to_device, tokens_fingerprint
 from train.distributed import build, reshard, setup, teardown
@@ -114,13 +115,15 @@ def main(argv=None):
         net = build(a.model, d, dropout=cfg.dropout, **build_args)
         check_weights(net, d, a.model)  # before the reference log-probs come from it
         model_key, data_key = checkpoint_fingerprint(a.model), tokens_fingerprint(pairs)
+        code = code_digest("train/dpo.py")
         if cfg.reference == "cached":  # before any training: the policy is still the reference
-            key = {"pairs": data_key, "model": model_key, "average": average, "dtype": dtype_name(net.compute_dtype)}
+            key = {"pairs": data_key, "model": model_key, "average": average, "code": code,
+                   "dtype": f"{d.device.type} {dtype_name(net.compute_dtype)}"}  # CPU autocast != CUDA's bf16 weights
             ref_logps = cached_reference(run.train / "ref_logps.pt", net, pairs, lengths, s, key)
         else:
             reference = build(a.model, d, dropout=0.0, trainable=False, **build_args).eval()
         optimizer = make_optimizer(net, cfg)
-        meta = {"model": model_key, "data": data_key, "steps": len(plan)}
+        meta = {"model": model_key, "data": data_key, "steps": len(plan), "code": code}  # see train/sft.py
         done = load_state(run, net, optimizer, d, meta) if a.resume else 0
 
         def micro_step(step, micro):

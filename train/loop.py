@@ -12,7 +12,7 @@ Every directory is written under a temporary name and renamed when complete, so 
 previous one in place. Every rank writes its shard of the state, so with several nodes OUT must be on
 a filesystem they all see. The schedule is a function of the step, and the data order one of the seed
 and the step, so model, optimizer, RNG states and the step number are all a resume needs; a resume may
-change lr, final_lr and grad_clip, and no other setting (RESUME_MAY_CHANGE).
+change lr, final_lr, grad_clip and micro_batch_size, and no other setting (RESUME_MAY_CHANGE).
 A state on disk is input like any other: its pickles are read through allow-lists (_StateReader,
 _PlainDataPlanner), never run, and no weights that hold NaN or inf are saved or resumed from.
 """
@@ -47,7 +47,8 @@ from train.distributed import Dist, checkpoint_dtype, save_plain
 STATE_FORMAT = 1
 # What a resume may change: the schedule is recomputed and grad_clip read at every step. The other optimizer
 # settings come back with the saved optimizer state, and the rest decide the data order and the steps.
-RESUME_MAY_CHANGE = ("lr", "final_lr", "grad_clip")
+# micro_batch_size too: it splits each step's batch differently (memory and speed), the steps stay the same.
+RESUME_MAY_CHANGE = ("lr", "final_lr", "grad_clip", "micro_batch_size")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -278,7 +279,8 @@ def load_state(run: RunDir, net, optimizer, d: Dist, meta: dict) -> int:
     for key, value in meta.items():
         if saved.get(key) != value:
             raise FormatError(f"{state}: the run being resumed used another {key} ({saved.get(key)!r}, now "
-                              f"{value!r}); resume with the same inputs, or start a new --out")
+                              f"{value!r}); resume with the same inputs and code, or start afresh (a new --out, "
+                              f"or remove {run.train} and {run.out})")
     model_state, optim_state = get_state_dict(net, optimizer)
     loaded = {"model": model_state, "optim": optim_state}
     reader = _StateReader(state)

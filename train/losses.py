@@ -81,7 +81,8 @@ def ipo(chosen, rejected, ref_chosen, ref_rejected, beta):
 @register("robust", check=_smoothing)
 def robust(chosen, rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.1):
     """Robust DPO (Chowdhury et al. 2024, eq. 7): an unbiased loss under labels flipped with probability
-    eps = label_smoothing; unlike cDPO it pushes the flipped term the other way, scaled by 1 / (1 - 2 eps)."""
+    eps = label_smoothing; unlike cDPO it pushes the flipped term the other way, scaled by 1 / (1 - 2 eps).
+    The default eps 0.1 is ours (TRL's default 0 makes it plain DPO)."""
     z = beta * log_ratio(chosen, rejected, ref_chosen, ref_rejected)
     return (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
 
@@ -93,6 +94,13 @@ def hinge(chosen, rejected, ref_chosen, ref_rejected, beta):
     return torch.relu(1 - beta * log_ratio(chosen, rejected, ref_chosen, ref_rejected))
 
 
+def _number(value):
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def check_options(loss_type: str, options: dict) -> dict:
     """The options of `loss_type` with `options` applied; a name the loss does not take is an error."""
     if loss_type not in LOSSES:
@@ -102,7 +110,8 @@ def check_options(loss_type: str, options: dict) -> dict:
     if unknown:
         takes = ", ".join(known) if known else "no options"
         raise ValueError(f"loss_options: {loss_type} takes {takes}; got {', '.join(unknown)}")
-    options = {**known, **options}
+    # a number YAML 1.1 left as text ("1e-2"), for an option whose default is a number
+    options = {**known, **{k: _number(v) if isinstance(known[k], float) else v for k, v in options.items()}}
     problem = LOSSES[loss_type].check(options) if LOSSES[loss_type].check else ""
     if problem:
         raise ValueError(f"loss_options of {loss_type}: {problem}")

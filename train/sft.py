@@ -18,6 +18,7 @@ import sys
 
 from model.checkpoint import fingerprint as checkpoint_fingerprint
 from model.errors import FormatError
+from model.sources import code_digest
 from train.config import SFTConfig
 from train.data import collate, read_sft, tokens_fingerprint
 from train.distributed import build, setup, teardown
@@ -48,7 +49,9 @@ def main(argv=None):
                     activation_checkpointing=cfg.activation_checkpointing)
         check_weights(net, d, a.model)
         optimizer = make_optimizer(net, cfg)
-        meta = {"model": checkpoint_fingerprint(a.model), "data": tokens_fingerprint(examples), "steps": len(plan)}
+        # the code too (model/sources.py): a run interrupted before an edit of the method is not resumed after it
+        meta = {"model": checkpoint_fingerprint(a.model), "data": tokens_fingerprint(examples), "steps": len(plan),
+                "code": code_digest("train/sft.py")}
         done = load_state(run, net, optimizer, d, meta) if a.resume else 0
 
         def micro_step(step, micro):
