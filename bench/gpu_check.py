@@ -618,6 +618,8 @@ def check_trainer(ctx, numbers):
     write_pairs(tmp / "pairs.jsonl", n_pairs=16, n_words=150)
     settings = [f"max_steps={sizes.trainer_steps}", "save_every=2", "batch_size=2", "micro_batch_size=1",
                 f"max_seq_len={sizes.trainer_seq_len}", "activation_checkpointing=true", "lr=1e-4", "final_lr=1e-5"]
+    if not ctx.cuda:  # the CPU smoke checks the plumbing: fp32, not the bf16 autocast a CPU's auto may choose
+        settings.append("param_dtype=float32")
 
     def command(out, resume=False):
         return [sys.executable, "-c", DPO_RUNNER, "--config", "configs/dpo.yaml", "--model", str(tmp / "checkpoint"),
