@@ -89,10 +89,9 @@ def rule(name: str):
 @rule("best_vs_worst")
 def best_vs_worst(scored: list[dict]) -> tuple[dict, dict] | str:
     """The paper's: the highest score against the lowest; between equal scores the lowest sample index wins
-    (max and min keep the first of equals), a rule blind to the text and its length. Equal ends: a tie."""
-    chosen = max(scored, key=lambda c: c["score"])
-    rejected = min(scored, key=lambda c: c["score"])
-    return (chosen, rejected) if chosen["score"] > rejected["score"] else "tie"
+    (max and min keep the first of equals), a rule blind to the text and its length. (Equal ends are a
+    tie, as for every rule: select_pair drops them.)"""
+    return max(scored, key=lambda c: c["score"]), min(scored, key=lambda c: c["score"])
 
 
 def select_pair(candidates: list[dict], min_gap: float = 0.0, rule: str = "best_vs_worst") -> tuple[dict | None, str | None]:
