@@ -39,12 +39,15 @@ gpu-check:
 	env -u TRITON_INTERPRET PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py --out gpu_check.json
 
 # ---------------------------------------------------------------- the self-rewarding loop
-#   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed)      (BASELINE=1: IFT only, into runs/RUN/baseline)
-#   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation
-#   make iteration N=2 RUN=exp CONFIG=configs/llama2-7b.yaml SET="generate.n=2 dpo.set.lr=5e-7"
+#   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed), and M0's and M1's quality as judges
+#   make baseline                      the SFT baseline, SFT(M0, IFT only), in runs/RUN/baseline
+#   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation (M1 first if missing)
+#   make iteration N=2 RUN=exp CONFIG=configs/llama2-7b.yaml SET="generate.samples=2 dpo.set.lr=5e-7"
 #   make iteration N=2 SELECT=1        M2 = the DPO snapshot that wins most often against M1 (early stopping)
+#   make judged N=2                    one stage by name (prompts, candidates, judged, pairs) and what it needs
 # Every stage is a file under runs/$(RUN)/iter$(N)/, so a rerun does only what is missing or out of date
-# (its inputs or its settings changed); the sampling stages also resume inside a stage. runs/$(RUN)/config.mk shows every setting the stages run with.
+# (its inputs, its settings or its code changed); the sampling stages also resume inside a stage.
+# runs/$(RUN)/config.mk shows every setting the stages run with (configs/iteration.py makes it from CONFIG).
 # `make iteration` ends by checking M_N's files are whole: a checkpoint damaged later is reported, not used.
 RUN    ?= demo
 CONFIG ?= configs/smollm2-135m.yaml
@@ -77,82 +80,96 @@ TP_FLAG = $(if $(and $(filter 1,$(TP)),$(filter-out 1,$(NPROC))),--tp)
 # self-instruct has no data parallelism (each request depends on the prompts kept before it)
 SI_LAUNCH = $(if $(TP_FLAG),$(LAUNCH),$(PY))
 
-.PHONY: iteration
-ifeq ($(N),1)
-ifeq ($(BASELINE),1)
-I := $(R)/baseline
-endif
+.PHONY: iteration baseline prompts candidates judged pairs
 iteration: $(I)/summary.json
 	@$(PY) model/checkpoint.py $(I)/model
 	@cat $<
+	$(if $(filter-out 1,$(N)),$(PY) eval/report.py --run $(R))
 
-$(I)/sft.jsonl: $(IFT) $(EFT) $(S)/sft_data
-	mkdir -p $(I)
-	$(PY) judge/sft_data.py --ift $(IFT) $(if $(filter 1,$(BASELINE)),,--eft $(EFT)) --out $@
+baseline: $(R)/baseline/summary.json
+	@$(PY) model/checkpoint.py $(R)/baseline/model
+	@cat $<
 
-# (a finished run that is out of date is removed first: resuming is for interrupted runs)
-$(I)/model/params.json: $(I)/sft.jsonl $(BASE_MODEL)/params.json $(S)/sft
-	$(if $(wildcard $@),rm -rf $(I)/model $(I)/model.train)
-	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $(I)/model --resume $(SFT_SET)
+# ---- the SFT baseline (make baseline) and M1 (make iteration N=1): supervised fine-tuning of M0
+# (for N >= 2, M_{N-1} is taken as it is: a model trained by hand elsewhere is not made again)
+SFT_RUNS := $(R)/baseline $(if $(filter 1,$(N)),$(R)/iter1)
+# the SFT data: IFT alone for the baseline, IFT + EFT examples for M1
+$(R)/baseline/sft.jsonl: $(IFT) $(S)/sft_data
+	mkdir -p $(@D)
+	$(PY) judge/sft_data.py --ift $(IFT) --out $@
+$(R)/iter1/sft.jsonl: $(IFT) $(EFT) $(S)/sft_data
+	mkdir -p $(@D)
+	$(PY) judge/sft_data.py --ift $(IFT) --eft $(EFT) --out $@
 
-$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(if $(filter 1,$(BASELINE)),,$(R)/iter0/eval/reward_metrics.json) $(S)/summary
-	$(PY) eval/summary.py --iter $(I) --out $@
+# SFT(M0) on it (a finished run that is out of date is removed first: resuming is for interrupted runs)
+$(SFT_RUNS:%=%/model/params.json): %/model/params.json: %/sft.jsonl $(BASE_MODEL)/params.json $(S)/sft
+	$(if $(wildcard $@),rm -rf $*/model $*/model.train)
+	$(LAUNCH) train/sft.py --config $(SFT_CONFIG) --model $(BASE_MODEL) --data $< --out $*/model --resume $(SFT_SET)
 
 # M0 as a judge, before any EFT training: the parse rate the paper's EFT data is there to raise
 $(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(RANKED) $(S)/reward_metrics
-	mkdir -p $(R)/iter0/eval
-	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(RANKED) --limit $(EVAL_RANKED_LIMIT) --out $@ \
-		--seed $(SEED) $(EVAL_ARGS) $(TP_FLAG)
-else
-iteration: $(I)/summary.json
-	@$(PY) model/checkpoint.py $(I)/model
-	@cat $<
-	$(PY) eval/report.py --run $(R)
+	mkdir -p $(@D)
+	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(RANKED) --out $@ --seed $(SEED) $(RM_ARGS) $(TP_FLAG)
 
+$(R)/baseline/summary.json: $(R)/baseline/model/params.json $(R)/baseline/eval/reward_metrics.json $(S)/summary
+	$(PY) eval/summary.py --iter $(@D) --out $@
+$(R)/iter1/summary.json: $(R)/iter1/model/params.json $(R)/iter1/eval/reward_metrics.json \
+		$(R)/iter0/eval/reward_metrics.json $(S)/summary
+	$(PY) eval/summary.py --iter $(@D) --out $@
+
+# ---- the judge's quality (the paper's reward-model metrics) for M1, the baseline and every later model
+$(R)/%/eval/reward_metrics.json: $(R)/%/model/params.json $(RANKED) $(S)/reward_metrics
+	mkdir -p $(@D)
+	$(LAUNCH) eval/reward_metrics.py --model $(R)/$*/model --ranked $(RANKED) --out $@ --seed $(SEED) \
+		$(RM_ARGS) $(TP_FLAG)
+
+# ---- M_N for N >= 2: M_{N-1} builds its own preference data, then DPO
+ifneq ($(N),1)
 $(PREV)/model/params.json:
-	@echo "$(PREV)/model is missing: make M$$(( $(N) - 1 )) first with 'make iteration N=$$(( $(N) - 1 )) RUN=$(RUN) CONFIG=$(CONFIG)'"; exit 1
+	@echo "$(@D) is missing: make it first with 'make iteration N=$$(( $(N) - 1 )) RUN=$(RUN) CONFIG=$(CONFIG)'"; exit 1
+
+prompts candidates judged pairs: %: $(I)/%.jsonl
 
 # 1. new prompts, written by M_{N-1} (or the fixed writer named in the config)
 $(I)/prompts.jsonl: $(PREV)/model/params.json $(IFT) $(S)/self_instruct
 	mkdir -p $(I)
 	$(SI_LAUNCH) sample/self_instruct.py --model $(or $(SI_MODEL),$(PREV)/model) \
 		--seed-prompts $(IFT) --out $@ --seed $(SEED) --id-prefix it$(N) $(SI_ARGS) $(TP_FLAG)
-# 2. candidates: M_{N-1} answers each prompt n times
+# 2. candidates: M_{N-1} answers each prompt `generate.samples` times
 $(I)/candidates.jsonl: $(I)/prompts.jsonl $(S)/generate
 	$(LAUNCH) sample/generate.py --model $(PREV)/model --prompts $< --out $@ --seed $(SEED) $(GEN_ARGS) $(TP_FLAG)
-# 3. M_{N-1} judges each candidate
+# 3. M_{N-1} judges each candidate `judge.samples` times
 $(I)/judged.jsonl: $(I)/candidates.jsonl $(S)/judge
 	$(LAUNCH) judge/score.py --model $(PREV)/model --candidates $< --out $@ --seed $(SEED) $(JUDGE_ARGS) $(TP_FLAG)
-# 4. best vs worst per prompt
+# 4. a pair per prompt: best vs worst (pairs.rule)
 $(I)/pairs.jsonl: $(I)/judged.jsonl $(S)/pairs
 	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
-# 5. M_N = DPO(M_{N-1}) on the pairs, M_{N-1} as the reference (with SELECT=1 into $(I)/dpo, then 5b)
-DPO_OUT := $(if $(filter 1,$(SELECT)),$(I)/dpo,$(I)/model)
-$(DPO_OUT)/params.json: $(I)/pairs.jsonl $(S)/dpo
-	$(if $(wildcard $@),rm -rf $(DPO_OUT) $(DPO_OUT).train)
-	$(LAUNCH) train/dpo.py --config $(DPO_CONFIG) --model $(PREV)/model --pairs $< --out $(DPO_OUT) --resume $(DPO_SET)
-ifeq ($(SELECT),1)
-# 5b. M_N = the DPO snapshot (or final model) that wins most often head to head against M_{N-1}. Prompts: the
-# config's select.prompts, or the last select.limit held-out prompts (the head-to-head below takes the first).
-$(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) $(S)/select
+
+# 5. DPO(M_{N-1}) on the pairs, M_{N-1} as the reference, into DIR (a finished run out of date is removed first)
+DPO = $(if $(wildcard $(1)/params.json),rm -rf $(1) $(1).train;) $(LAUNCH) train/dpo.py --config $(DPO_CONFIG) \
+	--model $(PREV)/model --pairs $(I)/pairs.jsonl --out $(1) --resume $(DPO_SET)
+ifneq ($(SELECT),1)
+# M_N is DPO's final model
+$(I)/model/params.json: $(I)/pairs.jsonl $(S)/dpo
+	$(call DPO,$(I)/model)
+else
+# With checkpoint selection (SELECT=1, select.enabled), DPO's run goes to $(I)/dpo and M_N is the snapshot (or final
+# model) that wins most often head to head against M_{N-1}. Prompts: select.prompts, or the last select.limit
+# held-out prompts (the head-to-head below takes the first head_to_head.limit).
+$(I)/dpo/params.json: $(I)/pairs.jsonl $(S)/dpo
+	$(call DPO,$(I)/dpo)
+$(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT)) $(S)/select
 	$(LAUNCH) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
-		--prompts $(or $(SELECT_PROMPTS),$(HELDOUT),data/seed/heldout.jsonl) \
-		$(if $(SELECT_PROMPTS),--limit,--last) $(SELECT_LIMIT) \
+		--prompts $(or $(SELECT_PROMPTS),$(HELDOUT)) $(if $(SELECT_PROMPTS),--limit,--last) $(SELECT_LIMIT) \
 		--judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS) $(TP_FLAG)
 endif
-# 6. evaluation: M_N as a judge, and M_N against M_{N-1} head to head
-$(I)/eval/head_to_head.json: $(I)/model/params.json $(or $(HELDOUT),data/seed/heldout.jsonl) $(S)/head_to_head
+
+# 6. evaluation: M_N as a judge (above), and M_N against M_{N-1} head to head, judged by M_N
+$(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(S)/head_to_head
 	mkdir -p $(I)/eval
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
-		--prompts $(or $(HELDOUT),data/seed/heldout.jsonl) --limit $(EVAL_HELDOUT_LIMIT) --out $@ --seed $(SEED) \
-		$(H2H_ARGS) $(TP_FLAG)
+		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json $(S)/summary
 	$(PY) eval/summary.py --iter $(I) --out $@
 endif
-
-# the judge's quality (the paper's reward-model metrics), for M1 and every later model
-$(I)/eval/reward_metrics.json: $(I)/model/params.json $(RANKED) $(S)/reward_metrics
-	mkdir -p $(I)/eval
-	$(LAUNCH) eval/reward_metrics.py --model $(I)/model --ranked $(RANKED) --limit $(EVAL_RANKED_LIMIT) --out $@ \
-		--seed $(SEED) $(EVAL_ARGS) $(TP_FLAG)

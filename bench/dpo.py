@@ -165,18 +165,18 @@ def main():
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     parser.add_argument("--measure", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
-    a = parser.parse_args()
-    torch.set_num_threads(a.threads)
-    if a.measure:
-        print(json.dumps(measure(a.measure, Path(a.dir), a.device, a.dtype, a.repeats)))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.measure:
+        print(json.dumps(measure(args.measure, Path(args.dir), args.device, args.dtype, args.repeats)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        net, tok = model.load(a.model)
+        net, tok = model.load(args.model)
         model.save_model(tmp / "ours", net, tok)
         export_hf(tmp / "ours", tmp / "hf")
-        pairs = make_batch(net.args.vocab_size, a.pairs, a.prompt_len, a.response_len)
+        pairs = make_batch(net.args.vocab_size, args.pairs, args.prompt_len, args.response_len)
         (tmp / "pairs.json").write_text(json.dumps([[[s.tokens, s.n_prompt] for s in pair] for pair in pairs]))
         with torch.no_grad():  # reference log-probs: the initial model's, as train/dpo.py caches them
             from train.dpo import pair_batch
@@ -186,8 +186,8 @@ def main():
         del net
         results = {}
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--measure", variant, "--dir", str(tmp), "--device", a.device,
-                   "--dtype", a.dtype, "--repeats", str(a.repeats), "--threads", str(a.threads)]
+            cmd = [sys.executable, __file__, "--measure", variant, "--dir", str(tmp), "--device", args.device,
+                   "--dtype", args.dtype, "--repeats", str(args.repeats), "--threads", str(args.threads)]
             # glibc's mmap threshold fixed at 64 KiB: freed tensors leave the resident set instead of staying
             # in the heap, where they would hide the next step's peak
             proc = subprocess.run(cmd, capture_output=True, text=True,
@@ -200,11 +200,11 @@ def main():
 
     ours, peer = results["ours"], results["hf"]
     agree = max(abs(x - y) for x, y in zip(ours["policy_logps"], peer["policy_logps"]))
-    device = torch.device(a.device)
+    device = torch.device(args.device)
     lines = [f"\n## DPO step ({time.strftime('%Y-%m-%d')}, {machine(device)}, torch {torch.__version__})\n",
-             f"`python bench/dpo.py --pairs {a.pairs} --prompt-len {a.prompt_len} --response-len {a.response_len} "
-             f"--device {a.device} --dtype {a.dtype} --threads {a.threads}`; model: {a.model}; "
-             f"{ours['tokens']} real tokens per step ({2 * a.pairs} sequences); median of {a.repeats} steps after a "
+             f"`python bench/dpo.py --pairs {args.pairs} --prompt-len {args.prompt_len} --response-len {args.response_len} "
+             f"--device {args.device} --dtype {args.dtype} --threads {args.threads}`; model: {args.model}; "
+             f"{ours['tokens']} real tokens per step ({2 * args.pairs} sequences); median of {args.repeats} steps after a "
              f"warm-up step. Policy log-probs of ours and transformers agree within {agree:.1e}.\n",
              "| step | tokens/s | step peak memory (MiB) | tokens/s vs hf | memory vs hf |", "|---|---|---|---|---|"]
     for variant in VARIANTS:
@@ -214,7 +214,7 @@ def main():
                      f"{r['step_peak_bytes'] / peer['step_peak_bytes']:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if not a.no_record:
+    if not args.no_record:
         with open(ROOT / "bench/RESULTS.md", "a") as f:
             f.write(text)
 

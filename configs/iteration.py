@@ -1,21 +1,24 @@
 """The self-rewarding loop's settings: one YAML file per setting (tiny, smollm2-135m, llama2-7b, ...),
 read into the dataclasses below and turned into Make variables for `make iteration`.
 
-    python configs/iteration.py configs/smollm2-135m.yaml generate.n=2 judge.samples=1 > runs/demo/config.mk
+    python configs/iteration.py configs/smollm2-135m.yaml generate.samples=2 judge.samples=1 > runs/demo/config.mk
     python configs/iteration.py --stamps runs/demo/settings configs/smollm2-135m.yaml ...  (as make does)
 
-Unknown sections or keys are errors that name them, and so is a value of the wrong type
-(`generate.temperature: fast`, `select.enabled: maybe`); `section.key=value` arguments (VALUE read as
-YAML) override the file, and `make iteration ... SET="generate.n=2 dpo.set.lr=5e-7"` passes them
-through. A trainer's `set:` keys are checked against its config (train/config.py) here, before any
-stage runs. The values become Make variables, so nothing in them may be code for make or the shell:
-paths may hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. Each stage's settings become the flags of its script (see the Makefile), so everything a
-stage runs with is visible in runs/RUN/config.mk. With --stamps DIR it also writes DIR/<stage>, each
-stage's own settings, touched only when they change, for the Makefile's stage targets to depend on.
+Each stage's section is the settings dataclass its script defines (sample/generate.py's GenerateSettings
+for `generate:`, ...), whose defaults are the only ones: the script's flags take them, a section leaves
+out what it does not change, and every field becomes the flag of the same name (--max-new-tokens for
+max_new_tokens), so everything a stage runs with is visible in runs/RUN/config.mk. Unknown sections or
+keys are errors that name them, and so is a value of the wrong type (`generate.temperature: fast`,
+`select.enabled: maybe`): model/settings.py reads the file. `section.key=value` arguments (VALUE read as
+YAML) override the file, and `make iteration ... SET="generate.samples=2 dpo.set.lr=5e-7"` passes them
+through. A trainer's `set:` keys are checked against its config (train/config.py) here, before any stage
+runs. The values become Make variables, so nothing in them may be code for make or the shell: text may
+hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. With --stamps DIR it
+also writes DIR/<stage>, each stage's own settings and a digest of its code, touched only when they
+change, for the Makefile's stage targets to depend on.
 """
 import hashlib
 import json
-import math
 import os
 import re
 import shlex
@@ -23,78 +26,49 @@ import sys
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-import yaml
-
-from judge.pairs import RULES
+from eval.head_to_head import HeadToHeadSettings
+from eval.reward_metrics import RewardMetricsSettings
+from eval.select_checkpoint import AGAINST, SelectSettings
+from judge.pairs import RULES, PairSettings
+from judge.score import JudgeSettings
 from model.errors import FormatError
+from model.settings import apply_overrides, from_mapping, read_yaml
 from model.sources import code_digest
-from train.config import DPOConfig, SFTConfig, load_config
+from sample.generate import GenerateSettings
+from sample.self_instruct import SelfInstructSettings
+from train.config import DPOConfig, SFTConfig, TrainConfig, load_config
 
-# what a path may hold to be written into make and a shell unquoted: nothing either would interpret
+# what text must be to be written into make and a shell unquoted: nothing either would interpret
 SAFE_TEXT = re.compile(r"[A-Za-z0-9_./+@-]*")
-NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # a decimal number, as YAML 1.1 may leave it in text
 
 
 @dataclass
-class Sampling:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 512
-    batch_size: int = 16
+class SelfInstruct(SelfInstructSettings):
+    model: str = ""             # the prompt writer (--model): a fixed checkpoint (the paper: Llama-2-Chat 70B);
+                                # empty = M_{N-1}, the model being improved
 
 
 @dataclass
-class SelfInstruct(Sampling):
-    n_prompts: int = 200        # new prompts per iteration
-    temperature: float = 0.6    # the paper's
-    max_new_tokens: int = 128
-    model: str = ""             # a fixed prompt writer (the paper: Llama-2-Chat 70B); empty = M_{t}
-
-
-@dataclass
-class Generate(Sampling):
-    n: int = 4                  # candidates per prompt
-
-
-@dataclass
-class Judge(Sampling):
-    samples: int = 3            # judgements per candidate, averaged
-    max_new_tokens: int = 256
-
-
-@dataclass
-class Pairs:
-    rule: str = "best_vs_worst"  # judge/pairs.py's RULES
-    min_gap: float = 0.0
-
-
-@dataclass
-class Trainer:
-    config: str = ""            # a trainer YAML (configs/sft.yaml, configs/dpo.yaml)
+class SFTTrainer:
+    config: str = "configs/sft.yaml"  # the trainer's YAML (train/config.py)
     set: dict = field(default_factory=dict)  # its keys overridden here
 
 
 @dataclass
-class Eval(Sampling):
-    samples: int = 3            # judgements per reply for the reward-model metrics
-    max_new_tokens: int = 256
-    answer_max_new_tokens: int = 512  # head-to-head answers (greedy); max_new_tokens bounds every judgement
-    ranked_limit: int = 0       # judge only the first K prompts of the ranked set (0 = all)
-    heldout_limit: int = 0      # head-to-head on the first K held-out prompts (0 = all)
+class DPOTrainer:
+    config: str = "configs/dpo.yaml"
+    set: dict = field(default_factory=dict)
 
 
 @dataclass
-class Select:
+class Select(SelectSettings):
     """Checkpoint selection (the paper's early stopping): M_N is the DPO snapshot that wins most often
-    head to head against M_{N-1}, not the last one. `make iteration SELECT=1` or enabled: true."""
+    head to head against M_{N-1}, not the last one. `make iteration SELECT=1` or enabled: true. The fields
+    past SelectSettings' are the Makefile's: which judge, which prompts."""
     enabled: bool = False
     judge: str = ""             # the judge's checkpoint (the paper: Claude 2); empty = M_{N-1}, self-judged
     prompts: str = ""           # validation prompts (the paper: 253); empty = the LAST `limit` held-out prompts,
-    limit: int = 0              #   apart from the head-to-head's first eval.heldout_limit when both fit
-    against: str = "previous-model"  # or previous-checkpoint (see eval/select_checkpoint.py)
-    max_new_tokens: int = 512
-    judge_max_new_tokens: int = 256
-    batch_size: int = 16
+    limit: int = 0              #   apart from the head-to-head's first head_to_head.limit when both fit
 
 
 @dataclass
@@ -103,106 +77,78 @@ class Iteration:
     ift: str = "data/seed/ift.jsonl"
     eft: str = "data/seed/eft.jsonl"
     ranked: str = "data/seed/ranked.trees.jsonl"   # human-ranked replies: the reward-model evaluation
-    heldout: str = ""           # prompts for head-to-head (JSONL with "prompt"); empty: the ranked set's prompts
+    heldout: str = "data/seed/heldout.jsonl"       # prompts for head-to-head (JSONL with "prompt")
     seed: int = 0
     nproc: int = 1              # processes per stage under torchrun (1: plain python)
     tp: bool = False            # sampling stages under torchrun: one model split over the ranks (a 70B in bf16
                                 # does not fit one GPU) instead of a copy per rank (data parallel); without
                                 # it, self-instruct runs as one process
     self_instruct: SelfInstruct = field(default_factory=SelfInstruct)
-    generate: Generate = field(default_factory=Generate)
-    judge: Judge = field(default_factory=Judge)
-    pairs: Pairs = field(default_factory=Pairs)
-    sft: Trainer = field(default_factory=lambda: Trainer("configs/sft.yaml"))
-    dpo: Trainer = field(default_factory=lambda: Trainer("configs/dpo.yaml"))
-    eval: Eval = field(default_factory=Eval)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    pairs: PairSettings = field(default_factory=PairSettings)
+    sft: SFTTrainer = field(default_factory=SFTTrainer)
+    dpo: DPOTrainer = field(default_factory=DPOTrainer)
+    reward_metrics: RewardMetricsSettings = field(default_factory=RewardMetricsSettings)
+    head_to_head: HeadToHeadSettings = field(default_factory=HeadToHeadSettings)
     select: Select = field(default_factory=Select)
 
 
-def from_dict(cls, values: dict, where: str):
-    """cls(**values), recursively, with an error naming any key cls does not have."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {values!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = known[name].default_factory() if callable(known[name].default_factory) else None
-        key = f"{where}{' ' if where.endswith(':') else '.'}{name}"  # "FILE: section.key"
-        kwargs[name] = from_dict(type(default), value, key) if is_dataclass(default) else checked(known[name].type, value, key)
-    return cls(**kwargs)
-
-
-def checked(kind, value, where: str):
-    """value as a setting of type `kind` (bool, int, float, str, dict), or an error naming the key."""
-    if kind is float and isinstance(value, str) and NUMBER.fullmatch(value.strip()):  # YAML 1.1 reads 1e-6 as text
-        value = float(value)
-    ok = (isinstance(value, bool) if kind is bool else
-          isinstance(value, int) and not isinstance(value, bool) if kind is int else
-          isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) if kind is float
-          else isinstance(value, kind))
-    if not ok:
-        raise ValueError(f"{where}: expected {'a finite number' if kind is float else kind.__name__}, got {value!r}")
-    if kind is str and not SAFE_TEXT.fullmatch(value):
-        raise ValueError(f"{where}: {value!r} has characters that make or the shell would read as code; a path "
-                         "here may hold letters, digits and _ . / + @ - only")
-    return value
-
-
-def check_trainers(cfg: "Iteration") -> None:
-    """Each trainer's config file and its `set:` overrides, read as the trainer will read them."""
-    for name, trainer, config_class in (("sft", cfg.sft, SFTConfig), ("dpo", cfg.dpo, DPOConfig)):
-        try:
-            load_config(config_class, trainer.config, overrides_list(trainer))
-        except FormatError as e:
-            raise ValueError(f"{name}: {e}") from None
+def unsafe_text(settings, where: str) -> None:
+    """Refuse any text setting, nested sections included, that make or the shell would read as code."""
+    for f in fields(settings):
+        value, key = getattr(settings, f.name), f"{where}{' ' if where.endswith(':') else '.'}{f.name}"
+        if is_dataclass(value):
+            unsafe_text(value, key)
+        elif isinstance(value, str) and not SAFE_TEXT.fullmatch(value):
+            raise FormatError(f"{key}: {value!r} has characters that make or the shell would read as code; text "
+                              "here may hold letters, digits and _ . / + @ - only")
 
 
 def load(path: str, overrides: list[str]) -> Iteration:
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r}: expected section.key=value")
-        *parents, last = key.split(".")
-        node = values
-        for p in parents:
-            node = node.setdefault(p, {})
-        try:
-            node[last] = yaml.safe_load(value)
-        except yaml.YAMLError:  # not YAML (a backquote, say): the text as typed, checked as any other
-            node[last] = value
+    """The run's settings from its YAML file and section.key=value overrides, every value checked."""
+    values = apply_overrides(read_yaml(path), overrides)
     if "base_model" not in values:
-        raise ValueError(f"{path}: base_model is required")
-    cfg = from_dict(Iteration, values, f"{path}:")
-    if not cfg.base_model:
-        raise ValueError(f"{path}: base_model is empty")
-    check_trainers(cfg)
+        raise FormatError(f"{path}: base_model is required")
+    cfg = from_mapping(Iteration, values, f"{path}:")
+    unsafe_text(cfg, f"{path}:")
+    for key in ("base_model", "ift", "ranked", "heldout"):
+        if not getattr(cfg, key):
+            raise FormatError(f"{path}: {key} is empty")
     if cfg.pairs.rule not in RULES:
-        raise ValueError(f"{path}: pairs.rule must be one of {sorted(RULES)} (judge/pairs.py), got {cfg.pairs.rule!r}")
+        raise FormatError(f"{path}: pairs.rule must be one of {sorted(RULES)} (judge/pairs.py), got {cfg.pairs.rule!r}")
+    if cfg.select.against not in AGAINST:
+        raise FormatError(f"{path}: select.against must be one of {list(AGAINST)}, got {cfg.select.against!r}")
     return cfg
 
 
-# torchrun takes "--n" for an abbreviation of its own options: generate.py's --n has a long name too
-FLAG_NAMES = {"n": "num-samples"}
+def trainer_configs(cfg: Iteration) -> dict[str, TrainConfig]:
+    """Each trainer's config file with its `set:` overrides, read and checked as the trainer will read them."""
+    resolved = {}
+    for name, trainer, config_class in (("sft", cfg.sft, SFTConfig), ("dpo", cfg.dpo, DPOConfig)):
+        try:
+            resolved[name] = load_config(config_class, trainer.config, overrides_list(trainer))
+        except FormatError as e:
+            raise FormatError(f"{name}: {e}") from None
+    return resolved
 
 
-def flags(stage, skip=()) -> str:
-    """A stage's settings as its script's flags: --max-new-tokens 512 ..."""
-    return " ".join(f"--{FLAG_NAMES.get(f.name, f.name.replace('_', '-'))} {shlex.quote(str(getattr(stage, f.name)))}"
-                    for f in fields(stage) if f.name not in skip)
+def flags(settings, cls=None, outputs_only: bool = False) -> str:
+    """The fields of `cls` (by default settings' own class) as its script's flags: --max-new-tokens 512 ...;
+    outputs_only leaves out the speed-only ones (the class's speed_only)."""
+    cls = cls or type(settings)
+    skip = getattr(cls, "speed_only", ()) if outputs_only else ()
+    return " ".join(f"--{f.name.replace('_', '-')} {shlex.quote(str(getattr(settings, f.name)))}"
+                    for f in fields(cls) if f.name not in skip)
 
 
-def overrides_list(trainer: Trainer) -> list[str]:
+def overrides_list(trainer) -> list[str]:
     """A trainer's `set:` mapping as KEY=VALUE overrides, values as JSON (which the trainers read as YAML:
     a mapping such as loss_options, or a bool, survives the trip)."""
     return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in trainer.set.items()]
 
 
-def overrides(trainer: Trainer) -> str:
+def overrides(trainer) -> str:
     """A trainer's `set:` mapping as its --set key=value arguments."""
     items = overrides_list(trainer)
     return ("--set " + " ".join(shlex.quote(item) for item in items)) if items else ""
@@ -212,20 +158,15 @@ def variables(cfg: Iteration) -> dict:
     """The Make variables the stages run with, by name."""
     return {
         "BASE_MODEL": cfg.base_model, "IFT": cfg.ift, "EFT": cfg.eft, "RANKED": cfg.ranked,
-        "HELDOUT": cfg.heldout, "SEED": cfg.seed, "NPROC": cfg.nproc,
-        "SI_MODEL": cfg.self_instruct.model, "SI_ARGS": flags(cfg.self_instruct, skip=("model",)),
-        "TP": int(cfg.tp),
-        "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge),
-        "PAIRS_ARGS": flags(cfg.pairs),
+        "HELDOUT": cfg.heldout, "SEED": cfg.seed, "NPROC": cfg.nproc, "TP": int(cfg.tp),
+        "SI_MODEL": cfg.self_instruct.model, "SI_ARGS": flags(cfg.self_instruct, SelfInstructSettings),
+        "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge), "PAIRS_ARGS": flags(cfg.pairs),
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
-        "EVAL_ARGS": flags(cfg.eval, skip=("ranked_limit", "heldout_limit", "answer_max_new_tokens")),
-        "H2H_ARGS": f"--max-new-tokens {cfg.eval.answer_max_new_tokens} --judge-max-new-tokens "
-                    f"{cfg.eval.max_new_tokens} --batch-size {cfg.eval.batch_size}",
-        "EVAL_RANKED_LIMIT": cfg.eval.ranked_limit, "EVAL_HELDOUT_LIMIT": cfg.eval.heldout_limit,
-        "SELECT_ENABLED": int(bool(cfg.select.enabled)), "SELECT_JUDGE": cfg.select.judge,
+        "RM_ARGS": flags(cfg.reward_metrics), "H2H_ARGS": flags(cfg.head_to_head),
+        "SELECT_ENABLED": int(cfg.select.enabled), "SELECT_JUDGE": cfg.select.judge,
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
-        "SELECT_ARGS": flags(cfg.select, skip=("enabled", "judge", "prompts", "limit")),
+        "SELECT_ARGS": flags(cfg.select, SelectSettings),
     }
 
 
@@ -233,7 +174,7 @@ def make_escaped(value) -> str:
     """A value as make reads it back unchanged on the right of `:=` ($ and # are make's)."""
     text = str(value)
     if "\n" in text or "\r" in text or text.endswith("\\"):
-        raise ValueError(f"{text!r}: a line break or trailing backslash cannot go into a make variable")
+        raise FormatError(f"{text!r}: a line break or trailing backslash cannot go into a make variable")
     return text.replace("$", "$$").replace("#", "\\#")
 
 
@@ -241,16 +182,10 @@ def make_variables(cfg: Iteration) -> str:
     return "".join(f"{k} := {make_escaped(v)}\n" for k, v in variables(cfg).items())
 
 
-def file_digest(path: str) -> str:
-    """A file's content: editing configs/dpo.yaml must make the models trained with it stale."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else ""
-
-
-def trainer_digest(config_class, trainer: Trainer) -> str:
-    """The resolved trainer settings (its YAML with the set: keys applied), less micro_batch_size, which
-    changes memory and speed but not the model (train/config.py)."""
-    resolved = asdict(load_config(config_class, trainer.config, overrides_list(trainer)))
-    resolved.pop("micro_batch_size")
+def trainer_digest(config: TrainConfig) -> str:
+    """A trainer's resolved settings (its YAML with the set: keys applied) less the speed-only ones, which
+    change memory and speed but not the model (train/config.py)."""
+    resolved = {k: v for k, v in asdict(config).items() if k not in config.speed_only}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -271,38 +206,37 @@ STAGE_SCRIPTS = {
 }
 
 
-def stage_settings(cfg: Iteration) -> dict[str, str]:
+def stage_records(cfg: Iteration, trainers: dict[str, TrainConfig]) -> dict[str, str]:
     """What each stage's outputs depend on besides its input files, one text per stage: its settings and
-    the digest of the code that runs it. Not the number of processes, tensor parallelism, batch sizes of
-    the samplers or micro-batch sizes of the trainers: the outputs do not depend on them."""
-    v = variables(cfg)
-
-    def pick(*keys, batch_size=False):
-        text = "".join(f"{k} := {value}\n" for k, value in v.items() if k in keys)
-        # the sampler's outputs do not depend on its batch size (self-instruct's requests do)
-        return text if batch_size else re.sub(r" ?--batch-size \S+", "", text)
-    evaluation = ("RANKED", "HELDOUT", "EVAL_ARGS", "H2H_ARGS", "EVAL_RANKED_LIMIT", "EVAL_HELDOUT_LIMIT", "SEED")
-    settings = {
-        "sft_data": pick("IFT", "EFT"),
-        "sft": f"trainer {trainer_digest(SFTConfig, cfg.sft)}\n",
-        "self_instruct": pick("SI_MODEL", "SI_ARGS", "IFT", "SEED", batch_size=True),
-        "generate": pick("GEN_ARGS", "SEED"),
-        "judge": pick("JUDGE_ARGS", "SEED"),
-        "pairs": pick("PAIRS_ARGS"),
-        "dpo": f"trainer {trainer_digest(DPOConfig, cfg.dpo)}\n",
-        "select": pick("SELECT_JUDGE", "SELECT_PROMPTS", "SELECT_LIMIT", "SELECT_ARGS", "HELDOUT", "SEED"),
-        "reward_metrics": pick(*evaluation),
-        "head_to_head": pick(*evaluation),
+    the digest of the code that runs it. Not the number of processes, tensor parallelism, or the speed-only
+    settings (batch sizes of the samplers, micro-batch sizes of the trainers): the outputs do not depend
+    on them."""
+    def lines(**values) -> str:
+        return "".join(f"{k} {v}\n" for k, v in values.items())
+    seed = cfg.seed
+    records = {
+        "sft_data": lines(ift=cfg.ift, eft=cfg.eft),
+        "sft": lines(trainer=trainer_digest(trainers["sft"])),
+        "self_instruct": lines(writer=cfg.self_instruct.model, ift=cfg.ift, seed=seed,
+                               settings=flags(cfg.self_instruct, SelfInstructSettings, outputs_only=True)),
+        "generate": lines(seed=seed, settings=flags(cfg.generate, outputs_only=True)),
+        "judge": lines(seed=seed, settings=flags(cfg.judge, outputs_only=True)),
+        "pairs": lines(settings=flags(cfg.pairs)),
+        "dpo": lines(trainer=trainer_digest(trainers["dpo"])),
+        "select": lines(judge=cfg.select.judge, prompts=cfg.select.prompts, limit=cfg.select.limit,
+                        heldout=cfg.heldout, seed=seed, settings=flags(cfg.select, SelectSettings, outputs_only=True)),
+        "reward_metrics": lines(ranked=cfg.ranked, seed=seed, settings=flags(cfg.reward_metrics, outputs_only=True)),
+        "head_to_head": lines(heldout=cfg.heldout, seed=seed, settings=flags(cfg.head_to_head, outputs_only=True)),
         "summary": "",
     }
-    return {stage: text + f"code {code_digest(*STAGE_SCRIPTS[stage])}\n" for stage, text in settings.items()}
+    return {stage: text + f"code {code_digest(*STAGE_SCRIPTS[stage])}\n" for stage, text in records.items()}
 
 
-def write_stamps(directory: str, cfg: Iteration) -> None:
+def write_stamps(directory: str, records: dict[str, str]) -> None:
     """DIR/<stage> for every stage, rewritten only when its text changes: the Makefile's stage targets
     depend on them, so a changed setting makes exactly the outputs it affects out of date."""
     Path(directory).mkdir(parents=True, exist_ok=True)
-    for stage, text in stage_settings(cfg).items():
+    for stage, text in records.items():
         path = Path(directory) / stage
         if path.is_file() and path.read_text() == text:
             continue
@@ -322,10 +256,11 @@ def main():
         sys.exit(__doc__)
     try:
         cfg = load(args[0], args[1:])
+        trainers = trainer_configs(cfg)
         if stamps:
-            write_stamps(stamps, cfg)
+            write_stamps(stamps, stage_records(cfg, trainers))
         print(make_variables(cfg), end="")
-    except (OSError, ValueError, TypeError, yaml.YAMLError, FormatError) as e:
+    except (OSError, FormatError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -29,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-from eval.stages import add_answer_args, answer, prepare_work_dir, sampling_settings, work_dir, write_json
+from eval.stages import (ContestSettings, add_answer_args, answer, contest_configs, prepare_work_dir, sampling_settings,
+                         work_dir, write_json)
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
-from sample.stage import is_rank_zero
+from sample.stage import StageConfig, is_rank_zero
 
 
 def read_alpaca_eval(path) -> list[dict]:
@@ -69,18 +70,20 @@ def read_mt_bench(path) -> list[dict]:
     return rows
 
 
-def export_alpaca_eval(a, eval_set: list[dict], generator: str) -> tuple[list[dict], list[dict]]:
-    """(the AlpacaEval outputs, the answer rows behind them)."""
+def export_alpaca_eval(answering: StageConfig, model, work: Path, eval_set: list[dict],
+                       generator: str) -> tuple[list[dict], list[dict]]:
+    """(the AlpacaEval outputs, the answer rows behind them, kept in `work`)."""
     prompts = [{"id": i, "prompt": row["instruction"]} for i, row in enumerate(eval_set)]
-    answers = answer(a, a.model, prompts, work_dir(a.out) / "answers.jsonl")
+    answers = answer(answering, model, prompts, work / "answers.jsonl")
     outputs = [{"instruction": row["instruction"], "output": ans["response"], "generator": generator,
                 **({"dataset": row["dataset"]} if "dataset" in row else {})} for row, ans in zip(eval_set, answers)]
     return outputs, answers
 
 
-def export_mt_bench(a, questions: list[dict], model_id: str) -> tuple[list[dict], list[dict]]:
-    """(the MT-Bench answer lines, the answer rows of every turn). Turn k is answered, for the questions that
-    have it, in a conversation holding the earlier turns and the model's own answers to them."""
+def export_mt_bench(answering: StageConfig, model, work: Path, questions: list[dict],
+                    model_id: str) -> tuple[list[dict], list[dict]]:
+    """(the MT-Bench answer lines, the answer rows of every turn, kept in `work`). Turn k is answered, for the
+    questions that have it, in a conversation holding the earlier turns and the model's own answers to them."""
     conversations = {q["question_id"]: [] for q in questions}
     all_answers = []
     for k in range(max(len(q["turns"]) for q in questions)):
@@ -88,7 +91,7 @@ def export_mt_bench(a, questions: list[dict], model_id: str) -> tuple[list[dict]
         for q in asked:
             conversations[q["question_id"]].append({"role": "user", "content": q["turns"][k]})
         prompts = [{"id": q["question_id"], "messages": list(conversations[q["question_id"]])} for q in asked]
-        answers = answer(a, a.model, prompts, work_dir(a.out) / f"turn{k + 1}.jsonl", desc=f"answering turn {k + 1}")
+        answers = answer(answering, model, prompts, work / f"turn{k + 1}.jsonl", desc=f"answering turn {k + 1}")
         for q, ans in zip(asked, answers):
             conversations[q["question_id"]].append({"role": "assistant", "content": ans["response"]})
         all_answers += answers
@@ -113,32 +116,33 @@ def main(argv=None):
     for p in (alpaca, mt):
         p.add_argument("--model", required=True, help="checkpoint directory")
         p.add_argument("--out", required=True, help="file to write; answers are kept in its .work folder")
-        add_answer_args(p, judge=False, max_new_tokens=1024)
-    a = parser.parse_args(argv)
-    flag, given = ("--eval-set", a.eval_set) if a.format == "alpacaeval" else ("--questions", a.questions)
+        add_answer_args(p, ContestSettings(max_new_tokens=1024), judge=False)
+    args = parser.parse_args(argv)
+    answering, _ = contest_configs(args, judge=False)
+    flag, given = ("--eval-set", args.eval_set) if args.format == "alpacaeval" else ("--questions", args.questions)
     try:
-        check_output(a.out, {flag: given})
-        if a.format == "alpacaeval":
-            source, name = read_alpaca_eval(a.eval_set), a.generator
+        check_output(args.out, {flag: given})
+        if args.format == "alpacaeval":
+            source, name = read_alpaca_eval(args.eval_set), args.generator
         else:
-            source, name = read_mt_bench(a.questions), a.model_id or Path(a.out).stem
+            source, name = read_mt_bench(args.questions), args.model_id or Path(args.out).stem
     except FormatError as e:
         sys.exit(f"error: {e}")
-    prepare_work_dir(a.out, f"eval/export.py {a.format}", {"model": Path(a.model), "input": Path(given),
-                                                          "answer_sampling": sampling_settings(a)})
-    export = export_alpaca_eval if a.format == "alpacaeval" else export_mt_bench
-    outputs, answers = export(a, source, name)
+    prepare_work_dir(args.out, f"eval/export.py {args.format}", {"model": Path(args.model), "input": Path(given),
+                                                          "answer_sampling": sampling_settings(answering)})
+    export = export_alpaca_eval if args.format == "alpacaeval" else export_mt_bench
+    outputs, answers = export(answering, args.model, work_dir(args.out), source, name)
     if not is_rank_zero():
         return  # torchrun: rank 0 writes the file
-    if a.format == "alpacaeval":
-        write_json(a.out, outputs)
+    if args.format == "alpacaeval":
+        write_json(args.out, outputs)
     else:
-        write_jsonl_atomic(a.out, outputs)
+        write_jsonl_atomic(args.out, outputs)
     too_long = sum(r["finish_reason"] == "too long" for r in answers)
     limited = sum(r["finish_reason"] == "length" for r in answers)
-    print(f"{len(outputs)} {'instructions' if a.format == 'alpacaeval' else 'questions'} answered as {name!r} "
+    print(f"{len(outputs)} {'instructions' if args.format == 'alpacaeval' else 'questions'} answered as {name!r} "
           f"({len(answers)} answers: {limited} hit --max-new-tokens, {too_long} empty because the prompt was too "
-          f"long for the context); wrote {a.out}", file=sys.stderr)
+          f"long for the context); wrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

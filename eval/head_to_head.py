@@ -6,9 +6,9 @@
 1. A and B answer every prompt ({"id", "prompt"} or {"id", "messages"} lines, as sample/generate.py
    reads them), greedily by default (--temperature 0; the result file states the settings).
 2. The judge (any checkpoint: a stronger model, or A or B itself, which the output says loudly)
-   compares the two answers with the pairwise prompt of eval/pairwise.py (for a conversation, under
-   its last user turn), twice: once with A's answer shown first, once with B's, to cancel the judge's
-   position bias.
+   compares the two answers with the pairwise prompt of eval/pairwise.py (a conversation's judge sees
+   its earlier turns too, as the loop's judge does), twice: once with A's answer shown first, once
+   with B's, to cancel the judge's position bias.
 3. Each order's verdict names a winner (A, B or tie). A prompt's outcome adds them up, +1 for A and
    -1 for B per order: A wins, B wins, or a tie, so a judge that always prefers the first answer
    gives a tie, and A winning one order and tying the other is a win for A. A prompt where either
@@ -30,15 +30,22 @@ Under torchrun every stage runs data parallel, or with --tp each model split ove
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eval.pairwise import pairwise_messages, parse_verdict
-from eval.stages import (add_answer_args, add_limit_args, answer, eval_stage_config, limit_settings, limited, number,
+from eval.stages import (ContestSettings, add_answer_args, add_limit_args, answer, contest_configs, limited, number,
                          percent, prepare_work_dir, sampling_settings, write_json)
 from model.errors import FormatError
 from model.jsonl import check_output, write_jsonl_atomic
 from sample.generate import read_prompts
-from sample.stage import Request, is_rank_zero, run_stage
+from sample.stage import Request, StageConfig, is_rank_zero, run_stage
+
+
+@dataclass
+class HeadToHeadSettings(ContestSettings):
+    limit: int = 0                  # only the first `limit` prompts (0: all)
+
 
 # A judge takes items {"id", "sample", "prompt", "response_1", "response_2", ...} and returns its raw
 # output for each, in order (None for an item it could not judge).
@@ -53,6 +60,7 @@ def judge_items(prompts: list[dict], answers_a: dict, answers_b: dict) -> list[d
         a, b = answers_a[p["id"]], answers_b[p["id"]]
         for sample, (first, one, two) in enumerate((("a", a, b), ("b", b, a))):
             items.append({"id": p["id"], "sample": sample, "first": first, "prompt": a["prompt"],
+                          **({"messages": p["messages"]} if "messages" in p else {}),
                           "response_1": one["response"], "response_2": two["response"]})
     return items
 
@@ -121,8 +129,8 @@ def tally(rows: list[dict], answers_a: list[dict], answers_b: list[dict], n_too_
     }
 
 
-def model_judge(a, judge_model, out) -> Judge:
-    """A Judge that samples checkpoint `judge_model` with a's judge options, resumably into `out`."""
+def model_judge(config: StageConfig, judge_model, out) -> Judge:
+    """A Judge that samples checkpoint `judge_model` as `config` says, resumably into `out`."""
     def judged(request: Request, completions) -> list[dict]:
         c = completions[0]
         return [{**request.fields, "judgement": c.text, "finish_reason": c.finish_reason, "n_tokens": c.n_tokens}]
@@ -130,10 +138,11 @@ def model_judge(a, judge_model, out) -> Judge:
     def judge(items: list[dict]) -> list[str | None]:
         def requests(tokenizer):
             return [Request([it["id"], it["sample"]], it, tokenizer.encode_chat(
-                pairwise_messages(it["prompt"], it["response_1"], it["response_2"])), [(it["id"], it["sample"])])
+                pairwise_messages(it.get("messages") or it["prompt"], it["response_1"], it["response_2"])),
+                [(it["id"], it["sample"])])
                 for it in items]
 
-        rows, _, _ = run_stage(eval_stage_config(a, judge_model, out, judge=True), "eval/head_to_head.py judgements",
+        rows, _, _ = run_stage(replace(config, model=str(judge_model), out=str(out)), "eval/head_to_head.py judgements",
                                requests, judged, 1, desc="judging",
                                on_too_long=lambda r: {**r.fields, "judgement": None, "finish_reason": "too long"})
         return [r["judgement"] for r in rows]
@@ -170,21 +179,20 @@ def summary_lines(s: dict) -> list[str]:
     return lines
 
 
-def judge_answers(a, prompts: list[dict], answers_a: list[dict], answers_b: list[dict], model_a, model_b,
-                  work: Path) -> dict:
-    """Judge two models' answers with a's judge options (judgements into `work`), write the outcomes there
-    (rank 0), and return the summary."""
+def judge_answers(judging: StageConfig, judge_model, prompts: list[dict], answers_a: list[dict],
+                  answers_b: list[dict], model_a, model_b, work: Path) -> dict:
+    """Judge two models' answers with checkpoint `judge_model` sampled as `judging` says (judgements into
+    `work`), write the outcomes there (rank 0), and return the tally with who played and who judged."""
     by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
-    rows, tallied = compare(prompts, *by_id, model_judge(a, a.judge, work / "judgements.jsonl"))
-    summary = {"a": str(model_a), "b": str(model_b), "judge": str(a.judge),
-               "self_judged": self_judged(a.judge, model_a, model_b), "prompts": str(a.prompts),
-               "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True), **tallied}
+    rows, tallied = compare(prompts, *by_id, model_judge(judging, judge_model, work / "judgements.jsonl"))
     if is_rank_zero():
         write_jsonl_atomic(work / "outcomes.jsonl", rows)
-    return summary
+    return {"a": str(model_a), "b": str(model_b), "judge": str(judge_model),
+            "self_judged": self_judged(judge_model, model_a, model_b), "judge_sampling": sampling_settings(judging),
+            **tallied}
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", required=True, help="checkpoint A (its wins are the reported wins)")
     parser.add_argument("--b", required=True, help="checkpoint B")
@@ -192,23 +200,31 @@ def main(argv=None):
     parser.add_argument("--prompts", required=True, help="held-out prompts, JSONL {\"id\", \"prompt\"}")
     parser.add_argument("--out", required=True, help="summary JSON to write; stage files go to its .work folder")
     add_limit_args(parser)
-    add_answer_args(parser)
-    a = parser.parse_args(argv)
+    add_answer_args(parser, HeadToHeadSettings())
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    answering, judging = contest_configs(args)
     try:
-        check_output(a.out, {"--prompts": a.prompts})
-        prompts = limited(read_prompts(a.prompts)[0], a)
+        check_output(args.out, {"--prompts": args.prompts})
+        prompts = limited(read_prompts(args.prompts)[0], args.limit, args.last)
     except FormatError as e:
         sys.exit(f"error: {e}")
-    work = prepare_work_dir(a.out, "eval/head_to_head.py",
-                            {"a": Path(a.a), "b": Path(a.b), "judge": Path(a.judge), "prompts": Path(a.prompts), **limit_settings(a),
-                             "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
-    answers_a = answer(a, a.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
-    answers_b = answer(a, a.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
-    summary = judge_answers(a, prompts, answers_a, answers_b, a.a, a.b, work)
+    work = prepare_work_dir(args.out, "eval/head_to_head.py",
+                            {"a": Path(args.a), "b": Path(args.b), "judge": Path(args.judge),
+                             "prompts": Path(args.prompts), "limit": args.limit, "last": args.last,
+                             "answer_sampling": sampling_settings(answering),
+                             "judge_sampling": sampling_settings(judging)})
+    answers_a = answer(answering, args.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
+    answers_b = answer(answering, args.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
+    summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work)
     if not is_rank_zero():
         return
-    write_json(a.out, summary)
-    print("\n".join(summary_lines(summary)) + f"\nwrote {a.out}", file=sys.stderr)
+    summary = {**summary, "prompts": str(args.prompts), "answer_sampling": sampling_settings(answering)}
+    write_json(args.out, summary)
+    print("\n".join(summary_lines(summary)) + f"\nwrote {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

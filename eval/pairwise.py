@@ -1,6 +1,6 @@
 """The pairwise judge of the head-to-head evaluation: its prompt, filled in safely, and its verdict parser.
 
-    messages = pairwise_messages(instruction, response_1, response_2)   # one user turn
+    messages = pairwise_messages(instruction, response_1, response_2)   # one user turn; instruction: text or chat
     parse_verdict("Response 2 answers the question.\nVerdict: 2")      -> ParsedVerdict("2", None)
     parse_verdict("Both are fine, I think.")                            -> ParsedVerdict(None, "no verdict")
 
@@ -26,7 +26,7 @@ starting with one of REASONS.
 import re
 from typing import NamedTuple
 
-from judge.prompt import neutralise_text
+from judge.prompt import instruction_text, neutralise_text
 
 REASONS = ("no verdict", "conflicting verdicts", "not text")
 
@@ -89,8 +89,9 @@ def neutralise(response: str) -> str:
     return neutralise_text(response, VERDICT, _RESPONSE_TAG)
 
 
-def pairwise_messages(instruction: str, response_1: str, response_2: str) -> list[dict]:
-    """The pairwise judge prompt as a chat: a single user turn."""
-    content = PAIRWISE_TEMPLATE.format(instruction=instruction, response_1=neutralise(response_1),
+def pairwise_messages(instruction: str | list[dict], response_1: str, response_2: str) -> list[dict]:
+    """The pairwise judge prompt as a chat: a single user turn. A conversation (chat messages ending with the
+    user turn answered) fills "User:" as it does for the single judge (judge/prompt.py instruction_text)."""
+    content = PAIRWISE_TEMPLATE.format(instruction=instruction_text(instruction), response_1=neutralise(response_1),
                                        response_2=neutralise(response_2))
     return [{"role": "user", "content": content}]

@@ -255,12 +255,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory (runs/RUN)")
     parser.add_argument("--no-plots", action="store_true", help="write only the Markdown")
-    a = parser.parse_args(argv)
-    run = Path(a.run)
+    args = parser.parse_args(argv)
+    run = Path(args.run)
     if not run.is_dir():
         sys.exit(f"error: {run}: no such run directory")
     try:
-        text, pngs = report(run, plots=not a.no_plots)
+        text, pngs = report(run, plots=not args.no_plots)
     except ValueError as e:
         sys.exit(f"error: {e}")
     out = run / "report.md"

@@ -23,17 +23,24 @@ its "rank". Runs under torchrun like judge/score.py (data or tensor parallel).
 import argparse
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from eval.metrics import parse_rate, reward_model_metrics
-from eval.stages import add_limit_args, limit_settings, limited, number, percent, prepare_work_dir, write_json
+from eval.stages import add_limit_args, limited, number, percent, prepare_work_dir, write_json
 from judge.oasst import build_sets, read_messages
 from judge.prompt import judge_messages
-from judge.score import judged_rows, unjudged_row
+from judge.score import JudgeSettings, judged_rows, unjudged_row
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
 from sample.generate import add_sampling_args, positive_int, stage_config
 from sample.stage import Request, is_rank_zero, run_stage, throughput
+
+@dataclass
+class RewardMetricsSettings(JudgeSettings):
+    """Judged as judge/score.py judges in the loop, by default."""
+    limit: int = 0                  # judge only the first `limit` ranked prompts (0: all)
+
 
 # The paper's Table 4 (Llama-2-70B; SFT baseline, then iterations 1-3), for comparison.
 PAPER = {"SFT baseline": {"pairwise_accuracy": 0.651, "five_best": 0.396, "exact_match": 0.101,
@@ -133,26 +140,32 @@ def summary_lines(m: dict) -> list[str]:
             table(m)]
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(parser, max_new_tokens=256)
+    defaults = RewardMetricsSettings()
+    add_sampling_args(parser, defaults)
     parser.add_argument("--ranked", required=True, help="human-ranked set: an Open Assistant export or a ranked JSONL")
-    parser.add_argument("--samples", type=positive_int, default=3, help="judgements per reply (default %(default)s)")
+    parser.add_argument("--samples", type=positive_int, default=defaults.samples,
+                        help="judgements per reply (default %(default)s)")
     add_limit_args(parser, "ranked prompts")
     parser.add_argument("--lang", default="en", help="Open Assistant exports: the language to keep (default en)")
     parser.add_argument("--out", required=True, help="metrics JSON to write; judgements go to its .work folder")
-    a = parser.parse_args(argv)
-    sampling = {"temperature": a.temperature, "top_p": a.top_p, "top_k": a.top_k, "max_new_tokens": a.max_new_tokens,
-                "seed": a.seed}
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    sampling = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     try:
-        check_output(a.out, {"--ranked": a.ranked})
-        prompts, counts = read_ranked(a.ranked, a.lang)
-        prompts = limited(prompts, a)
+        check_output(args.out, {"--ranked": args.ranked})
+        prompts, counts = read_ranked(args.ranked, args.lang)
+        prompts = limited(prompts, args.limit, args.last)
     except FormatError as e:
         sys.exit(f"error: {e}")
-    work = prepare_work_dir(a.out, "eval/reward_metrics.py", {"model": Path(a.model), "ranked": Path(a.ranked), **limit_settings(a),
-                                                               "samples": a.samples, "lang": a.lang,
-                                                               "sampling": sampling})
+    work = prepare_work_dir(args.out, "eval/reward_metrics.py",
+                            {"model": Path(args.model), "ranked": Path(args.ranked), "limit": args.limit,
+                             "last": args.last, "samples": args.samples, "lang": args.lang, "sampling": sampling})
 
     def requests(tokenizer):
         return [Request([p["id"], i], {"id": p["id"], "sample": i, "prompt": p["prompt"], "response": text,
@@ -160,16 +173,16 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(p["prompt"], text)), [(p["id"], i)])
                 for p in prompts for i, (text, rank) in enumerate(zip(p["replies"], p["ranks"]))]
 
-    judged, stats, _ = run_stage(stage_config(a, out=str(work / "judgements.jsonl")), "eval/reward_metrics.py",
-                                 requests, judged_rows, a.samples, desc="judging", on_too_long=unjudged_row)
+    judged, stats, _ = run_stage(stage_config(args, out=str(work / "judgements.jsonl")), "eval/reward_metrics.py",
+                                 requests, judged_rows, args.samples, desc="judging", on_too_long=unjudged_row)
     if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
-    metrics = {"model": a.model, "ranked": a.ranked, "samples": a.samples, "sampling": sampling,
+    metrics = {"model": args.model, "ranked": args.ranked, "samples": args.samples, "sampling": sampling,
                **metrics_from_judgements(prompts, judged)}
-    write_json(a.out, metrics)
+    write_json(args.out, metrics)
     skipped = sum(v for k, v in counts.items() if "skipped" in k)
-    print("\n".join(([f"{a.ranked}: {skipped} Open Assistant messages skipped"] if skipped else [])
-                    + summary_lines(metrics) + [throughput(stats), f"wrote {a.out}"]), file=sys.stderr)
+    print("\n".join(([f"{args.ranked}: {skipped} Open Assistant messages skipped"] if skipped else [])
+                    + summary_lines(metrics) + [throughput(stats), f"wrote {args.out}"]), file=sys.stderr)
 
 
 if __name__ == "__main__":

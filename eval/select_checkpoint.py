@@ -40,19 +40,26 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from eval.head_to_head import judge_answers, same_checkpoint
-from eval.stages import (add_answer_args, add_limit_args, answer, limit_settings, limited, percent, prepare_work_dir,
-                         sampling_settings, write_json)
+from eval.stages import (ContestSettings, add_answer_args, add_limit_args, answer, contest_configs, limited, percent,
+                         prepare_work_dir, sampling_settings, write_json)
 from model.checkpoint import atomic_directory, verify
 from model.errors import FormatError
 from sample.generate import read_prompts
-from sample.stage import is_rank_zero
+from sample.stage import StageConfig, is_rank_zero
 
 RULE = "highest win %, then lowest loss %, then the earliest checkpoint"
-SHARED = ("a", "b", "judge", "prompts", "answer_sampling", "judge_sampling")  # the same for every candidate
+SHARED = ("a", "b", "judge", "judge_sampling")  # judge_answers' keys that are the same for every candidate
 _STEP = re.compile(r"step-(\d+)")
+AGAINST = ("previous-model", "previous-checkpoint")
+
+
+@dataclass
+class SelectSettings(ContestSettings):
+    against: str = "previous-model"  # the baseline each checkpoint is compared with: one of AGAINST (see above)
 
 
 def find_candidates(model_dir: Path) -> list[dict]:
@@ -91,7 +98,36 @@ def choose(candidates: list[dict]) -> dict | None:
     return min(rated, key=lambda ic: (-ic[1]["win"], ic[1]["loss"], ic[0]))[1]
 
 
-def main(argv=None):
+def compare_candidates(answering: StageConfig, judging: StageConfig, judge, prompts: list[dict], previous: Path,
+                       candidates: list[dict], against: str, work: Path) -> None:
+    """Every candidate answers the prompts and is judged against its baseline (M_{N-1}, or with
+    previous-checkpoint the candidate before it); each candidate gets its baseline's name and the tally."""
+    answers = {"previous": answer(answering, previous, prompts, work / "answers" / "previous.jsonl",
+                                  desc="answering (previous model)")}
+    baseline = {"name": "previous", "path": str(previous)}
+    for c in candidates:
+        answers[c["name"]] = answer(answering, c["path"], prompts, work / "answers" / f"{c['name']}.jsonl",
+                                    desc=f"answering ({c['name']})")
+        summary = judge_answers(judging, judge, prompts, answers[c["name"]], answers[baseline["name"]], c["path"],
+                                baseline["path"], work / f"{c['name']}-vs-{baseline['name']}")
+        c.update(baseline=baseline["name"], **{k: v for k, v in summary.items() if k not in SHARED})
+        if is_rank_zero():
+            print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
+                  f"{percent(c['loss'])} ({c['no_verdict']} without a verdict)", file=sys.stderr)
+        if against == "previous-checkpoint":
+            baseline = c
+
+
+def promote(chosen: dict | None, candidates: list[dict], directory: Path) -> dict:
+    """Copy the chosen candidate (the final model when none was chosen) to `directory`; what was promoted."""
+    promoted = chosen or candidates[-1]
+    if not chosen:
+        print(f"warning: no comparison gave a verdict; promoting {promoted['name']}", file=sys.stderr)
+    copy_checkpoint(Path(promoted["path"]), directory)
+    return {"name": promoted["name"], "path": str(directory)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory (runs/RUN)")
     parser.add_argument("--iter", type=int, required=True, help="iteration N whose checkpoints to choose from")
@@ -102,60 +138,47 @@ def main(argv=None):
     parser.add_argument("--model-dir", help="the DPO run's output directory, whose snapshots are in MODEL_DIR.train/ "
                         "(default: RUN/iterN/model)")
     parser.add_argument("--promote", metavar="DIR", help="copy the chosen checkpoint to DIR (M_N)")
-    parser.add_argument("--against", choices=["previous-model", "previous-checkpoint"], default="previous-model",
+    parser.add_argument("--against", choices=AGAINST, default=SelectSettings.against,
                         help="the baseline each checkpoint is compared with (default %(default)s; see above)")
-    add_answer_args(parser)
-    a = parser.parse_args(argv)
-    iter_dir = Path(a.run) / f"iter{a.iter}"
-    previous = Path(a.previous or Path(a.run) / f"iter{a.iter - 1}" / "model")
+    add_answer_args(parser, SelectSettings())
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    answering, judging = contest_configs(args)
+    iter_dir = Path(args.run) / f"iter{args.iter}"
+    previous = Path(args.previous or Path(args.run) / f"iter{args.iter - 1}" / "model")
     try:
         if not (previous / "params.json").is_file():
             raise FormatError(f"{previous}: no checkpoint there (the previous model; name it with --previous)")
-        model_dir = Path(a.model_dir or iter_dir / "model")
+        model_dir = Path(args.model_dir or iter_dir / "model")
         candidates = find_candidates(model_dir)
         if not candidates:
             raise FormatError(f"{model_dir}.train/snapshots: no step-* checkpoints, and no final model")
-        prompts = limited(read_prompts(a.prompts)[0], a)
+        prompts = limited(read_prompts(args.prompts)[0], args.limit, args.last)
     except FormatError as e:
         sys.exit(f"error: {e}")
+    settings = {"judge": str(args.judge), "prompts": str(args.prompts), "limit": args.limit, "last": args.last,
+                "answer_sampling": sampling_settings(answering), "judge_sampling": sampling_settings(judging)}
     work = prepare_work_dir(iter_dir / "selection.json", "eval/select_checkpoint.py",
-                            {"previous": previous, "judge": Path(a.judge), "prompts": Path(a.prompts), **limit_settings(a),
-                             "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, True)})
+                            {**settings, "previous": previous, "judge": Path(args.judge), "prompts": Path(args.prompts)})
 
-    answers = {"previous": answer(a, previous, prompts, work / "answers" / "previous.jsonl",
-                                  desc="answering (previous model)")}
-    baseline = {"name": "previous", "path": str(previous)}
-    for c in candidates:
-        answers[c["name"]] = answer(a, c["path"], prompts, work / "answers" / f"{c['name']}.jsonl",
-                                    desc=f"answering ({c['name']})")
-        summary = judge_answers(a, prompts, answers[c["name"]], answers[baseline["name"]], c["path"],
-                                baseline["path"], work / f"{c['name']}-vs-{baseline['name']}")
-        c.update(baseline=baseline["name"], **{k: v for k, v in summary.items() if k not in SHARED})
-        if is_rank_zero():
-            print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
-                  f"{percent(c['loss'])} ({c['no_verdict']} without a verdict)", file=sys.stderr)
-        if a.against == "previous-checkpoint":
-            baseline = c
+    compare_candidates(answering, judging, args.judge, prompts, previous, candidates, args.against, work)
     chosen = choose(candidates)
     if not is_rank_zero():
         return  # rank 0 promotes and writes
     judged_by = [name for name, path in [("previous", previous), *((c["name"], c["path"]) for c in candidates)]
-                 if same_checkpoint(a.judge, path)]
-    selection = {"iter": a.iter, "against": a.against, "baseline": str(previous), "judge": str(a.judge),
-                 "self_judged": judged_by or None, "prompts": str(a.prompts), **limit_settings(a),
-                 "prompt_ids": [p["id"] for p in prompts],
-                 "answer_sampling": sampling_settings(a), "judge_sampling": sampling_settings(a, judge=True),
+                 if same_checkpoint(args.judge, path)]
+    selection = {"iter": args.iter, "against": args.against, "baseline": str(previous), **settings,
+                 "self_judged": judged_by or None, "prompt_ids": [p["id"] for p in prompts],
                  "rule": RULE, "candidates": candidates,
                  "chosen": chosen and {k: chosen[k] for k in ("name", "step", "path")}}
-    if a.promote:
-        promoted = chosen or candidates[-1]
-        if not chosen:
-            print(f"warning: no comparison gave a verdict; promoting {promoted['name']}", file=sys.stderr)
+    if args.promote:
         try:
-            copy_checkpoint(Path(promoted["path"]), Path(a.promote))
+            selection["promoted"] = promote(chosen, candidates, Path(args.promote))
         except FormatError as e:  # --promote names a folder this project did not write
             sys.exit(f"error: {e}")
-        selection["promoted"] = {"name": promoted["name"], "path": a.promote}
     write_json(iter_dir / "selection.json", selection)
     if judged_by:
         print(f"!!! SELF-JUDGED: the judge is {', '.join(judged_by)}, one of the compared models: its verdicts "

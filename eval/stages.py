@@ -1,8 +1,9 @@
 """What the evaluation CLIs share: answering prompts with a checkpoint, their sampling options, their files.
 
-    a = parser.parse_args()                                    # after add_answer_args(parser)
-    work = prepare_work_dir(a.out, "eval/head_to_head.py", {"a": Path(a.a), ...})
-    rows = answer(a, "runs/R/iter2/model", prompts, work / "answers_a.jsonl")
+    args = parser.parse_args()                                  # after add_answer_args(parser, defaults)
+    answering, judging = contest_configs(args)                  # two StageConfigs: the CLI's flags end here
+    work = prepare_work_dir(args.out, "eval/head_to_head.py", {"a": Path(args.a), ...})
+    rows = answer(answering, "runs/R/iter2/model", prompts, work / "answers_a.jsonl")
 
 Every eval CLI writes one result file (--out) and keeps the resumable outputs of its sampling stages
 in the folder beside it named like it with ".work" for its suffix (`head_to_head.json` ->
@@ -16,15 +17,28 @@ run every stage in turn, each stage returns its rows on every rank, and rank 0 a
 """
 import shutil
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
-from sample.generate import chat_ids, non_negative_float, non_negative_int, positive_int, probability, sample_rows
+from sample.generate import (add_running_args, chat_ids, non_negative_float, non_negative_int, positive_int, probability,
+                             running_config, sample_rows)
 from sample.stage import Request, StageConfig, is_rank_zero, run_stage, setup_distributed
 from sample.resume import ELSEWHERE, check_owned, read_record
+
+
+@dataclass
+class ContestSettings:
+    """An evaluation where models answer (greedy, by default) and a judge compares the answers: the settings of
+    add_answer_args' flags of the same names, and their only defaults."""
+    max_new_tokens: int = 512       # answer length limit
+    judge_max_new_tokens: int = 256
+    batch_size: int = 16            # rows decoded together
+    speed_only: ClassVar[tuple[str, ...]] = ("batch_size",)  # the settings that do not change the outputs
 
 
 def work_dir(out) -> Path:
@@ -91,63 +105,52 @@ def add_limit_args(parser, what: str = "prompts") -> None:
     g.add_argument("--last", type=non_negative_int, default=0, metavar="N", help=f"only the last N {what} (0: all)")
 
 
-def limited(rows: list, a) -> list:
+def limited(rows: list, limit: int, last: int) -> list:
     """The rows that --limit or --last keep."""
-    if a.limit:
-        return rows[:a.limit]
-    return rows[-a.last:] if a.last else rows
+    if limit:
+        return rows[:limit]
+    return rows[-last:] if last else rows
 
 
-def limit_settings(a) -> dict:
-    return {"limit": a.limit, "last": a.last}
-
-
-def add_answer_args(parser, judge: bool = True, max_new_tokens: int = 512) -> None:
+def add_answer_args(parser, defaults: ContestSettings, judge: bool = True) -> None:
     """Sampling options for CLIs that run several models: the contestants answer with --temperature etc.
     (greedy by default), the judge decides with --judge-temperature etc. (greedy by default)."""
     g = parser.add_argument_group("answers")
     g.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default %(default)s)")
     g.add_argument("--top-p", type=probability, default=1.0, help="nucleus mass when sampling (default %(default)s)")
-    g.add_argument("--top-k", type=non_negative_int, default=0, help="keep only the k most likely tokens (0 = off)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+    g.add_argument("--top-k", type=non_negative_int, default=StageConfig.top_k,
+                   help="keep only the k most likely tokens (0 = off)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
                    help="answer length limit (default %(default)s)")
     if judge:
         g = parser.add_argument_group("judge")
         g.add_argument("--judge-temperature", type=non_negative_float, default=0.0,
                        help="0 = greedy (default %(default)s)")
         g.add_argument("--judge-top-p", type=probability, default=1.0, help="default %(default)s")
-        g.add_argument("--judge-max-new-tokens", type=positive_int, default=256, help="default %(default)s")
+        g.add_argument("--judge-max-new-tokens", type=positive_int, default=defaults.judge_max_new_tokens,
+                       help="default %(default)s")
     g = parser.add_argument_group("running")
-    g.add_argument("--batch-size", type=positive_int, default=16, help="rows decoded together (default %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: bfloat16 on CUDA and on CPUs with native bf16, else float32")
-    g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    g.add_argument("--no-share-prefix", action="store_true", help="prefill every row on its own (slower)")
-    g.add_argument("--tp", action="store_true",
-                   help="under torchrun: tensor parallel (each model split over all ranks) instead of data parallel")
-    g.add_argument("--check-every", type=positive_int, default=None,
-                   help="decode steps between looks at which rows finished (default 1 on CPU, 8 on GPU)")
+    g.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                   help="rows decoded together (default %(default)s)")
+    add_running_args(g)
 
 
-def eval_stage_config(a, model, out, judge: bool = False) -> StageConfig:
-    """One stage of an evaluation CLI (add_answer_args' options): `model` answering (the answer options) or
-    judging (the judge options) into `out`."""
-    if judge:
-        sampling = dict(temperature=a.judge_temperature, top_p=a.judge_top_p, top_k=0,
-                        max_new_tokens=a.judge_max_new_tokens)
-    else:
-        sampling = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, max_new_tokens=a.max_new_tokens)
-    return StageConfig(model=str(model), out=str(out), **sampling, seed=a.seed, dtype=a.dtype,
-                       batch_size=a.batch_size, share_prefix=not a.no_share_prefix, compile=a.compile, tp=a.tp,
-                       check_every=a.check_every)
+def contest_configs(args, judge: bool = True) -> tuple[StageConfig, StageConfig | None]:
+    """add_answer_args' options as the StageConfig the contestants answer with and the one the judge decides
+    with (None when the CLI has no judge); each stage replaces model and out."""
+    running = dict(batch_size=args.batch_size, **running_config(args))
+    answering = StageConfig(model="", out="", temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens, **running)
+    judging = (StageConfig(model="", out="", temperature=args.judge_temperature, top_p=args.judge_top_p, top_k=0,
+                           max_new_tokens=args.judge_max_new_tokens, **running)
+               if judge else None)
+    return answering, judging
 
 
-def sampling_settings(a, judge: bool = False) -> dict:
-    """The sampling options of a stage, as written into a result file."""
-    s = eval_stage_config(a, "", "", judge)
-    return {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
-            "seed": s.seed, "greedy": s.temperature == 0}
+def sampling_settings(config: StageConfig) -> dict:
+    """A stage's sampling options, as written into a result file."""
+    return {"temperature": config.temperature, "top_p": config.top_p, "top_k": config.top_k,
+            "max_new_tokens": config.max_new_tokens, "seed": config.seed, "greedy": config.temperature == 0}
 
 
 def too_long_row(request: Request) -> dict:
@@ -157,13 +160,13 @@ def too_long_row(request: Request) -> dict:
     return {**fields, "prompt": prompt, "sample": 0, "response": "", "finish_reason": "too long", "n_tokens": 0}
 
 
-def answer(a, model, prompts: list[dict], out, desc: str = "answering") -> list[dict]:
-    """One answer per prompt ({"id", "prompt"} or {"id", "messages"}) from checkpoint `model`, resumably
-    into `out`, in sample/generate.py's output format (sample 0), in prompt order (on every torchrun rank).
-    A prompt too long for the context gets too_long_row."""
+def answer(config: StageConfig, model, prompts: list[dict], out, desc: str = "answering") -> list[dict]:
+    """One answer per prompt ({"id", "prompt"} or {"id", "messages"}) from checkpoint `model`, sampled as
+    `config` says, resumably into `out`, in sample/generate.py's output format (sample 0), in prompt order
+    (on every torchrun rank). A prompt too long for the context gets too_long_row."""
     def requests(tokenizer):
         return [Request(p["id"], p, chat_ids(tokenizer, p), [(p["id"], 0)]) for p in prompts]
 
-    rows, _, _ = run_stage(eval_stage_config(a, model, out), "eval/stages.py answers", requests, sample_rows, 1, desc=desc,
-                           on_too_long=too_long_row)
+    rows, _, _ = run_stage(replace(config, model=str(model), out=str(out)), "eval/stages.py answers", requests,
+                           sample_rows, 1, desc=desc, on_too_long=too_long_row)
     return rows

@@ -112,10 +112,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iter", required=True, help="the iteration directory, runs/RUN/iterN")
     parser.add_argument("--out", required=True, help="summary JSON to write (atomically)")
-    a = parser.parse_args(argv)
-    s = summarise(Path(a.iter))
-    write_json(a.out, s)
-    print("\n".join([f"{a.iter}:"] + ["  " + line for line in describe(s)]), file=sys.stderr)
+    args = parser.parse_args(argv)
+    summary = summarise(Path(args.iter))
+    write_json(args.out, summary)
+    print("\n".join([f"{args.iter}:"] + ["  " + line for line in describe(summary)]), file=sys.stderr)
 
 
 if __name__ == "__main__":

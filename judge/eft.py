@@ -19,7 +19,7 @@ from pathlib import Path
 
 from judge.oasst import agrees_with_ranking, rebalance
 from judge.prompt import judge_messages
-from judge.score import judged_rows
+from judge.score import JudgeSettings, judged_rows
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 from sample.generate import add_sampling_args, probability, stage_config
@@ -63,18 +63,18 @@ def eft_examples(pool: list[dict], judged: dict, seed: int, max_fraction: float)
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(parser, max_new_tokens=256)
+    add_sampling_args(parser, JudgeSettings())
     parser.add_argument("--pool", required=True, help="ranked prompts: {id, prompt, replies: [{id, text, rank}]}")
     parser.add_argument("--out", required=True, help="EFT JSONL: {id, instruction, response, judgement}")
     parser.add_argument("--max-fraction", type=probability, default=0.3, help="no score above this share (default 0.3)")
-    a = parser.parse_args(argv)
-    final_out = Path(a.out)
+    args = parser.parse_args(argv)
+    final_out = Path(args.out)
     judgements = final_out.with_name(final_out.stem + ".judgements.jsonl")  # where run_stage writes
     try:
         for out in (final_out, judgements):
-            check_output(out, {"--pool": a.pool})
+            check_output(out, {"--pool": args.pool})
         check_owned([final_out], settings_path(judgements))  # OUT is ours if its judgements are
-        pool = read_pool(a.pool)
+        pool = read_pool(args.pool)
     except FormatError as e:
         sys.exit(f"error: {e}")
 
@@ -84,12 +84,13 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(row["prompt"], r["text"])), [(row["id"], r["id"])])
                 for row in pool for r in row["replies"]]
 
-    rows, stats, too_long = run_stage(stage_config(a, out=str(judgements)), "judge/eft.py", requests, judged_rows, 1, desc="judging ranked replies")
+    rows, stats, too_long = run_stage(stage_config(args, out=str(judgements)), "judge/eft.py", requests, judged_rows, 1,
+                                      desc="judging ranked replies")
     if not is_rank_zero():
         return
     judged = {(r["id"], r["sample"]): r for r in rows}
     try:
-        kept, counts = eft_examples(pool, judged, a.seed, a.max_fraction)
+        kept, counts = eft_examples(pool, judged, args.seed, args.max_fraction)
     except ValueError as e:
         sys.exit(f"error: {e}")
     write_jsonl_atomic(final_out, kept)

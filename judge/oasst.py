@@ -267,24 +267,24 @@ def main(argv=None):
     parser.add_argument("--ranked-fraction", type=float, default=0.2,
                         help="share of the prompts that qualify for both sets held out as ranked (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the IFT / ranked split (default 0)")
-    a = parser.parse_args(argv)
-    if not 0 <= a.ranked_fraction <= 1:
+    args = parser.parse_args(argv)
+    if not 0 <= args.ranked_fraction <= 1:
         parser.error("--ranked-fraction must be in [0, 1]")
     try:
         for name in SETS:
-            check_output(Path(a.out_dir) / f"{name}.jsonl", {f"--input {path}": path for path in a.input},
+            check_output(Path(args.out_dir) / f"{name}.jsonl", {f"--input {path}": path for path in args.input},
                          flag="--out-dir")
-        messages, empty_trees = read_messages(a.input)
-        sets, counts = build_sets(messages, a.lang, a.ranked_fraction, a.seed)
+        messages, empty_trees = read_messages(args.input)
+        sets, counts = build_sets(messages, args.lang, args.ranked_fraction, args.seed)
         for name, rows in sets.items():
-            write_jsonl_atomic(Path(a.out_dir) / f"{name}.jsonl", rows)
+            write_jsonl_atomic(Path(args.out_dir) / f"{name}.jsonl", rows)
     except (FormatError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"read {len(messages)} messages" + (f"; skipped {empty_trees} trees without a prompt" if empty_trees else ""))
     for key, n in sorted(counts.items()):
         print(f"  {key}: {n}")
     for name, rows in sets.items():
-        print(f"wrote {Path(a.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts")
+        print(f"wrote {Path(args.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import json
 import math
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
 import judge
@@ -33,6 +34,13 @@ from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 
 REQUIRED = ("id", "sample", "prompt", "response", "score")
+
+
+@dataclass
+class PairSettings:
+    """The pair stage's settings, each the flag of the same name; these defaults are the only ones."""
+    rule: str = "best_vs_worst"     # a name in RULES (below): the paper's best against worst
+    min_gap: float = 0.0            # drop pairs whose scores are closer than this (0: only ties)
 DROP_REASONS = ("fewer than 2 scored", "tie", "gap below min")
 
 
@@ -118,7 +126,8 @@ def select_pair(candidates: list[dict], min_gap: float = 0.0, rule: str = "best_
             "rejected_sample": rejected["sample"]}, None
 
 
-def build_pairs(rows: list[dict], min_gap: float = 0.0, rule: str = "best_vs_worst") -> tuple[list[dict], dict]:
+def build_pairs(rows: list[dict], min_gap: float = PairSettings.min_gap,
+                rule: str = PairSettings.rule) -> tuple[list[dict], dict]:
     """Pairs from judged rows (one per prompt id that gives one, in first-appearance order) and statistics."""
     by_prompt: dict = {}
     for row in rows:
@@ -178,32 +187,37 @@ def summary_lines(stats: dict) -> list[str]:
     return lines
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=judge.formats("judged.jsonl", "pairs.jsonl"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judged", required=True, help="judged candidates, JSONL (from judge/score.py)")
     parser.add_argument("--out", required=True, help="pairs JSONL to write (replaced atomically)")
-    parser.add_argument("--min-gap", type=float, default=0.0,
+    parser.add_argument("--min-gap", type=float, default=PairSettings.min_gap,
                         help="drop pairs whose score_chosen - score_rejected is below this (default 0: only ties)")
-    parser.add_argument("--rule", default="best_vs_worst", choices=sorted(RULES),
+    parser.add_argument("--rule", default=PairSettings.rule, choices=sorted(RULES),
                         help="how a prompt's chosen and rejected answers are picked (default %(default)s, the paper's)")
     parser.add_argument("--summary", help="also write the statistics as JSON to this file")
-    a = parser.parse_args(argv)
-    if not (math.isfinite(a.min_gap) and a.min_gap >= 0):
-        parser.error(f"--min-gap must be a number >= 0, got {a.min_gap}")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.min_gap) and args.min_gap >= 0):
+        parser.error(f"--min-gap must be a number >= 0, got {args.min_gap}")
     try:
-        check_output(a.out, {"--judged": a.judged})
-        if a.summary:
-            check_output(a.summary, {"--judged": a.judged, "--out": a.out}, flag="--summary")
-        pairs, stats = build_pairs(read_judged(a.judged), a.min_gap, a.rule)
-        write_jsonl_atomic(a.out, pairs)
-        if a.summary:
-            with open(a.summary, "w") as f:
+        check_output(args.out, {"--judged": args.judged})
+        if args.summary:
+            check_output(args.summary, {"--judged": args.judged, "--out": args.out}, flag="--summary")
+        pairs, stats = build_pairs(read_judged(args.judged), args.min_gap, args.rule)
+        write_jsonl_atomic(args.out, pairs)
+        if args.summary:
+            with open(args.summary, "w") as f:
                 json.dump(stats, f, indent=1)
     except (FormatError, OSError) as e:
         sys.exit(f"error: {e}")
     print("\n".join(summary_lines(stats)))
-    print(f"wrote {a.out}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Resumable like sample/generate.py: rerun the same command after a crash.
 import argparse
 import sys
 from collections import Counter
+from dataclasses import dataclass
 
 import judge
 from judge import parse
@@ -20,9 +21,15 @@ from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
-from sample.generate import add_sampling_args, messages_problem, positive_int, stage_config
+from sample.generate import SamplingSettings, add_sampling_args, messages_problem, positive_int, stage_config
 from sample.sampler import Completion
 from sample.stage import Request, is_rank_zero, run_stage, throughput
+
+
+@dataclass
+class JudgeSettings(SamplingSettings):
+    samples: int = 3                # judgements per candidate, averaged (the paper's 3)
+    max_new_tokens: int = 256
 
 
 def read_candidates(path) -> list[dict]:
@@ -75,18 +82,22 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, epilog=judge.formats("judged.jsonl"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(parser, max_new_tokens=256)
-    parser.add_argument("--samples", type=positive_int, default=3,
+    add_sampling_args(parser, JudgeSettings())
+    parser.add_argument("--samples", type=positive_int, default=JudgeSettings.samples,
                         help="judgements per candidate (default %(default)s)")
     parser.add_argument("--candidates", required=True, help="JSONL with id, sample, prompt, response per line")
     parser.add_argument("--out", required=True, help="judged JSONL, one line per candidate")
-    a = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
-        check_output(a.out, {"--candidates": a.candidates})
-        candidates = read_candidates(a.candidates)
+        check_output(args.out, {"--candidates": args.candidates})
+        candidates = read_candidates(args.candidates)
     except FormatError as e:
         sys.exit(f"error: {e}")
 
@@ -96,8 +107,8 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(c.get("messages") or c["prompt"], c["response"])),
                         [(c["id"], c["sample"])]) for c in candidates]
 
-    rows, stats, _ = run_stage(stage_config(a), "judge/score.py", requests, judged_rows, a.samples, desc="judging",
-                               on_too_long=unjudged_row)
+    rows, stats, _ = run_stage(stage_config(args), "judge/score.py", requests, judged_rows, args.samples,
+                               desc="judging", on_too_long=unjudged_row)
     if is_rank_zero():
         print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)
 

@@ -28,15 +28,15 @@ def main(argv=None):
     parser.add_argument("--ift", required=True, help="JSONL of {id, prompt, response}")
     parser.add_argument("--eft", help="JSONL of {id, instruction, response, judgement}; leave out for the baseline")
     parser.add_argument("--out", required=True)
-    a = parser.parse_args(argv)
+    args = parser.parse_args(argv)
     try:
-        check_output(a.out, {"--ift": a.ift, "--eft": a.eft})
-        ift = read_jsonl(a.ift, required_fields=("id", "prompt", "response"), allow_empty=False)
-        eft = read_jsonl(a.eft, required_fields=("id", "instruction", "response", "judgement")) if a.eft else []
+        check_output(args.out, {"--ift": args.ift, "--eft": args.eft})
+        ift = read_jsonl(args.ift, required_fields=("id", "prompt", "response"), allow_empty=False)
+        eft = read_jsonl(args.eft, required_fields=("id", "instruction", "response", "judgement")) if args.eft else []
     except FormatError as e:
         sys.exit(f"error: {e}")
-    n = write_jsonl_atomic(a.out, sft_rows(ift, eft))
-    print(f"sft data: {len(ift)} IFT + {len(eft)} EFT = {n} examples -> {a.out}", file=sys.stderr)
+    n = write_jsonl_atomic(args.out, sft_rows(ift, eft))
+    print(f"sft data: {len(ift)} IFT + {len(eft)} EFT = {n} examples -> {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

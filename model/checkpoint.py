@@ -202,9 +202,10 @@ def read_params(directory) -> ModelArgs:
     if not path.is_file():
         raise FormatError(f"{path}: no such file (is {directory} a checkpoint directory?)")
     try:
-        return ModelArgs.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: {e}") from None
+    return ModelArgs.from_dict(values, str(path))
 
 
 def weight_files(directory) -> dict[str, Path]:

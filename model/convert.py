@@ -343,14 +343,14 @@ def main(argv=None):
     parser.add_argument("format", choices=["meta", "hf", "gguf", "export-hf", "random"])
     parser.add_argument("src", help="source directory (a file for gguf, a preset name for random)")
     parser.add_argument("out", help="output directory (replaced atomically if this project wrote it, see above)")
-    a = parser.parse_args(argv)
+    args = parser.parse_args(argv)
     convert = {"meta": convert_meta, "hf": convert_hf, "gguf": convert_gguf, "export-hf": export_hf,
-               "random": write_random}[a.format]
+               "random": write_random}[args.format]
     try:
-        convert(a.src, a.out)
+        convert(args.src, args.out)
     except FormatError as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {a.out}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ from outside by `train/` and `sample/`; this file knows nothing of it.
 """
 import math
 import reprlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.settings import from_mapping
 
 try:  # optional, CUDA only; scaled_dot_product_attention is the fallback everywhere
     from flash_attn import flash_attn_func
@@ -110,14 +112,9 @@ class ModelArgs:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelArgs":
-        if not isinstance(d, dict):
-            raise ValueError(f"expected an object of ModelArgs keys, not {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelArgs keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: dict, where: str = "ModelArgs") -> "ModelArgs":
+        """ModelArgs from a params.json mapping; unknown keys are refused, values checked by __post_init__."""
+        return from_mapping(cls, d, where, check_types=False)
 
 
 PRESETS = {

@@ -32,7 +32,8 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+@lru_cache(maxsize=None)  # each file parsed once per process, however many scripts import it
+def _imports(path: Path) -> frozenset[str]:
     """Every module name `path` imports, with the packages it passes through (importing a.b runs a too)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
@@ -46,7 +47,7 @@ def _imports(path: Path) -> set[str]:
         for name in found:
             parts = name.split(".")
             names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return names
+    return frozenset(names)
 
 
 @lru_cache(maxsize=None)

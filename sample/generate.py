@@ -1,9 +1,9 @@
 """Sample completions for a file of prompts.
 
     python sample/generate.py --model checkpoints/smollm2-135m --prompts prompts.jsonl --out candidates.jsonl \\
-        --n 4 --temperature 0.7 --top-p 0.9 --max-new-tokens 512 --batch-size 16 --seed 0
-    torchrun --nproc_per_node=8 sample/generate.py --num-samples 4 ...       # data parallel: each rank its share
-    torchrun --nproc_per_node=8 sample/generate.py --tp --num-samples 4 ...  # tensor parallel: one model, 8 GPUs
+        --samples 4 --temperature 0.7 --top-p 0.9 --max-new-tokens 512 --batch-size 16 --seed 0
+    torchrun --nproc_per_node=8 sample/generate.py --samples 4 ...       # data parallel: each rank its share
+    torchrun --nproc_per_node=8 sample/generate.py --tp --samples 4 ...  # tensor parallel: one model, 8 GPUs
 
 Input lines: {"id": ..., "prompt": "..."} (a user message; the model's chat template is applied)
 or {"id": ..., "messages": [{"role": ..., "content": ...}, ...]} (an optional "system" turn, then
@@ -17,11 +17,36 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass, fields
+from typing import ClassVar
 
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
 from sample.sampler import Completion
 from sample.stage import Request, StageConfig, is_rank_zero, run_stage, throughput
+
+
+@dataclass
+class SamplingSettings:
+    """A sampling stage's settings, each the flag of the same name (--max-new-tokens for max_new_tokens).
+    These defaults are the only ones: the CLI's flags take them, and the loop's config (configs/iteration.py)
+    is made of these classes and passes every field."""
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    batch_size: int = 16            # rows decoded together
+    # the settings that change speed and memory but not the outputs (a changed one redoes nothing)
+    speed_only: ClassVar[tuple[str, ...]] = ("batch_size",)
+
+
+@dataclass
+class GenerateSettings(SamplingSettings):
+    samples: int = 4                # candidates per prompt (the paper's N = 4)
+
+
+def settings_from_args(cls, args):
+    """An instance of a settings class from the parsed flags of its fields."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def read_prompts(path) -> tuple[list[dict], dict[str, int]]:
@@ -116,19 +141,26 @@ def probability(text: str) -> float:
     return _flag_value(text, float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 
 
-def add_sampling_args(parser, temperature=0.7, top_p=0.9, max_new_tokens=512):
-    """The options every sampling CLI shares (generate, judge, self-instruct)."""
+def add_sampling_args(parser, defaults: SamplingSettings):
+    """The options every sampling CLI shares (generate, judge, self-instruct), defaults from its settings."""
     parser.add_argument("--model", required=True, help="checkpoint directory (see model/convert.py)")
-    parser.add_argument("--temperature", type=non_negative_float, default=temperature,
+    parser.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
                         help="0 = greedy (default %(default)s)")
-    parser.add_argument("--top-p", type=probability, default=top_p, help="nucleus sampling mass (default %(default)s)")
-    parser.add_argument("--top-k", type=non_negative_int, default=0,
+    parser.add_argument("--top-p", type=probability, default=defaults.top_p,
+                        help="nucleus sampling mass (default %(default)s)")
+    parser.add_argument("--top-k", type=non_negative_int, default=StageConfig.top_k,
                         help="keep only the k most likely tokens (0 = off)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, help="default %(default)s")
-    parser.add_argument("--batch-size", type=positive_int, default=16,
+    parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
+                        help="default %(default)s")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="rows decoded together (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same outputs (default %(default)s)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    add_running_args(parser)
+
+
+def add_running_args(parser):
+    """How a sampling CLI runs (seed, dtype, parallelism, speed): StageConfig's fields past the sampling."""
+    parser.add_argument("--seed", type=int, default=StageConfig.seed, help="same seed, same outputs (default %(default)s)")
+    parser.add_argument("--dtype", default=StageConfig.dtype, choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto (default): bfloat16 on CUDA and on CPUs with native bf16 (AMX, AVX512-BF16), "
                              "else float32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPUs)")
@@ -140,36 +172,44 @@ def add_sampling_args(parser, temperature=0.7, top_p=0.9, max_new_tokens=512):
                         help="decode steps between looks at which rows finished (default 1 on CPU, 8 on GPU)")
 
 
-def stage_config(a, **changes) -> StageConfig:
-    """The StageConfig of add_sampling_args' options (and a.out), with `changes` on top."""
-    fields = dict(model=a.model, out=a.out, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-                  max_new_tokens=a.max_new_tokens, seed=a.seed, dtype=a.dtype, batch_size=a.batch_size,
-                  share_prefix=not a.no_share_prefix, compile=a.compile, tp=a.tp, check_every=a.check_every)
-    return StageConfig(**{**fields, **changes})
+def stage_config(args, **changes) -> StageConfig:
+    """The StageConfig of add_sampling_args' options (and args.out), with `changes` on top."""
+    config = dict(model=args.model, out=args.out, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, **running_config(args))
+    return StageConfig(**{**config, **changes})
 
 
-def main(argv=None):
+def running_config(args) -> dict:
+    """add_running_args' options as StageConfig fields."""
+    return dict(seed=args.seed, dtype=args.dtype, share_prefix=not args.no_share_prefix, compile=args.compile,
+                tp=args.tp, check_every=args.check_every)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(parser)
-    parser.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=4,
-                        help="samples per prompt (default %(default)s); under torchrun write --num-samples, "
-                             "since torchrun reads --n as an abbreviation of its own options")
+    add_sampling_args(parser, GenerateSettings())
+    parser.add_argument("--samples", type=positive_int, default=GenerateSettings.samples,
+                        help="samples per prompt (default %(default)s)")
     parser.add_argument("--prompts", required=True, help="input JSONL: {\"id\", \"prompt\"} or {\"id\", \"messages\"}")
     parser.add_argument("--out", required=True, help="output JSONL (one line per sample)")
     parser.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text (base models)")
-    a = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
-        check_output(a.out, {"--prompts": a.prompts})
-        lines, skipped = read_prompts(a.prompts)
+        check_output(args.out, {"--prompts": args.prompts})
+        lines, skipped = read_prompts(args.prompts)
     except FormatError as e:
         sys.exit(f"error: {e}")
 
     def requests(tokenizer):
-        return [Request(row["id"], row, chat_ids(tokenizer, row, a.raw), [(row["id"], s) for s in range(a.n)])
-                for row in lines]
+        return [Request(row["id"], row, chat_ids(tokenizer, row, args.raw),
+                        [(row["id"], s) for s in range(args.samples)]) for row in lines]
 
-    rows, stats, skipped["too long for the context"] = run_stage(stage_config(a), "sample/generate.py", requests,
-                                                                 sample_rows, a.n, "sampling")
+    rows, stats, skipped["too long for the context"] = run_stage(stage_config(args), "sample/generate.py", requests,
+                                                                 sample_rows, args.samples, "sampling")
     if is_rank_zero():
         skips = ", ".join(f"{v} {k}" for k, v in skipped.items() if v) or "none"
         print(f"generate: {len(rows)} rows in the output; {throughput(stats)}; skipped prompts: {skips}",

@@ -32,17 +32,33 @@ import random
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import check_output, read_jsonl, write_jsonl_atomic
-from sample.generate import add_sampling_args, non_negative_int, positive_int, stage_config
+from sample.generate import (SamplingSettings, add_sampling_args, non_negative_int, positive_int, settings_from_args,
+                             stage_config)
 from sample.resume import check_owned, settings_path
 from sample.sampler import Sampler
 from sample.stage import load_model, open_output, row_seed, settings_record, setup_distributed
 from sample.tp import broadcast_tokens
+
+@dataclass
+class SelfInstructSettings(SamplingSettings):
+    n_prompts: int = 200            # new prompts to keep
+    temperature: float = 0.6        # the paper's
+    max_new_tokens: int = 128
+    max_requests: int = 0           # give up after this many requests (0: 20 x n_prompts)
+    min_words: int = 3              # shorter tasks are dropped ("too short")
+    max_words: int = 150            # longer ones too ("too long")
+    # every setting decides the prompts, the batch size too: each batch's requests show the prompts kept in
+    # earlier batches
+    speed_only: ClassVar[tuple[str, ...]] = ()
+
 
 INSTRUCTION = ("Below are some tasks that people have asked an AI assistant to help with.\n\n{examples}\n\n"
                "Write one new task that a person might ask an AI assistant. It should be different from the "
@@ -125,36 +141,38 @@ def choose_examples(rng: random.Random, seeds: list[str], generated: list[str], 
     return examples
 
 
-def request_prompts(sampler, tokenizer, log, seeds: list[str], params, a, max_requests: int, rank: int) -> None:
-    """Ask for new prompts a batch of --batch-size requests at a time, each request showing examples drawn
-    from the seeds and the prompts kept so far, until --n-prompts are kept or max_requests were made; every
-    attempt, kept or dropped (and why), goes to the attempts log. A batch is redone whole if a crash left it
-    partly written; rows already there are not rewritten."""
-    B = a.batch_size
+def request_prompts(sampler, tokenizer, log, seeds: list[str], settings: SelfInstructSettings, params,
+                    seed: int, id_prefix: str, rank: int) -> None:
+    """Ask for new prompts a batch of settings.batch_size requests at a time, each request showing examples
+    drawn from the seeds and the prompts kept so far, until settings.n_prompts are kept or max_requests were
+    made; every attempt, kept or dropped (and why), goes to the attempts log. A batch is redone whole if a
+    crash left it partly written; rows already there are not rewritten."""
+    B = settings.batch_size
+    max_requests = settings.max_requests or 20 * settings.n_prompts
     start = (len(log.done) // B) * B
     history = sorted((r for r in log.done.values() if r["request"] < start), key=lambda r: r["request"])
     kept = [r["prompt"] for r in history if r["dropped"] is None]
     known = [rouge_tokens(s) for s in seeds] + [rouge_tokens(k) for k in kept]
-    while len(kept) < a.n_prompts and start < max_requests:
+    while len(kept) < settings.n_prompts and start < max_requests:
         batch = range(start, min(start + B, max_requests))
-        requests = [few_shot_request(choose_examples(random.Random(row_seed(a.seed, "examples", r)), seeds, kept))
+        requests = [few_shot_request(choose_examples(random.Random(row_seed(seed, "examples", r)), seeds, kept))
                     for r in batch]
         prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) + tokenizer.encode(ANSWER_START)
                    for q in requests]
-        outs = sampler.generate(prompts, params, n=1, seeds=[[row_seed(a.seed, r, 0)] for r in batch])
+        outs = sampler.generate(prompts, params, n=1, seeds=[[row_seed(seed, r, 0)] for r in batch])
         rows = []
         for r, [completion] in zip(batch, outs):
             task = extract_task(completion.text)
-            reason = drop_reason(task, known, a.min_words, a.max_words)
+            reason = drop_reason(task, known, settings.min_words, settings.max_words)
             if reason is None:
                 kept.append(task)
                 known.append(rouge_tokens(task))
-            rows.append({"request": r, "id": f"{a.id_prefix}-{r}", "prompt": task, "dropped": reason,
+            rows.append({"request": r, "id": f"{id_prefix}-{r}", "prompt": task, "dropped": reason,
                          "raw": completion.text})
         start = batch.stop
         if rank == 0:
             log.append(rows)
-            print(f"requests {batch.stop}, kept {len(kept)}/{a.n_prompts}", file=sys.stderr)
+            print(f"requests {batch.stop}, kept {len(kept)}/{settings.n_prompts}", file=sys.stderr)
 
 
 def write_prompts(log, out: Path, n_prompts: int) -> None:
@@ -167,53 +185,58 @@ def write_prompts(log, out: Path, n_prompts: int) -> None:
           ", ".join(f"{v} {k}" for k, v in reasons.most_common()), file=sys.stderr)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(parser, temperature=0.6, top_p=0.9, max_new_tokens=128)
+    defaults = SelfInstructSettings()
+    add_sampling_args(parser, defaults)
     parser.add_argument("--seed-prompts", required=True, help="JSONL with a \"prompt\" per line (the IFT seed)")
     parser.add_argument("--out", required=True, help="output JSONL of {\"id\", \"prompt\"}")
-    parser.add_argument("--n-prompts", type=positive_int, required=True, help="how many new prompts to keep")
-    parser.add_argument("--max-requests", type=non_negative_int, default=0,
+    parser.add_argument("--n-prompts", type=positive_int, default=defaults.n_prompts,
+                        help="how many new prompts to keep (default %(default)s)")
+    parser.add_argument("--max-requests", type=non_negative_int, default=defaults.max_requests,
                         help="give up after this many (default 20 x n-prompts)")
-    parser.add_argument("--min-words", type=non_negative_int, default=3)
-    parser.add_argument("--max-words", type=positive_int, default=150)
+    parser.add_argument("--min-words", type=non_negative_int, default=defaults.min_words, help="default %(default)s")
+    parser.add_argument("--max-words", type=positive_int, default=defaults.max_words, help="default %(default)s")
     parser.add_argument("--id-prefix", default="gen", help="ids are PREFIX-<request number>")
-    a = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(SelfInstructSettings, args)
     # Each request depends on the prompts kept before it, so there is no data parallelism: under torchrun
     # with --tp every rank runs the same loop over one model split across them (every rank takes rank 0's
     # sampled tokens, so every rank keeps the same prompts) and rank 0 writes.
-    if "WORLD_SIZE" in os.environ and not a.tp:
+    if "WORLD_SIZE" in os.environ and not args.tp:
         sys.exit("error: under torchrun self_instruct.py needs --tp (one model over all ranks); "
                  "without it, run it as one process")
-    out = Path(a.out)
+    out = Path(args.out)
     attempts = out.with_name(out.stem + ".attempts.jsonl")
     rank, world, device = setup_distributed()
     try:
         for path in (out, attempts):
-            check_output(path, {"--seed-prompts": a.seed_prompts})
+            check_output(path, {"--seed-prompts": args.seed_prompts})
         check_owned([out], settings_path(attempts))  # OUT is ours if the attempts it is made from are
-        seeds = [row["prompt"] for row in read_jsonl(a.seed_prompts, required_fields=("prompt",))]
+        seeds = [row["prompt"] for row in read_jsonl(args.seed_prompts, required_fields=("prompt",))]
         if len(seeds) < 8:
-            raise FormatError(f"{a.seed_prompts}: needs at least 8 seed prompts, has {len(seeds)}")
-        config = stage_config(a)
-        params = config.sampling
-        net, tokenizer = load_model(a.model, device, a.dtype, a.tp)
+            raise FormatError(f"{args.seed_prompts}: needs at least 8 seed prompts, has {len(seeds)}")
+        config = stage_config(args)
+        net, tokenizer = load_model(args.model, device, args.dtype, args.tp)
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
-    max_requests = a.max_requests or 20 * a.n_prompts
     # What decides the attempts: each batch's requests show prompts kept in earlier batches, so the batch
     # size does too (--n-prompts and --max-requests only say when to stop).
-    settings = {**settings_record(config, net, "sample/self_instruct.py"),
-                "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": a.batch_size,
-                "words": [a.min_words, a.max_words], "id_prefix": a.id_prefix}
-    log = open_output(attempts, rank, world, "sample/self_instruct.py", settings, key_fields=("request",))
+    record = {**settings_record(config, net, "sample/self_instruct.py"),
+              "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": args.batch_size,
+              "words": [args.min_words, args.max_words], "id_prefix": args.id_prefix}
+    log = open_output(attempts, rank, world, "sample/self_instruct.py", record, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends
-    sampler = Sampler(net, tokenizer, a.batch_size, share_prefix=config.share_prefix, compile=a.compile,
-                      sync_tokens=broadcast_tokens if a.tp else None, check_every=a.check_every)
-    request_prompts(sampler, tokenizer, log, seeds, params, a, max_requests, rank)
+    sampler = Sampler(net, tokenizer, args.batch_size, share_prefix=config.share_prefix, compile=args.compile,
+                      sync_tokens=broadcast_tokens if args.tp else None, check_every=args.check_every)
+    request_prompts(sampler, tokenizer, log, seeds, settings, config.sampling, args.seed, args.id_prefix, rank)
     if rank == 0:
-        write_prompts(log, out, a.n_prompts)
+        write_prompts(log, out, settings.n_prompts)
     if world > 1:
         dist.barrier()  # no rank leaves before the output is written
 

@@ -121,6 +121,24 @@ def test_outcome_adds_up_both_orders():
     assert [(it["sample"], it["first"], it["response_1"]) for it in items] == [(0, "a", "a0"), (1, "b", "b0")]
 
 
+def test_the_pairwise_judge_sees_a_whole_conversation():
+    """A multi-turn prompt's items carry its messages, and the judge prompt shows the earlier turns before
+    the message the two answers reply to, as the loop's own judge does; a one-turn prompt is unchanged."""
+    chat = [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "7."},
+            {"role": "user", "content": "And a larger one?"}]
+    prompts = [{"id": "c", "messages": chat}]
+    a = {"c": {"id": "c", "prompt": "And a larger one?", "response": "11."}}
+    b = {"c": {"id": "c", "prompt": "And a larger one?", "response": "5."}}
+    items = judge_items(prompts, a, b)
+    assert all(it["messages"] == chat and it["prompt"] == "And a larger one?" for it in items)
+    [turn] = pairwise_messages(items[0]["messages"], "11.", "5.")
+    user = turn["content"].split("User: ", 1)[1].split("\n<response_1>")[0]
+    assert user == ("[The conversation so far]\nUser: Name a prime.\nAssistant: 7.\n"
+                    "[The message the response answers]\nAnd a larger one?")
+    assert pairwise_messages([chat[0]], "x", "y") == pairwise_messages("Name a prime.", "x", "y")
+    assert "messages" not in judge_items(PROMPTS[:1], A, B)[0]
+
+
 def test_self_judging_is_detected_and_said_loudly(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "m")

@@ -46,7 +46,7 @@ def read(path):
 def test_rows_match_the_sampler(tmp_path, tiny_checkpoint):
     write_prompts(tmp_path / "p.jsonl", 5)
     generate("--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "o.jsonl",
-             "--n", 3, "--max-new-tokens", 8, "--temperature", 0.9, "--top-p", 0.9, "--seed", 7)
+             "--samples", 3, "--max-new-tokens", 8, "--temperature", 0.9, "--top-p", 0.9, "--seed", 7)
     rows = read(tmp_path / "o.jsonl")
     assert [(r["id"], r["sample"]) for r in rows] == [(f"p{i}", s) for i in range(5) for s in range(3)]
     net, tok = model.load(tiny_checkpoint, dtype=resolve_dtype("auto", torch.device("cpu")))  # what --dtype auto ran
@@ -66,7 +66,7 @@ def test_resume_after_kill_writes_every_row_once(tmp_path, tiny_checkpoint):
     write_prompts(tmp_path / "p.jsonl", 120)
     # fp32: the resumed rows share their steps with other rows than the uninterrupted ones did, which in bf16
     # could round a near-tie otherwise (see sample/sampler.py)
-    args = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--n", 2, "--batch-size", 4,
+    args = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--samples", 2, "--batch-size", 4,
             "--max-new-tokens", 48, "--temperature", 1.0, "--top-p", 0.95, "--dtype", "float32"]
     generate(*args, "--out", tmp_path / "whole.jsonl")
 
@@ -111,7 +111,7 @@ def test_empty_and_overlong_prompts_are_skipped_and_counted(tmp_path, tiny_check
     lines = [{"id": 1, "prompt": "score"}, {"id": 2, "prompt": "  "}, {"id": 3, "prompt": "the model " * 3000}]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     proc = generate("--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--out", tmp_path / "o.jsonl",
-                    "--n", 1, "--max-new-tokens", 4)
+                    "--samples", 1, "--max-new-tokens", 4)
     assert [r["id"] for r in read(tmp_path / "o.jsonl")] == [1]
     assert "1 empty prompt, 1 too long for the context" in proc.stderr
 
@@ -129,7 +129,7 @@ def test_parallel_runs_equal_one_process(tmp_path, tiny_checkpoint, mode):
     write_prompts(tmp_path / "p.jsonl", 9)
     # Tensor parallel in fp32: its all-reduced partial sums round otherwise than one process's full ones, which
     # bf16 (--dtype auto on a CPU with native bf16) makes large enough to change greedy tokens.
-    common = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--num-samples", 2, "--batch-size", 4,
+    common = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--samples", 2, "--batch-size", 4,
               "--max-new-tokens", 12, "--temperature", 0 if mode == "tensor" else 0.8,
               "--dtype", "float32" if mode == "tensor" else "auto"]
     generate(*common, "--out", tmp_path / "one.jsonl")
@@ -141,7 +141,7 @@ def test_rows_made_with_other_settings_are_not_reused(tmp_path, tiny_checkpoint)
     """OUT.settings.json: a rerun with another temperature, other prompts or a rewritten checkpoint starts
     over (also from the part files of a killed run); the same settings with another batch size resume."""
     write_prompts(tmp_path / "p.jsonl", 4)
-    base = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--n", 2, "--max-new-tokens", 6]
+    base = ["--model", tiny_checkpoint, "--prompts", tmp_path / "p.jsonl", "--samples", 2, "--max-new-tokens", 6]
     generate(*base, "--temperature", 0.9, "--out", tmp_path / "fresh.jsonl")
     generate(*base, "--temperature", 0.5, "--out", tmp_path / "o.jsonl")
     (tmp_path / "o.jsonl").rename(tmp_path / "o.jsonl.part0")  # as if killed before the merge

@@ -66,10 +66,10 @@ def test_two_iterations_end_to_end(tmp_path, tiny_checkpoint):
 
 def test_iteration_settings_are_checked(tmp_path):
     cmd = [sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml")]
-    ok = subprocess.run(cmd + ["generate.n=3", "dpo.set.beta=0.2"], capture_output=True, text=True)
-    assert ok.returncode == 0 and "--num-samples 3" in ok.stdout and "--set beta=0.2" in ok.stdout
-    bad = subprocess.run(cmd + ["genrate.n=3"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "unknown key 'genrate'" in bad.stderr
+    ok = subprocess.run(cmd + ["generate.samples=3", "dpo.set.beta=0.2"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--samples 3" in ok.stdout and "--set beta=0.2" in ok.stdout
+    bad = subprocess.run(cmd + ["genrate.samples=3"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown key 'genrate' (did you mean 'generate'?)" in bad.stderr
 
 
 def test_tensor_parallel_stages(tmp_path):
@@ -94,23 +94,16 @@ def test_tensor_parallel_stages(tmp_path):
     assert not any("--tp" in line for line in commands("tp=true").values())  # one process: nothing to split
 
 
-@pytest.mark.parametrize("setting,message", [
-    ("base_model=$(shell touch INJECTED)", "base_model: .* has characters that make or the shell would read as code"),
-    ("base_model=x;touch INJECTED", "base_model: .* has characters that make or the shell would read as code"),
-    ("ift=`touch INJECTED`", "ift: .* has characters"),
-    ("generate.temperature=fast", r"generate.temperature: expected a finite number, got 'fast'"),
-    ("generate.n=2.5", "generate.n: expected int, got 2.5"),
-    ("select.enabled=maybe", "select.enabled: expected bool, got 'maybe'"),
-    ("nproc=true", "nproc: expected int, got True"),
-    ("dpo.set.lr=abc", "dpo: override 'lr=abc': key 'lr' must be float"),
-    ("dpo.set.lr=$(shell touch INJECTED)", "dpo: override .*key 'lr' must be float"),
-    ("sft.set.bta=0.2", "sft: override 'bta=0.2': unknown key"),
-])
-def test_settings_that_would_be_code_or_wrong_are_refused_before_any_stage(tmp_path, setting, message):
-    """configs/iteration.py checks every value's type, keeps make and shell syntax out of config.mk, and
-    reads a trainer's `set:` as the trainer will; make stops with its one line before running anything,
-    even under `make -n` (which still expands config.mk). The setting comes in a config file (what a
-    stranger may hand you), and as an override."""
+def _iteration_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("iteration", ROOT / "configs/iteration.py")
+    iteration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(iteration)
+    return iteration
+
+
+def _config_with(tmp_path, setting: str) -> Path:
+    """configs/tiny.yaml with `setting` (section.key=value) written into the file, as a stranger may hand it."""
     import yaml
     values = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
     key, value = setting.split("=", 1)
@@ -124,12 +117,49 @@ def test_settings_that_would_be_code_or_wrong_are_refused_before_any_stage(tmp_p
         node[last] = value
     config = tmp_path / "given.yaml"
     config.write_text(yaml.safe_dump(values))
+    return config
+
+
+REFUSED = [
+    ("base_model=$(shell touch INJECTED)", "base_model: .* has characters that make or the shell would read as code"),
+    ("base_model=x;touch INJECTED", "base_model: .* has characters that make or the shell would read as code"),
+    ("ift=`touch INJECTED`", "ift: .* has characters"),
+    ("select.judge=a b", "select.judge: .* has characters"),
+    ("generate.temperature=fast", r"generate.temperature: expected a finite number, got 'fast'"),
+    ("generate.samples=2.5", "generate.samples: expected an integer, got 2.5"),
+    ("select.enabled=maybe", "select.enabled: expected true or false, got 'maybe'"),
+    ("nproc=true", "nproc: expected an integer, got True"),
+    ("heldout=''", "heldout is empty"),
+    ("pairs.rule=longest", "pairs.rule must be one of"),
+    ("select.against=everyone", "select.against must be one of"),
+    ("dpo.set.lr=abc", r"dpo: .*dpo-tiny.yaml with overrides \['lr=abc'\]: lr: expected a finite number, got 'abc'"),
+    ("dpo.set.lr=$(shell touch INJECTED)", "dpo: .*lr: expected a finite number"),
+    ("sft.set.bta=0.2", r"sft: .*with overrides \['bta=0.2'\]: unknown key 'bta'"),
+]
+
+
+@pytest.mark.parametrize("setting,message", REFUSED, ids=[s for s, _ in REFUSED])
+def test_settings_that_would_be_code_or_wrong_are_refused(tmp_path, setting, message):
+    """configs/iteration.py checks every value's type, keeps make and shell syntax out of config.mk, and
+    reads a trainer's `set:` as the trainer will: in a config file (what a stranger may hand you), and as
+    an override."""
+    iteration = _iteration_module()
+    for path, overrides in ((_config_with(tmp_path, setting), []), (ROOT / "configs/tiny.yaml", [setting])):
+        with pytest.raises(iteration.FormatError) as error:
+            iteration.trainer_configs(iteration.load(str(path), overrides))
+        assert re.search(message, str(error.value)) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("setting,message", [REFUSED[0], REFUSED[4], REFUSED[-1]], ids=["code", "type", "trainer"])
+def test_make_stops_on_a_refused_setting_before_any_stage(tmp_path, setting, message):
+    """The CLI says it in one line, and make stops with it before running anything, even under `make -n`
+    (which still expands config.mk)."""
     direct = subprocess.run([sys.executable, str(ROOT / "configs/iteration.py"), str(ROOT / "configs/tiny.yaml"),
                              setting], capture_output=True, text=True, cwd=ROOT)  # as an override
     assert direct.returncode != 0 and re.search(message, direct.stderr), direct.stderr
     assert len(direct.stderr.strip().splitlines()) == 1 and "Traceback" not in direct.stderr
     made = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", f"RUNS={tmp_path}", "RUN=t",
-                           f"CONFIG={config}", f"PY={sys.executable}"],
+                           f"CONFIG={_config_with(tmp_path, setting)}", f"PY={sys.executable}"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert made.returncode != 0 and "settings refused" in made.stderr and re.search(message, made.stderr)
     assert "python" not in made.stdout  # no stage was printed, let alone run
@@ -139,10 +169,7 @@ def test_settings_that_would_be_code_or_wrong_are_refused_before_any_stage(tmp_p
 def test_make_and_shell_characters_in_trainer_settings_reach_the_trainer_as_text(tmp_path):
     """A `set:` string with $ and # (a valid value for no key, but think of a path) is escaped for make and
     quoted for the shell: config.mk reads back as the exact text."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("iteration", ROOT / "configs/iteration.py")
-    iteration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(iteration)
+    iteration = _iteration_module()
     text = "a$(shell touch INJECTED)#b"
     (tmp_path / "Makefile").write_text(f"V := {iteration.make_escaped(text)}\nall:\n\t@printf '%s' '$(V)'\n")
     out = subprocess.run(["make", "-s", "-C", str(tmp_path)], capture_output=True, text=True)

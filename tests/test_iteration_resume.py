@@ -25,7 +25,7 @@ from model import Transformer, load, save_model
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["self_instruct.n_prompts=6", "self_instruct.batch_size=2", "generate.n=4", "generate.batch_size=2",
+SETTINGS = ["self_instruct.n_prompts=6", "self_instruct.batch_size=2", "generate.samples=4", "generate.batch_size=2",
             "judge.samples=3", "judge.batch_size=2", "dpo.set.save_every=1", "dpo.set.epochs=2"]
 
 

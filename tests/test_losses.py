@@ -91,10 +91,12 @@ def test_metrics_carry_no_gradient_and_bad_inputs_are_named():
         preference_loss(torch.zeros(4), None, 0.1, "hinge", {"label_smoothing": 0.1})
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\)"):
         preference_loss(torch.zeros(4), None, 0.1, "robust", {"label_smoothing": 0.5})
-    # YAML 1.1 reads 1e-1 as text: a number-valued option takes it as the number
-    as_text, _ = preference_loss(torch.tensor([-1.0, -3.0]), None, 0.1, "sigmoid", {"label_smoothing": "1e-1"})
-    as_number, _ = preference_loss(torch.tensor([-1.0, -3.0]), None, 0.1, "sigmoid", {"label_smoothing": 0.1})
-    assert as_text == as_number
+    # an option has its default's type: text is refused, an int is a number
+    with pytest.raises(ValueError, match=r"loss_options.label_smoothing: expected a finite number, got '1e-1'"):
+        preference_loss(torch.zeros(4), None, 0.1, "sigmoid", {"label_smoothing": "1e-1"})
+    as_int, _ = preference_loss(torch.tensor([-1.0, -3.0]), None, 0.1, "sigmoid", {"label_smoothing": 0})
+    as_float, _ = preference_loss(torch.tensor([-1.0, -3.0]), None, 0.1, "sigmoid", {"label_smoothing": 0.0})
+    assert as_int == as_float
 
 
 def test_config_choices_and_options_come_from_the_registry(tmp_path):

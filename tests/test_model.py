@@ -172,7 +172,7 @@ def test_dropout_only_in_training():
 
 
 def test_model_args_reject_unknown_keys_and_bad_shapes():
-    with pytest.raises(ValueError, match="unknown ModelArgs keys \\['n_layer'\\]"):
+    with pytest.raises(ValueError, match="ModelArgs: unknown key 'n_layer' \\(did you mean 'n_layers'\\?\\)"):
         ModelArgs.from_dict({"dim": 64, "n_layer": 2})
     with pytest.raises(ValueError, match="n_heads"):
         ModelArgs(dim=64, n_heads=3)

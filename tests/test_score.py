@@ -76,7 +76,7 @@ def test_a_conversation_stays_whole_from_candidates_to_dpo(tmp_path, tiny_checkp
     (tmp_path / "p.jsonl").write_text(json.dumps({"id": "c", "messages": conversation}) + "\n"
                                       + json.dumps({"id": "s", "prompt": "Name a number."}) + "\n")
     generate.main(["--model", str(tiny_checkpoint), "--prompts", str(tmp_path / "p.jsonl"), "--out",
-                   str(tmp_path / "cands.jsonl"), "--n", "2", "--max-new-tokens", "4", "--dtype", "float32"])
+                   str(tmp_path / "cands.jsonl"), "--samples", "2", "--max-new-tokens", "4", "--dtype", "float32"])
     cands = [json.loads(line) for line in (tmp_path / "cands.jsonl").read_text().splitlines()]
     multi = [c for c in cands if c["id"] == "c"]
     assert len(multi) == 2 and all(c["messages"] == conversation and c["prompt"] == "Another one?" for c in multi)

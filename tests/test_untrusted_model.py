@@ -232,7 +232,7 @@ def test_bad_params_json(ours, key, value, message):
 
 def test_params_json_that_is_not_an_object(ours):
     (ours / "params.json").write_text("[64, 2]")
-    with pytest.raises(FormatError, match=r"params.json: expected an object of ModelArgs keys, not list"):
+    with pytest.raises(FormatError, match=r"params.json: expected a mapping of ModelArgs keys, not list"):
         read_params(ours)
 
 

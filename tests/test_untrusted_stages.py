@@ -72,7 +72,7 @@ def cli_name(value):
 
 # ---------------------------------------------------------------- files a stage did not write
 
-GENERATE = "--model {model} --prompts {tmp}/p.jsonl --out {tmp}/o.jsonl --n 1 {fast}"
+GENERATE = "--model {model} --prompts {tmp}/p.jsonl --out {tmp}/o.jsonl --samples 1 {fast}"
 SELF_INSTRUCT = ("--model {model} --seed-prompts {tmp}/seed.jsonl --out {tmp}/s.jsonl --n-prompts 1 --max-requests 2 "
                  "--min-words 1 {fast}")
 HEAD_TO_HEAD = ("--a {model} --b {model} --judge {model} --prompts {tmp}/p.jsonl --out {tmp}/h.json {fast} "
@@ -368,9 +368,9 @@ def test_ids_that_are_not_strings_or_integers_are_refused(files, tiny_checkpoint
 
 # (CLI, the flags, the end of argparse's message)
 BAD_FLAGS = [
-    (generate_main, "--n 0", "argument --n/--num-samples: expected an integer >= 1, got '0'"),
-    (generate_main, "--n -1", "argument --n/--num-samples: expected an integer >= 1, got '-1'"),
-    (generate_main, "--n two", "argument --n/--num-samples: expected an integer >= 1, got 'two'"),
+    (generate_main, "--samples 0", "argument --samples: expected an integer >= 1, got '0'"),
+    (generate_main, "--samples -1", "argument --samples: expected an integer >= 1, got '-1'"),
+    (generate_main, "--samples two", "argument --samples: expected an integer >= 1, got 'two'"),
     (generate_main, "--temperature nan", "argument --temperature: expected a number >= 0, got 'nan'"),
     (generate_main, "--temperature -0.1", "argument --temperature: expected a number >= 0, got '-0.1'"),
     (generate_main, "--temperature inf", "argument --temperature: expected a number >= 0, got 'inf'"),

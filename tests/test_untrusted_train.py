@@ -37,28 +37,29 @@ def error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("override,message", [
-    ("lr=nan", "lr must be a finite number > 0, got nan"),
-    ("lr=inf", "lr must be a finite number > 0, got inf"),
-    ("lr=.inf", "lr must be a finite number > 0, got inf"),
+    ("lr=nan", "lr: expected a finite number, got 'nan'"),
+    ("lr=inf", "lr: expected a finite number, got 'inf'"),
+    ("lr=.inf", "lr: expected a finite number, got inf"),
     ("lr=0", "lr must be a finite number > 0, got 0.0"),
     ("final_lr=0.01", "final_lr must be in [0, lr] = [0, 0.001], got 0.01"),
-    ("final_lr=nan", "final_lr must be in [0, lr] = [0, 0.001], got nan"),
-    ("grad_clip=nan", "grad_clip must be a finite number >= 0, got nan"),
-    ("grad_clip=inf", "grad_clip must be a finite number >= 0, got inf"),
-    ("weight_decay=nan", "weight_decay must be a finite number >= 0, got nan"),
+    ("final_lr=nan", "final_lr: expected a finite number, got 'nan'"),
+    ("grad_clip=nan", "grad_clip: expected a finite number, got 'nan'"),
+    ("grad_clip=inf", "grad_clip: expected a finite number, got 'inf'"),
+    ("weight_decay=nan", "weight_decay: expected a finite number, got 'nan'"),
     ("weight_decay=1000", "weight_decay must be below 1 / lr = 1000, got 1000.0"),
     ("adam_beta1=1", "adam_beta1 must be in [0, 1), got 1.0"),
-    ("adam_beta2=nan", "adam_beta2 must be in [0, 1), got nan"),
+    ("adam_beta2=nan", "adam_beta2: expected a finite number, got 'nan'"),
     ("adam_beta2=-0.1", "adam_beta2 must be in [0, 1), got -0.1"),
     ("adam_eps=0", "adam_eps must be a finite number > 0, got 0.0"),
-    ("adam_eps=inf", "adam_eps must be a finite number > 0, got inf"),
-    ("dropout=nan", "dropout must be in [0, 1), got nan"),
-    ("beta=nan", "beta must be a finite number > 0, got nan"),
-    ("beta=inf", "beta must be a finite number > 0, got inf"),
-    ("loss_options={label_smoothing: .nan}", "label_smoothing must be in [0, 0.5)"),
-    ("activation_checkpointing=maybe", "key 'activation_checkpointing' must be bool, got 'maybe'"),
-    ("batch_size=2.5", "key 'batch_size' must be int, got 2.5"),
-    ("max_steps=true", "key 'max_steps' must be int, got True"),
+    ("adam_eps=inf", "adam_eps: expected a finite number, got 'inf'"),
+    ("dropout=nan", "dropout: expected a finite number, got 'nan'"),
+    ("beta=nan", "beta: expected a finite number, got 'nan'"),
+    ("beta=inf", "beta: expected a finite number, got 'inf'"),
+    ("loss_options={label_smoothing: .nan}", "loss_options.label_smoothing: expected a finite number, got nan"),
+    ("loss_options={label_smoothing: 0.7}", "label_smoothing must be in [0, 0.5)"),
+    ("activation_checkpointing=maybe", "activation_checkpointing: expected true or false, got 'maybe'"),
+    ("batch_size=2.5", "batch_size: expected an integer, got 2.5"),
+    ("max_steps=true", "max_steps: expected an integer, got True"),
 ])
 def test_settings_that_are_not_finite_or_out_of_range_are_refused_by_name(override, message):
     with pytest.raises(FormatError) as refused:
@@ -66,12 +67,24 @@ def test_settings_that_are_not_finite_or_out_of_range_are_refused_by_name(overri
     assert message in str(refused.value)
 
 
+def test_a_config_built_in_code_is_checked_as_one_read_from_a_file():
+    """The file loader refuses a non-finite number before validate() sees it; a config made in Python (a
+    script of one's own) meets validate() alone, which refuses them too."""
+    for key, value, message in (("lr", math.nan, "lr must be a finite number > 0, got nan"),
+                                ("grad_clip", math.inf, "grad_clip must be a finite number >= 0, got inf"),
+                                ("beta", math.nan, "beta must be a finite number > 0, got nan"),
+                                ("dropout", math.nan, "dropout must be in [0, 1), got nan")):
+        with pytest.raises(ValueError) as refused:
+            DPOConfig(**{key: value}).validate()
+        assert str(refused.value) == message
+
+
 def test_an_infinite_lr_is_one_line_before_any_training(tmp_path, tiny_checkpoint, capsys):
     """It used to train one step, save a model that is NaN everywhere, and exit 0."""
     out = tmp_path / "m"
     code, err = run_dpo(capsys, tiny_checkpoint, write_pairs(tmp_path / "pairs.jsonl", 8), out,
                         "lr=inf", "max_steps=1")
-    assert code == 1 and "lr must be a finite number > 0, got inf" in error_line(err)
+    assert code == 1 and "lr: expected a finite number, got 'inf'" in error_line(err)
     assert not out.exists() and not out.with_name("m.train").exists()
 
 

@@ -3,18 +3,18 @@
     cfg = load_config(DPOConfig, "configs/dpo.yaml", ["lr=5e-7", "max_steps=100"])
 
 A YAML file may leave keys out (the dataclass default is used) but may not name a key the dataclass
-does not have: a typo is an error naming the key and the closest known one. Overrides are
-`KEY=VALUE`, VALUE read as YAML (`lr=1e-6`, `activation_checkpointing=true`); numbers written as
-strings ("1e-6", which YAML 1.1 reads as text) are accepted for numeric keys.
+does not have: a typo is an error naming the key and the closest known one (model/settings.py, the
+project's one loader). Overrides are `KEY=VALUE`, VALUE read as YAML (`lr=1e-6`,
+`activation_checkpointing=true`, `loss_options={label_smoothing: 0.1}`).
 """
-import difflib
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import yaml
 
 from model.errors import FormatError
+from model.settings import apply_overrides, from_mapping, read_yaml
 from train.losses import LOSSES, check_options
 
 
@@ -42,6 +42,9 @@ class TrainConfig:
                                     # (AMX, AVX512-BF16), fp32 on other CPUs (train/distributed.py)
     activation_checkpointing: bool = False  # recompute each block in the backward instead of storing it
     save_dtype: str = "auto"        # weights written to checkpoints: auto = the input checkpoint's dtype
+    # settings that change memory and speed but not the trained model: changing one neither makes a model out
+    # of date (configs/iteration.py) nor stops a resume (train/loop.py)
+    speed_only: ClassVar[tuple[str, ...]] = ("micro_batch_size",)
 
     def choices(self) -> dict:
         """The keys that take one of a few values, and those values."""
@@ -104,59 +107,15 @@ class DPOConfig(TrainConfig):
         check_options(self.loss_type, self.loss_options)
 
 
-def _coerce(key: str, kind: type, value, where: str):
-    """value as the field's type, or a FormatError naming where it came from."""
-    if kind is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise FormatError(f"{where}: key {key!r} must be {kind.__name__}, got {value!r}")
-
-
-def _unknown(key: str, known: list[str], where: str) -> FormatError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
-    return FormatError(f"{where}: unknown key {key!r}{hint}")
-
-
 def load_config(cls, path, overrides: list[str] = ()):
     """cls (a TrainConfig dataclass) from a YAML file and KEY=VALUE overrides, checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError(f"{path}: no such config file")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FormatError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(values, dict):
-        raise FormatError(f"{path}: expected a mapping of keys to values")
-    kinds = {f.name: f.type for f in fields(cls)}
-    known = list(kinds)
-    where = {}
-    for key in values:
-        if key not in kinds:
-            raise _unknown(str(key), known, str(path))
-        where[key] = str(path)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise FormatError(f"override {item!r}: expected KEY=VALUE")
-        if key not in kinds:
-            raise _unknown(key, known, f"override {item!r}")
-        values[key] = yaml.safe_load(text)
-        where[key] = f"override {item!r}"
-    for key, value in values.items():
-        values[key] = _coerce(key, kinds[key], value, where[key])
-    cfg = cls(**values)
+    values = apply_overrides(read_yaml(path), list(overrides))
+    where = f"{path} with overrides {list(overrides)}" if overrides else str(path)
+    cfg = from_mapping(cls, values, f"{where}:")
     try:
         cfg.validate()
     except ValueError as e:
-        raise FormatError(f"{path} with overrides {list(overrides)}: {e}" if overrides else f"{path}: {e}") from None
+        raise FormatError(f"{where}: {e}") from None
     return cfg
 
 

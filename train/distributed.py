@@ -43,6 +43,7 @@ SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch
 
 @dataclass
 class Dist:
+    """This process's place among the ranks (named `group` where it is passed around)."""
     rank: int
     world: int
     device: torch.device
@@ -80,7 +81,7 @@ def setup() -> Dist:
     return Dist(dist.get_rank(), world, device, init_device_mesh(device.type, (world,)))
 
 
-def teardown(d: Dist):
+def teardown(group: Dist):
     """End a script's distributed run. Under torchrun, once every rank is past the last barrier and
     the output is written, the process ends with os._exit: letting the interpreter exit normally ran
     C++ destructors that aborted a gloo rank ("terminate called without an active exception") in
@@ -88,7 +89,7 @@ def teardown(d: Dist):
     if dist.is_initialized():
         dist.barrier()  # let every rank finish its last collective before the group goes
         dist.destroy_process_group()
-        if d.world > 1:
+        if group.world > 1:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
@@ -125,11 +126,11 @@ def apply_activation_checkpointing(net: model.Transformer):
         checkpoint_activations(layer)
 
 
-def apply_fsdp(net: LogProbModel, d: Dist, param_dtype: torch.dtype):
+def apply_fsdp(net: LogProbModel, group: Dist, param_dtype: torch.dtype):
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in net.model.layers:
-        fully_shard(layer, mesh=d.mesh, mp_policy=policy)
-    fully_shard(net, mesh=d.mesh, mp_policy=policy)  # the root: embeddings, final norm, output
+        fully_shard(layer, mesh=group.mesh, mp_policy=policy)
+    fully_shard(net, mesh=group.mesh, mp_policy=policy)  # the root: embeddings, final norm, output
 
 
 def reshard(net: nn.Module):
@@ -148,13 +149,13 @@ def _layer_groups(names: list[str]) -> list[list[str]]:
     return list(groups.values())
 
 
-def _load_sharded(net: LogProbModel, path, d: Dist):
-    files = weight_files(path) if d.rank == 0 else {}
+def _load_sharded(net: LogProbModel, path, group: Dist):
+    files = weight_files(path) if group.rank == 0 else {}
     handles = {}
-    for group in _layer_groups(list(net.model.state_dict())):
+    for layer_names in _layer_groups(list(net.model.state_dict())):
         tensors = {}
-        if d.rank == 0:
-            for name in group:
+        if group.rank == 0:
+            for name in layer_names:
                 if files[name] not in handles:
                     handles[files[name]] = safe_open(files[name], framework="pt")
                 tensors["model." + name] = handles[files[name]].get_tensor(name).float()
@@ -169,29 +170,29 @@ def checkpoint_dtype(path) -> torch.dtype:
         return SAFETENSORS_DTYPES.get(f.get_slice(name).get_dtype(), torch.float32)
 
 
-def build(path, d: Dist, *, dropout: float, param_dtype: str, activation_checkpointing: bool,
+def build(path, group: Dist, *, dropout: float, param_dtype: str, activation_checkpointing: bool,
           trainable: bool = True) -> LogProbModel:
-    """The checkpoint at `path` as a LogProbModel on d.device, sharded when d.mesh is set; forward and
+    """The checkpoint at `path` as a LogProbModel on group.device, sharded when group.mesh is set; forward and
     backward compute in `param_dtype` (see the module doc; "auto" resolved in net.compute_dtype)."""
     verify(path)  # names and shapes, on every rank: a bad checkpoint is an error before any work
     args = read_params(path)
     args.dropout = dropout
-    compute = resolve_dtype(param_dtype, d.device)
-    on_cpu = d.device.type != "cuda"
+    compute = resolve_dtype(param_dtype, group.device)
+    on_cpu = group.device.type != "cuda"
     with torch.device("meta"):
         net = LogProbModel(model.Transformer(args), compute, autocast=on_cpu and compute != torch.float32)
-    if d.rank == 0 and trainable:
+    if group.rank == 0 and trainable:
         how = " (autocast over fp32 weights)" if net.autocast else ""
         print(f"{path}: forward and backward in {dtype_name(compute)}{how}", file=sys.stderr)
     net.requires_grad_(trainable)
     if activation_checkpointing:
         apply_activation_checkpointing(net.model)
-    if d.mesh is None:
+    if group.mesh is None:
         net.load_state_dict({"model." + k: v.float() for k, v in read_tensors(path)}, assign=True)
         return net
-    apply_fsdp(net, d, torch.float32 if on_cpu else compute)
-    net.to_empty(device=d.device)
-    _load_sharded(net, path, d)
+    apply_fsdp(net, group, torch.float32 if on_cpu else compute)
+    net.to_empty(device=group.device)
+    _load_sharded(net, path, group)
     return net
 
 
@@ -204,12 +205,12 @@ def full_tensors(net: LogProbModel, dtype: torch.dtype):
         yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def save_plain(directory, net: LogProbModel, args: model.ModelArgs, tokenizer, dtype: torch.dtype, d: Dist):
+def save_plain(directory, net: LogProbModel, args: model.ModelArgs, tokenizer, dtype: torch.dtype, group: Dist):
     """A checkpoint directory in the project's format, written atomically by rank 0."""
     tensors = full_tensors(net, dtype)
-    if d.rank == 0:
+    if group.rank == 0:
         model.save(directory, args, tensors, tokenizer)
     else:
         for _ in tensors:  # take part in the gathers
             pass
-    d.barrier()
+    group.barrier()

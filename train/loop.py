@@ -47,8 +47,8 @@ from train.distributed import Dist, checkpoint_dtype, save_plain
 STATE_FORMAT = 1
 # What a resume may change: the schedule is recomputed and grad_clip read at every step. The other optimizer
 # settings come back with the saved optimizer state, and the rest decide the data order and the steps.
-# micro_batch_size too: it splits each step's batch differently (memory and speed), the steps stay the same.
-RESUME_MAY_CHANGE = ("lr", "final_lr", "grad_clip", "micro_batch_size")
+# The speed-only settings too (micro_batch_size splits each step's batch differently; the steps stay the same).
+RESUME_MAY_CHANGE = ("lr", "final_lr", "grad_clip", *TrainConfig.speed_only)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -84,42 +84,43 @@ def add_args(parser, config: str):
 @dataclass
 class Session:
     """What both trainers know before reading their data."""
-    d: Dist
+    group: Dist             # this process's place among the ranks
     cfg: TrainConfig
     run: RunDir
-    args: model.ModelArgs   # the input checkpoint's, written unchanged into the output checkpoints
+    model_args: model.ModelArgs  # the input checkpoint's, written unchanged into the output checkpoints
     tokenizer: object
     max_len: int            # tokens per sequence: max_seq_len, or the model's context if shorter
     save_dtype: torch.dtype
     command: str            # the command line, for config.yaml
 
 
-def start(a, config_class, d: Dist) -> Session:
+def start(args, config_class, group: Dist) -> Session:
     """Read and check the config, the input checkpoint's params and tokenizer, and the run directory."""
-    cfg = load_config(config_class, a.config, a.set)
-    if cfg.batch_size % (cfg.micro_batch_size * d.world):
+    cfg = load_config(config_class, args.config, args.set)
+    if cfg.batch_size % (cfg.micro_batch_size * group.world):
         raise FormatError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
-                          f"{cfg.micro_batch_size} x {d.world} ranks")
-    args = read_params(a.model)
-    tokenizer = checkpoint_tokenizer(a.model, args)
-    run = RunDir(a.out)
-    changed = check_run_dir(run, cfg, a.resume)
-    if changed and d.rank == 0:
+                          f"{cfg.micro_batch_size} x {group.world} ranks")
+    model_args = read_params(args.model)
+    tokenizer = checkpoint_tokenizer(args.model, model_args)
+    run = RunDir(args.out)
+    changed = check_run_dir(run, cfg, args.resume)
+    if changed and group.rank == 0:
         print(f"note: resuming with other settings ({'; '.join(changed)}); metrics.jsonl has each step's lr",
               file=sys.stderr)
-    d.barrier()  # every rank has looked before rank 0 creates anything
-    torch.manual_seed(cfg.seed + d.rank)  # dropout; the data order has its own generator
-    save_dtype = checkpoint_dtype(a.model) if cfg.save_dtype == "auto" else DTYPES[cfg.save_dtype]
-    return Session(d, cfg, run, args, tokenizer, min(cfg.max_seq_len, args.max_seq_len), save_dtype, command_line())
+    group.barrier()  # every rank has looked before rank 0 creates anything
+    torch.manual_seed(cfg.seed + group.rank)  # dropout; the data order has its own generator
+    save_dtype = checkpoint_dtype(args.model) if cfg.save_dtype == "auto" else DTYPES[cfg.save_dtype]
+    return Session(group, cfg, run, model_args, tokenizer, min(cfg.max_seq_len, model_args.max_seq_len), save_dtype,
+                   command_line())
 
 
-def plan_steps(lengths: list[int], cfg: TrainConfig, d: Dist, data: str) -> tuple[list[list[int]], list[list[list[int]]]]:
+def plan_steps(lengths: list[int], cfg: TrainConfig, group: Dist, data: str) -> tuple[list[list[int]], list[list[list[int]]]]:
     """(the example indices of every step, this rank's micro-batches of every step); `data` names the file."""
     try:
         batches = step_batches(len(lengths), cfg.batch_size, total_steps(cfg, len(lengths)), cfg.seed)
     except ValueError as e:
         raise FormatError(f"{data}: {e}") from None
-    return batches, [micro_batches(b, lengths, cfg.micro_batch_size, d.rank, d.world) for b in batches]
+    return batches, [micro_batches(b, lengths, cfg.micro_batch_size, group.rank, group.world) for b in batches]
 
 
 def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> list[str]:
@@ -143,12 +144,12 @@ def check_run_dir(run: RunDir, cfg: TrainConfig, resume: bool) -> list[str]:
     return list(changed.values())
 
 
-def open_run_dir(s: Session):
+def open_run_dir(session: Session):
     """Create OUT.train/ and write config.yaml (rank 0), once the inputs are known to be good."""
-    if s.d.rank == 0:
-        s.run.train.mkdir(parents=True, exist_ok=True)
-        s.run.config.write_text(dump_config(s.cfg, s.command))
-    s.d.barrier()
+    if session.group.rank == 0:
+        session.run.train.mkdir(parents=True, exist_ok=True)
+        session.run.config.write_text(dump_config(session.cfg, session.command))
+    session.group.barrier()
 
 
 def make_optimizer(net, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -182,25 +183,25 @@ def _single_process_quiet():
         yield
 
 
-def save_state(run: RunDir, net, optimizer, step: int, d: Dist, meta: dict):
+def save_state(run: RunDir, net, optimizer, step: int, group: Dist, meta: dict):
     """Write the training state after `step` steps to a temporary directory, then swap it in."""
     tmp, old = run.train / ".state.tmp", run.train / ".state.old"
-    if d.rank == 0:
+    if group.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    d.barrier()
+    group.barrier()
     model_state, optim_state = get_state_dict(net, optimizer)
     with _single_process_quiet():
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp, no_dist=d.mesh is None)
-    torch.save(_rng_state(), tmp / f"rng-{d.rank}.pt")
-    d.barrier()
-    if d.rank == 0:
-        (tmp / "meta.json").write_text(json.dumps({"format": STATE_FORMAT, "step": step, "world": d.world, **meta}))
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp, no_dist=group.mesh is None)
+    torch.save(_rng_state(), tmp / f"rng-{group.rank}.pt")
+    group.barrier()
+    if group.rank == 0:
+        (tmp / "meta.json").write_text(json.dumps({"format": STATE_FORMAT, "step": step, "world": group.world, **meta}))
         if run.state.exists():
             run.state.rename(old)
         tmp.rename(run.state)
         shutil.rmtree(old, ignore_errors=True)
-    d.barrier()
+    group.barrier()
 
 
 # What dcp.save writes into a state's .metadata (listed from a real state's pickle with a find_class that
@@ -268,7 +269,7 @@ class _PlainDataPlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, value)
 
 
-def load_state(run: RunDir, net, optimizer, d: Dist, meta: dict) -> int:
+def load_state(run: RunDir, net, optimizer, group: Dist, meta: dict) -> int:
     """Restore the latest training state, if any; returns the number of steps it had done."""
     state = run.state
     if not (state / "meta.json").is_file() and (run.train / ".state.old" / "meta.json").is_file():
@@ -286,15 +287,15 @@ def load_state(run: RunDir, net, optimizer, d: Dist, meta: dict) -> int:
     reader = _StateReader(state)
     try:
         with _single_process_quiet():
-            dcp.load(loaded, storage_reader=reader, planner=_PlainDataPlanner(), no_dist=d.mesh is None)
+            dcp.load(loaded, storage_reader=reader, planner=_PlainDataPlanner(), no_dist=group.mesh is None)
     except CheckpointException as e:  # every rank raises it, with each failing rank's error
         error, _ = next(iter(e.failures.values()))
         reason = next(iter(str(error).splitlines()), type(error).__name__)
         raise FormatError(f"{state}: cannot be read as this run's training state: {reason}") from None
     set_state_dict(net, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-    check_weights(net, d, state)  # saved before train() checked weights, or not by this trainer
-    rng = state / f"rng-{d.rank}.pt"
-    if saved["world"] == d.world and rng.is_file():  # dropout masks continue as if never stopped
+    check_weights(net, group, state)  # saved before train() checked weights, or not by this trainer
+    rng = state / f"rng-{group.rank}.pt"
+    if saved["world"] == group.world and rng.is_file():  # dropout masks continue as if never stopped
         rng = torch.load(rng, weights_only=True)
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] is not None and torch.cuda.is_available():
@@ -310,7 +311,7 @@ def _trim_metrics(path: Path, step: int):
         path.write_text("".join(lines))
 
 
-def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[list[list[int]]], micro_step,
+def train(run: RunDir, cfg: TrainConfig, net, optimizer, group: Dist, plan: list[list[list[int]]], micro_step,
           start: int, snapshot, meta: dict, desc: str) -> dict:
     """Optimizer steps start .. len(plan) - 1; returns the last step's metrics.
 
@@ -320,14 +321,14 @@ def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[lis
     save_every steps it writes snapshot(directory) and the training state (with `meta`,
     which a resume must match), and at the end the training state.
     """
-    if d.rank == 0:
+    if group.rank == 0:
         _trim_metrics(run.metrics, start)
-    bar = tqdm(total=len(plan), initial=start, desc=desc, unit="step", disable=d.rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=len(plan), initial=start, desc=desc, unit="step", disable=group.rank != 0, dynamic_ncols=True)
     record, saved = {}, start
     net.train()
-    with open(run.metrics, "a") if d.rank == 0 else nullcontext() as log, bar:
+    with open(run.metrics, "a") if group.rank == 0 else nullcontext() as log, bar:
         for step in range(start, len(plan)):
-            record = _step(cfg, net, optimizer, d, step, plan, micro_step)
+            record = _step(cfg, net, optimizer, group, step, plan, micro_step)
             if not math.isfinite(record["loss"]) or not math.isfinite(record["grad_norm"]):
                 raise NonFiniteLoss(f"step {step + 1}: the loss ({record['loss']}) or its gradient norm "
                                     f"({record['grad_norm']}) is not finite; stopped before updating the weights: "
@@ -339,29 +340,29 @@ def train(run: RunDir, cfg: TrainConfig, net, optimizer, d: Dist, plan: list[lis
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}")
             if (step + 1) % cfg.save_every == 0 or step + 1 == len(plan):
-                if not weights_finite(net, d):  # so that every state, snapshot and final model is finite
+                if not weights_finite(net, group):  # so that every state, snapshot and final model is finite
                     raise NonFiniteLoss(f"step {step + 1}: the updated weights hold NaN or inf (the loss and "
                                         f"gradient norm were finite); nothing of this step is saved: "
                                         f"{_what_now(run, saved)}")
                 if (step + 1) % cfg.save_every == 0:
                     snapshot(run.snapshot(step + 1))
-                save_state(run, net, optimizer, step + 1, d, meta)
+                save_state(run, net, optimizer, step + 1, group, meta)
                 saved = step + 1
     return record
 
 
-def weights_finite(net, d: Dist) -> bool:
+def weights_finite(net, group: Dist) -> bool:
     """Whether every weight on every rank is finite (not a norm: a finite 1e30 squared is inf). One all-reduce
     and one host read, and every rank gets the same answer, so under FSDP they all stop together."""
     with torch.no_grad():
         shards = [p.to_local() if isinstance(p, DTensor) else p for p in net.parameters()]
         not_finite = torch.stack([t.isfinite().all().logical_not() for t in shards]).sum()
-    return d.all_reduce([not_finite]).item() == 0
+    return group.all_reduce([not_finite]).item() == 0
 
 
-def check_weights(net, d: Dist, source):
+def check_weights(net, group: Dist, source):
     """Refuse weights just read from `source` (the input checkpoint, a training state) if any is NaN or inf."""
-    if not weights_finite(net, d):
+    if not weights_finite(net, group):
         raise FormatError(f"{source}: its weights hold NaN or inf; nothing can be trained from them")
 
 
@@ -373,12 +374,12 @@ def _what_now(run: RunDir, saved: int) -> str:
             "and a lower lr (--set lr=... final_lr=...)")
 
 
-def _step(cfg: TrainConfig, net, optimizer, d: Dist, step: int, plan, micro_step) -> dict:
+def _step(cfg: TrainConfig, net, optimizer, group: Dist, step: int, plan, micro_step) -> dict:
     """One optimizer step; returns its metrics. Weights are left alone if loss or gradients are not finite."""
     began = time.perf_counter()
     lr = lr_at(step, cfg, len(plan))
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = lr
     sums: dict = {}  # numbers and 0-dim device tensors, added up on the device
     for micro in plan[step]:
         for key, value in micro_step(step, micro).items():
@@ -387,8 +388,8 @@ def _step(cfg: TrainConfig, net, optimizer, d: Dist, step: int, plan, micro_step
     grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip or math.inf)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     # the step's one host sync: every metric, summed over ranks, and the gradient norm
-    *values, grad_norm = torch.cat([d.all_reduce([sums[k] for k in keys]),
-                                    grad_norm.to(d.device, torch.float64).reshape(1)]).tolist()
+    *values, grad_norm = torch.cat([group.all_reduce([sums[k] for k in keys]),
+                                    grad_norm.to(group.device, torch.float64).reshape(1)]).tolist()
     sums = {k: int(v) if isinstance(sums[k], int) else v for k, v in zip(keys, values)}  # token counts stay whole
     if math.isfinite(sums["loss"]) and math.isfinite(grad_norm):
         optimizer.step()
@@ -398,10 +399,10 @@ def _step(cfg: TrainConfig, net, optimizer, d: Dist, step: int, plan, micro_step
             "seconds": seconds}
 
 
-def fail(message: str, d: Dist):
+def fail(message: str, group: Dist):
     """One line on stderr and a non-zero exit (each rank says it, prefixed with its number when there are several:
     a problem that only one rank meets must not go unreported)."""
-    prefix = f"rank {d.rank}: " if d is not None and d.world > 1 else ""
+    prefix = f"rank {group.rank}: " if group is not None and group.world > 1 else ""
     print(f"{prefix}error: {message}", file=sys.stderr)
     sys.exit(1)
 
@@ -410,18 +411,18 @@ def command_line() -> str:
     return " ".join([os.path.relpath(sys.argv[0]) if sys.argv else ""] + sys.argv[1:])
 
 
-def train_and_save(s: Session, net, optimizer, plan: list[list[list[int]]], micro_step, start: int, meta: dict,
+def train_and_save(session: Session, net, optimizer, plan: list[list[list[int]]], micro_step, start: int, meta: dict,
                    desc: str, describe) -> None:
     """What both trainers do once their model, data and micro-step are ready: train (see train()), write the
     final checkpoint (a rerun of a finished run leaves it as it is) and say what came out, with
     describe(last step's metrics) after the step count."""
     def snapshot(directory):
-        save_plain(directory, net, s.args, s.tokenizer, s.save_dtype, s.d)
+        save_plain(directory, net, session.model_args, session.tokenizer, session.save_dtype, session.group)
 
-    last = train(s.run, s.cfg, net, optimizer, s.d, plan, micro_step, start, snapshot, meta, desc)
-    if last or not s.run.out.exists():
-        snapshot(s.run.out)
-    if s.d.rank == 0:
+    last = train(session.run, session.cfg, net, optimizer, session.group, plan, micro_step, start, snapshot, meta, desc)
+    if last or not session.run.out.exists():
+        snapshot(session.run.out)
+    if session.group.rank == 0:
         summary = describe(last) if last else " (the run was already complete)"
-        print(f"{desc}: {len(plan)} steps{summary}; model in {s.run.out}", file=sys.stderr)
+        print(f"{desc}: {len(plan)} steps{summary}; model in {session.run.out}", file=sys.stderr)
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.backend import at_least_fp32
+from model.settings import checked
 
 METRICS = ("policy_chosen_logps", "policy_rejected_logps", "rewards_chosen", "rewards_rejected",
            "margins", "accuracy")
@@ -94,13 +95,6 @@ def hinge(chosen, rejected, ref_chosen, ref_rejected, beta):
     return torch.relu(1 - beta * log_ratio(chosen, rejected, ref_chosen, ref_rejected))
 
 
-def _number(value):
-    try:
-        return float(value) if isinstance(value, str) else value
-    except ValueError:
-        return value
-
-
 def check_options(loss_type: str, options: dict) -> dict:
     """The options of `loss_type` with `options` applied; a name the loss does not take is an error."""
     if loss_type not in LOSSES:
@@ -110,8 +104,8 @@ def check_options(loss_type: str, options: dict) -> dict:
     if unknown:
         takes = ", ".join(known) if known else "no options"
         raise ValueError(f"loss_options: {loss_type} takes {takes}; got {', '.join(unknown)}")
-    # a number YAML 1.1 left as text ("1e-2"), for an option whose default is a number
-    options = {**known, **{k: _number(v) if isinstance(known[k], float) else v for k, v in options.items()}}
+    # each option has its default's type (an int is a float too)
+    options = {**known, **{k: checked(type(known[k]), v, f"loss_options.{k}") for k, v in options.items()}}
     problem = LOSSES[loss_type].check(options) if LOSSES[loss_type].check else ""
     if problem:
         raise ValueError(f"loss_options of {loss_type}: {problem}")

@@ -142,26 +142,26 @@ def main(argv=None):
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 (param_dtype: float32)")
     parser.add_argument("--no-dropout", action="store_true", help="dropout 0: no masks kept")
     parser.add_argument("--json", action="store_true", help="print the numbers (bytes) as JSON")
-    a = parser.parse_args(argv)
-    given = [flag for flag, value in (("--micro-batch", a.micro_batch), ("--seq-len", a.seq_len), ("--fp32", a.fp32),
-                                      ("--no-dropout", a.no_dropout)) if value]
-    if a.config and given:
+    args = parser.parse_args(argv)
+    given = [flag for flag, value in (("--micro-batch", args.micro_batch), ("--seq-len", args.seq_len), ("--fp32", args.fp32),
+                                      ("--no-dropout", args.no_dropout)) if value]
+    if args.config and given:
         parser.exit(1, f"error: {', '.join(given)}: --config gives these; leave them out, or leave out --config\n")
     try:
-        args = load_args(a.model)
-        run = (run_from_config(a.config, a.dpo, a.gpus) if a.config else
-               Run(a.micro_batch or 1, a.seq_len or 2048, a.fp32, not a.no_dropout, checkpointing=None))
+        args = load_args(args.model)
+        run = (run_from_config(args.config, args.dpo, args.gpus) if args.config else
+               Run(args.micro_batch or 1, args.seq_len or 2048, args.fp32, not args.no_dropout, checkpointing=None))
     except (FormatError, ValueError) as e:
         parser.exit(1, f"error: {e}\n")
-    sequences = run.micro_batch * (2 if a.dpo else 1)
-    p = plan(args, a.gpus, sequences, run.seq_len, 4 if run.fp32 else 2, run.dropout)
-    if a.json:
+    sequences = run.micro_batch * (2 if args.dpo else 1)
+    p = plan(args, args.gpus, sequences, run.seq_len, 4 if run.fp32 else 2, run.dropout)
+    if args.json:
         print(json.dumps({**vars(p), "total": p.total, "total_checkpointed": p.total_checkpointed,
-                          **({"activation_checkpointing": run.checkpointing} if a.config else {})}))
+                          **({"activation_checkpointing": run.checkpointing} if args.config else {})}))
         return
     with torch.device("meta"):
         n = model.Transformer(args).num_params()
-    print(f"{a.model}: {n / 1e9:.2f}B parameters on {a.gpus} GPUs, full sharding; micro-batch of {sequences} "
+    print(f"{args.model}: {n / 1e9:.2f}B parameters on {args.gpus} GPUs, full sharding; micro-batch of {sequences} "
           f"sequence(s) x {run.seq_len} tokens, {'fp32' if run.fp32 else 'bf16'} compute")
     rows = [("parameters (fp32 shards)", p.parameters), ("gradients (fp32 shards)", p.gradients),
             ("optimizer state (AdamW, fp32)", p.optimizer), ("gathered weights (transient)", p.gathered_weights),
@@ -171,9 +171,9 @@ def main(argv=None):
     for label, value in rows:
         print(f"  {label:<40} {value / GiB:9.2f} GiB")
     print("  (plus the CUDA context and allocator slack: budget a few GiB)")
-    if a.config:
+    if args.config:
         total = p.total_checkpointed if run.checkpointing else p.total
-        print(f"{a.config}: activation checkpointing {'on' if run.checkpointing else 'off'}: "
+        print(f"{args.config}: activation checkpointing {'on' if run.checkpointing else 'off'}: "
               f"{total / GiB:.1f} GiB per GPU")
 
 

@@ -30,41 +30,41 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(parser, "configs/sft.yaml")
     parser.add_argument("--data", nargs="+", required=True, metavar="JSONL", help="training data, one or more files")
-    a = parser.parse_args(argv)
-    d = setup()
+    args = parser.parse_args(argv)
+    group = setup()
     try:
-        s = start(a, SFTConfig, d)
-        cfg, run = s.cfg, s.run
-        examples, report = read_sft(a.data, s.tokenizer, s.max_len)
-        if d.rank == 0:
+        session = start(args, SFTConfig, group)
+        cfg, run = session.cfg, session.run
+        examples, report = read_sft(args.data, session.tokenizer, session.max_len)
+        if group.rank == 0:
             print(f"sft: data: {report}", file=sys.stderr)
-        batches, plan = plan_steps([len(e.tokens) for e in examples], cfg, d, ", ".join(map(str, a.data)))
-        open_run_dir(s)
-        if d.rank == 0:
-            print(f"sft: {len(plan)} steps of {cfg.batch_size} examples on {d.world} rank(s); output {run.out}, "
+        batches, plan = plan_steps([len(e.tokens) for e in examples], cfg, group, ", ".join(map(str, args.data)))
+        open_run_dir(session)
+        if group.rank == 0:
+            print(f"sft: {len(plan)} steps of {cfg.batch_size} examples on {group.world} rank(s); output {run.out}, "
                   f"training files in {run.train}", file=sys.stderr)
         # the step's loss is a mean over all its response tokens, on every rank and micro-batch
         loss_tokens = [sum(len(examples[i].tokens) - examples[i].n_prompt for i in b) for b in batches]
-        net = build(a.model, d, dropout=cfg.dropout, param_dtype=cfg.param_dtype,
+        net = build(args.model, group, dropout=cfg.dropout, param_dtype=cfg.param_dtype,
                     activation_checkpointing=cfg.activation_checkpointing)
-        check_weights(net, d, a.model)
+        check_weights(net, group, args.model)
         optimizer = make_optimizer(net, cfg)
         # the code too (model/sources.py): a run interrupted before an edit of the method is not resumed after it
-        meta = {"model": checkpoint_fingerprint(a.model), "data": tokens_fingerprint(examples), "steps": len(plan),
+        meta = {"model": checkpoint_fingerprint(args.model), "data": tokens_fingerprint(examples), "steps": len(plan),
                 "code": code_digest("train/sft.py")}
-        done = load_state(run, net, optimizer, d, meta) if a.resume else 0
+        done = load_state(run, net, optimizer, group, meta) if args.resume else 0
 
         def micro_step(step, micro):
-            batch = collate([examples[i] for i in micro], s.tokenizer.pad_id, d.device)
+            batch = collate([examples[i] for i in micro], session.tokenizer.pad_id, group.device)
             loss = -net(batch.inputs, batch.index, batch.labels).sum() / loss_tokens[step]
-            (loss * d.world).backward()  # FSDP averages gradients over ranks; the loss is already global
+            (loss * group.world).backward()  # FSDP averages gradients over ranks; the loss is already global
             return {"loss": loss.detach(), "tokens": batch.n_tokens}  # a device tensor, read once a step
 
-        train_and_save(s, net, optimizer, plan, micro_step, done, meta, "sft",
+        train_and_save(session, net, optimizer, plan, micro_step, done, meta, "sft",
                        lambda last: f", last loss {last['loss']:.4f}")
     except (FormatError, NonFiniteLoss) as e:
-        fail(str(e), d)
-    teardown(d)
+        fail(str(e), group)
+    teardown(group)
 
 
 if __name__ == "__main__":
