@@ -41,7 +41,7 @@ gpu-check:
 # ---------------------------------------------------------------- the self-rewarding loop
 #   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed), and M0's and M1's quality as judges
 #   make baseline                      the SFT baseline, SFT(M0, IFT only), in runs/RUN/baseline
-#   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation (M1 first if missing)
+#   make iteration N=2                 M2 = DPO(M1, pairs M1 built for itself), then its evaluation
 #   make iteration N=2 RUN=exp CONFIG=configs/llama2-7b.yaml SET="generate.samples=2 dpo.set.lr=5e-7"
 #   make iteration N=2 SELECT=1        M2 = the DPO snapshot that wins most often against M1 (early stopping)
 #   make judged N=2                    one stage by name (prompts, candidates, judged, pairs) and what it needs

@@ -157,7 +157,7 @@ def test_params_that_do_not_fit_the_weights(tmp_path, sp_model_file):
     with pytest.raises(FormatError, match=r"weights do not match params.json: missing \['layers.2"):
         model.load(tmp_path / "ckpt")
     params.write_text(json.dumps({**good, "n_layer": 3}))
-    with pytest.raises(FormatError, match=r"params.json: unknown ModelArgs keys \['n_layer'\]"):
+    with pytest.raises(FormatError, match=r"params.json: unknown key 'n_layer' \(did you mean 'n_layers'\?\)"):
         model.load(tmp_path / "ckpt")
     params.write_text("{\"dim\": 64,")
     with pytest.raises(FormatError, match=r"params.json: Expecting"):

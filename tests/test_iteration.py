@@ -4,6 +4,7 @@ iteration 2 the test swaps in its own judge, the way a researcher would: by writ
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,10 @@ def test_two_iterations_end_to_end(tmp_path, tiny_checkpoint):
     assert "dpo_reward_accuracy" in s2
     assert (tmp_path / "t" / "report.md").is_file()
 
-    # everything is there: a rerun does nothing
-    again = make(tmp_path, tiny_checkpoint, "N=2")
+    # everything is there: a rerun would do nothing (a dry run says what it would do)
+    again = make(tmp_path, tiny_checkpoint, "N=2", "-n")
     assert "train/dpo.py" not in again.stdout and "sample/generate.py" not in again.stdout
+    assert "eval/report.py" in again.stdout  # only the report, which `make iteration` always rewrites
 
 
 def test_iteration_settings_are_checked(tmp_path):
@@ -70,6 +72,27 @@ def test_iteration_settings_are_checked(tmp_path):
     assert ok.returncode == 0 and "--samples 3" in ok.stdout and "--set beta=0.2" in ok.stdout
     bad = subprocess.run(cmd + ["genrate.samples=3"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown key 'genrate' (did you mean 'generate'?)" in bad.stderr
+
+
+def test_named_targets(tmp_path, tiny_checkpoint):
+    """`make baseline` is SFT on the IFT data alone, evaluated as a judge, into runs/RUN/baseline; a stage's
+    name makes that stage and what it needs, nothing after it."""
+    def commands(*goal):
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), *goal, f"RUNS={tmp_path}", "RUN=t",
+                               "CONFIG=configs/tiny.yaml", f"PY={sys.executable}", f"SET=base_model={tiny_checkpoint}"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.replace("\\\n", " ")
+    run = tmp_path / "t"
+    baseline = commands("baseline")
+    assert f"judge/sft_data.py --ift data/seed/ift.jsonl --out {run}/baseline/sft.jsonl\n" in baseline
+    assert f"--data {run}/baseline/sft.jsonl --out {run}/baseline/model" in baseline
+    assert f"eval/reward_metrics.py --model {run}/baseline/model" in baseline and f"{run}/iter" not in baseline
+    (run / "iter1" / "model").mkdir(parents=True)
+    shutil.copy2(tiny_checkpoint / "params.json", run / "iter1" / "model" / "params.json")
+    judged = commands("judged", "N=2")
+    assert all(script in judged for script in ("self_instruct.py", "generate.py", "score.py"))
+    assert not any(script in judged for script in ("pairs.py", "dpo.py", "train/sft.py"))
 
 
 def test_tensor_parallel_stages(tmp_path):

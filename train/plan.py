@@ -148,19 +148,19 @@ def main(argv=None):
     if args.config and given:
         parser.exit(1, f"error: {', '.join(given)}: --config gives these; leave them out, or leave out --config\n")
     try:
-        args = load_args(args.model)
+        model_args = load_args(args.model)
         run = (run_from_config(args.config, args.dpo, args.gpus) if args.config else
                Run(args.micro_batch or 1, args.seq_len or 2048, args.fp32, not args.no_dropout, checkpointing=None))
     except (FormatError, ValueError) as e:
         parser.exit(1, f"error: {e}\n")
     sequences = run.micro_batch * (2 if args.dpo else 1)
-    p = plan(args, args.gpus, sequences, run.seq_len, 4 if run.fp32 else 2, run.dropout)
+    p = plan(model_args, args.gpus, sequences, run.seq_len, 4 if run.fp32 else 2, run.dropout)
     if args.json:
         print(json.dumps({**vars(p), "total": p.total, "total_checkpointed": p.total_checkpointed,
                           **({"activation_checkpointing": run.checkpointing} if args.config else {})}))
         return
     with torch.device("meta"):
-        n = model.Transformer(args).num_params()
+        n = model.Transformer(model_args).num_params()
     print(f"{args.model}: {n / 1e9:.2f}B parameters on {args.gpus} GPUs, full sharding; micro-batch of {sequences} "
           f"sequence(s) x {run.seq_len} tokens, {'fp32' if run.fp32 else 'bf16'} compute")
     rows = [("parameters (fp32 shards)", p.parameters), ("gradients (fp32 shards)", p.gradients),
