@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # first so that the plain `torch` requirement does not pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test model tiny-model gpu-check
+.PHONY: setup test model tiny-model gpu-check seed
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ checkpoints/tiny/params.json:
 gpu-check:
 	env -u TRITON_INTERPRET PYTHONPATH=. $(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py --out gpu_check.json
 
+# The paper's seed data from an Open Assistant export (section 3.1): make seed OASST=2023-04-12_oasst_ready.trees.jsonl.gz
+# writes $(SEED_DIR)/ift.jsonl (3,200 first-turn English prompts with their rank-0 reply), ranked.jsonl (541 held-out
+# ranked prompts, the reward-model evaluation) and eft_pool.jsonl (the other ranked prompts, which the SFT baseline
+# judges into the EFT data), no prompt in two of them. SEED_ARGS passes judge/oasst.py's options (--n-ift, --seed, ...).
+SEED_DIR  ?= data/oasst
+SEED_ARGS ?=
+seed:
+	$(if $(OASST),,$(error make seed OASST=FILE: an Open Assistant export, .jsonl or .jsonl.gz, trees or messages))
+	$(PY) judge/oasst.py --input $(OASST) --out-dir $(SEED_DIR) $(SEED_ARGS)
+
 # ---------------------------------------------------------------- the self-rewarding loop
 #   make iteration N=1                 M1 = SFT(M0, IFT + EFT seed), and M0's and M1's quality as judges
 #   make baseline                      the SFT baseline, SFT(M0, IFT only), in runs/RUN/baseline
@@ -58,7 +68,7 @@ R      := $(RUNS)/$(RUN)
 I      := $(R)/iter$(N)
 PREV   := $(R)/iter$(shell expr $(N) - 1)
 
-ifneq ($(filter-out setup test model tiny-model gpu-check,$(MAKECMDGOALS)),)
+ifneq ($(filter-out setup test model tiny-model gpu-check seed,$(MAKECMDGOALS)),)
 # Regenerated on every make, replaced only when it changes. Each stage's own settings, and a digest of the code
 # that runs it (its script and every project module it imports: model/sources.py), go to $(S)/<stage>,
 # rewritten only when they change: stage targets depend on them, so a changed setting or an edit of the method
@@ -93,6 +103,15 @@ baseline: $(R)/baseline/summary.json
 # ---- the SFT baseline (make baseline) and M1 (make iteration N=1): supervised fine-tuning of M0
 # (for N >= 2, M_{N-1} is taken as it is: a model trained by hand elsewhere is not made again)
 SFT_RUNS := $(R)/baseline $(if $(filter 1,$(N)),$(R)/iter1)
+# With eft_pool in the config, M1's EFT data is built as the paper built it: the SFT baseline judges the pool's
+# ranked replies once each; the prompts whose judgements agree with the human ranking are kept, rebalanced so no score
+# dominates (judge/eft.py). Without it, the config's eft file is used as it is (the demo's seed).
+ifneq ($(EFT_POOL),)
+EFT := $(R)/baseline/eft.jsonl
+$(EFT): $(R)/baseline/model/params.json $(EFT_POOL) $(S)/eft
+	$(LAUNCH) judge/eft.py --model $(R)/baseline/model --pool $(EFT_POOL) --out $@ --seed $(SEED) $(EFT_ARGS) $(TP_FLAG)
+endif
+
 # the SFT data: IFT alone for the baseline, IFT + EFT examples for M1
 $(R)/baseline/sft.jsonl: $(IFT) $(S)/sft_data
 	mkdir -p $(@D)

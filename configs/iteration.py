@@ -29,6 +29,7 @@ from pathlib import Path
 from eval.head_to_head import HeadToHeadSettings
 from eval.reward_metrics import RewardMetricsSettings
 from eval.select_checkpoint import AGAINST, SelectSettings
+from judge.eft import EFTSettings
 from judge.pairs import RULES, PairSettings
 from judge.score import JudgeSettings
 from model.errors import FormatError
@@ -75,7 +76,9 @@ class Select(SelectSettings):
 class Iteration:
     base_model: str             # M0, a checkpoint directory
     ift: str = "data/seed/ift.jsonl"
-    eft: str = "data/seed/eft.jsonl"
+    eft: str = "data/seed/eft.jsonl"           # M1's EFT examples, written beforehand (the demo's seed)...
+    eft_pool: str = ""          # ...or, as the paper built them, by the SFT baseline judging these ranked prompts
+                                # (judge/oasst.py's eft_pool.jsonl) into runs/RUN/baseline/eft.jsonl, `eft` unused
     ranked: str = "data/seed/ranked.trees.jsonl"   # human-ranked replies: the reward-model evaluation
     heldout: str = "data/seed/heldout.jsonl"       # prompts for head-to-head (JSONL with "prompt")
     seed: int = 0
@@ -87,6 +90,7 @@ class Iteration:
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     pairs: PairSettings = field(default_factory=PairSettings)
+    eft_judge: EFTSettings = field(default_factory=EFTSettings)  # how the baseline judges the EFT pool
     sft: SFTTrainer = field(default_factory=SFTTrainer)
     dpo: DPOTrainer = field(default_factory=DPOTrainer)
     reward_metrics: RewardMetricsSettings = field(default_factory=RewardMetricsSettings)
@@ -157,7 +161,8 @@ def overrides(trainer) -> str:
 def variables(cfg: Iteration) -> dict:
     """The Make variables the stages run with, by name."""
     return {
-        "BASE_MODEL": cfg.base_model, "IFT": cfg.ift, "EFT": cfg.eft, "RANKED": cfg.ranked,
+        "BASE_MODEL": cfg.base_model, "IFT": cfg.ift, "EFT": cfg.eft, "EFT_POOL": cfg.eft_pool,
+        "EFT_ARGS": flags(cfg.eft_judge), "RANKED": cfg.ranked,
         "HELDOUT": cfg.heldout, "SEED": cfg.seed, "NPROC": cfg.nproc, "TP": int(cfg.tp),
         "SI_MODEL": cfg.self_instruct.model, "SI_ARGS": flags(cfg.self_instruct, SelfInstructSettings),
         "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge), "PAIRS_ARGS": flags(cfg.pairs),
@@ -193,6 +198,7 @@ def trainer_digest(config: TrainConfig) -> str:
 # editing judge/prompt.py redoes the judgements and the SFT data that embed its template, and nothing else.
 STAGE_SCRIPTS = {
     "sft_data": ("judge/sft_data.py",),
+    "eft": ("judge/eft.py",),
     "sft": ("train/sft.py",),
     "self_instruct": ("sample/self_instruct.py",),
     "generate": ("sample/generate.py",),
@@ -215,7 +221,8 @@ def stage_records(cfg: Iteration, trainers: dict[str, TrainConfig]) -> dict[str,
         return "".join(f"{k} {v}\n" for k, v in values.items())
     seed = cfg.seed
     records = {
-        "sft_data": lines(ift=cfg.ift, eft=cfg.eft),
+        "sft_data": lines(ift=cfg.ift, eft=cfg.eft_pool and "baseline/eft.jsonl" or cfg.eft),
+        "eft": lines(pool=cfg.eft_pool, seed=seed, settings=flags(cfg.eft_judge, outputs_only=True)),
         "sft": lines(trainer=trainer_digest(trainers["sft"])),
         "self_instruct": lines(writer=cfg.self_instruct.model, ift=cfg.ift, seed=seed,
                                settings=flags(cfg.self_instruct, SelfInstructSettings, outputs_only=True)),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from eval.metrics import parse_rate, reward_model_metrics
 from eval.stages import add_limit_args, limited, number, percent, prepare_work_dir, write_json
-from judge.oasst import build_sets, read_messages
+from judge.oasst import ranked_prompts, read_messages
 from judge.prompt import judge_messages
 from judge.score import JudgeSettings, judged_rows, unjudged_row
 from model.errors import FormatError
@@ -92,9 +92,9 @@ def read_ranked(path, lang: str = "en") -> tuple[list[dict], Counter]:
         raise FormatError(f"{path}: no ranked prompts in the file")
     if _is_oasst(first):
         messages, _ = read_messages([path])
-        sets, counts = build_sets(messages, lang=lang, ranked_fraction=1.0)
+        ranked, counts = ranked_prompts(messages, lang=lang)
         rows = [{"id": r["id"], "prompt": r["prompt"], "replies": [x["text"] for x in r["replies"]],
-                 "ranks": [x["rank"] for x in r["replies"]]} for r in sets["ranked"]]
+                 "ranks": [x["rank"] for x in r["replies"]]} for r in ranked]
         if not rows:
             raise FormatError(f"{path}: no prompt with two or more usable ranked replies (language {lang!r})")
         return rows, counts

@@ -15,16 +15,25 @@ The judgements themselves are kept, resumably, in OUT.judgements.jsonl.
 """
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from judge.oasst import agrees_with_ranking, rebalance
 from judge.prompt import judge_messages
-from judge.score import JudgeSettings, judged_rows
+from judge.score import judged_rows
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
-from sample.generate import add_sampling_args, probability, stage_config
+from sample.generate import SamplingSettings, add_sampling_args, probability, stage_config
 from sample.resume import check_owned, settings_path
 from sample.stage import Request, is_rank_zero, run_stage, throughput
+
+
+@dataclass
+class EFTSettings(SamplingSettings):
+    """How the judge samples its one judgement of each reply (as judge/score.py samples, by default), and
+    the rebalancing cap."""
+    max_new_tokens: int = 256
+    max_fraction: float = 0.3       # no score above this share of the kept examples (the paper's judge said 4 too often)
 
 
 def read_pool(path) -> list[dict]:
@@ -61,13 +70,18 @@ def eft_examples(pool: list[dict], judged: dict, seed: int, max_fraction: float)
     return kept, counts
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(parser, JudgeSettings())
+    add_sampling_args(parser, EFTSettings())
     parser.add_argument("--pool", required=True, help="ranked prompts: {id, prompt, replies: [{id, text, rank}]}")
     parser.add_argument("--out", required=True, help="EFT JSONL: {id, instruction, response, judgement}")
-    parser.add_argument("--max-fraction", type=probability, default=0.3, help="no score above this share (default 0.3)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-fraction", type=probability, default=EFTSettings.max_fraction,
+                        help="no score above this share (default %(default)s)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     final_out = Path(args.out)
     judgements = final_out.with_name(final_out.stem + ".judgements.jsonl")  # where run_stage writes
     try:

@@ -1,7 +1,7 @@
 """Open Assistant exports -> the seed sets the method starts from, and the EFT filter.
 
-  python judge/oasst.py --input 2023-04-12_oasst_ready.trees.jsonl.gz --out-dir data/oasst
-  python judge/oasst.py --input data/seed/ranked.trees.jsonl --out-dir /tmp/seed --ranked-fraction 1
+  python judge/oasst.py --input 2023-04-12_oasst_ready.trees.jsonl.gz --out-dir data/oasst   (make seed)
+  python judge/oasst.py --input data/seed/ranked.trees.jsonl --out-dir /tmp/seed --n-ift 0 --n-ranked 1000
 
 Reads both formats Open Assistant released, `.jsonl` or `.jsonl.gz`, told apart line by line:
   *.trees.jsonl     one tree a line: {"message_tree_id", "tree_state", "prompt": message with nested "replies"}
@@ -19,15 +19,18 @@ messages deeper in a conversation are counted as "not first turn", and a tree wh
 that is not JSON or not an OA object, a message without id, text, role or lang, an unknown role,
 a rank that is not a non-negative integer, a message id that appears twice.
 
-Each usable prompt goes to exactly one of
-  ift.jsonl     {"id", "prompt", "response"}: the prompt with its rank-0 reply (the paper's IFT seed);
-  ranked.jsonl  {"id", "prompt", "replies": [{"id", "text", "rank"}, ...] best first}: prompts with
-                two or more ranked replies, held out for evaluating the model as a reward model.
-A prompt that qualifies for both goes to ranked.jsonl when a hash of (seed, prompt id) falls below
---ranked-fraction: the split is fixed by the seed, does not depend on file order, and a prompt
-keeps its side when more data is added. A prompt that qualifies for only one goes there.
-  eft_pool.jsonl  the IFT prompts that have two or more ranked replies, in ranked.jsonl's format:
-                what a model judges to build EFT training data, never the held-out ranked set.
+The usable prompts are split as the paper split them (its section 3.1), each going to at most one of
+  ift.jsonl       {"id", "prompt", "response"}: --n-ift prompts (the paper: 3,200) with their rank-0
+                  reply, the IFT seed, drawn from the prompts that have one;
+  ranked.jsonl    {"id", "prompt", "replies": [{"id", "text", "rank"}, ...] best first}: --n-ranked
+                  prompts with two or more ranked replies, not in the IFT set, held out to evaluate
+                  the model as a reward model (the paper: 541);
+  eft_pool.jsonl  the other prompts with two or more ranked replies, not in the IFT set either, in
+                  ranked.jsonl's format: what the SFT baseline judges to build the EFT training data
+                  (judge/eft.py; the paper kept 1,630 examples).
+The draws are seeded (--seed) by a hash of (seed, set, prompt id), so they do not depend on the file's
+order, and each set keeps the file's order. A set asked for more prompts than qualify takes all of
+them (the summary says how many it got).
 
 EFT data, as the paper built it: a model judges every ranked reply of a prompt; the judgements are
 kept only if `agrees_with_ranking(scores, ranks)`; then `rebalance(examples, seed, max_fraction)`
@@ -148,17 +151,16 @@ def _skip_reason(m: Message, role: str, lang: str) -> str | None:
     return None
 
 
-def in_ranked_split(prompt_id: str, seed: int, ranked_fraction: float) -> bool:
-    """The seeded split: does a prompt that qualifies for both sets go to the ranked (held-out) set?"""
-    h = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < ranked_fraction
+def draw_key(prompt_id: str, seed: int, name: str) -> int:
+    """A prompt's place in the seeded draw for set `name`: the first n of a set are those with the lowest keys."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}:{prompt_id}".encode()).digest()[:8], "big")
 
 
-def build_sets(messages: list[Message], lang: str = "en", ranked_fraction: float = 0.2,
-               seed: int = 0) -> tuple[dict[str, list[dict]], Counter]:
-    """{"ift", "ranked", "eft_pool"} rows (see the module doc) and a Counter of what happened to every
-    message, summing to len(messages): keys start with "prompt" or "reply" (first-turn messages) or
-    "message" (all others), e.g. "prompt to ift.jsonl", "reply skipped: null rank"."""
+def first_turns(messages: list[Message], lang: str = "en") -> tuple[list[dict], Counter]:
+    """Every usable first-turn prompt, in file order, as {"id", "prompt", "replies": [{"id", "text", "rank"},
+    ...] best first} (its usable ranked replies, maybe none), and a Counter of what happened to every
+    message except the usable prompts: keys start with "prompt" or "reply" (first-turn messages) or
+    "message" (all others), e.g. "reply skipped: null rank"."""
     by_id = {m.id: m for m in messages}
     replies = defaultdict(list)
     counts = Counter()
@@ -171,8 +173,7 @@ def build_sets(messages: list[Message], lang: str = "en", ranked_fraction: float
             counts["message skipped: not first turn"] += 1
         else:
             replies[m.parent_id].append(m)
-
-    sets = {name: [] for name in SETS}
+    rows = []
     for prompt in (m for m in messages if m.parent_id is None):
         reason = _skip_reason(prompt, "prompter", lang)
         if reason:
@@ -186,20 +187,49 @@ def build_sets(messages: list[Message], lang: str = "en", ranked_fraction: float
             if reason is None:
                 ranked.append(r)
         ranked.sort(key=lambda r: r.rank)               # stable: equal ranks keep file order
-        best = ranked[0] if ranked and ranked[0].rank == 0 else None
-        row = {"id": prompt.id, "prompt": prompt.text,
-               "replies": [{"id": r.id, "text": r.text, "rank": r.rank} for r in ranked]}
-        if len(ranked) >= 2 and (best is None or in_ranked_split(prompt.id, seed, ranked_fraction)):
-            sets["ranked"].append(row)
-            counts["prompt to ranked.jsonl"] += 1
-        elif best is not None:
-            sets["ift"].append({"id": prompt.id, "prompt": prompt.text, "response": best.text})
+        rows.append({"id": prompt.id, "prompt": prompt.text,
+                     "replies": [{"id": r.id, "text": r.text, "rank": r.rank} for r in ranked]})
+    return rows, counts
+
+
+def _drawn(rows: list[dict], n: int, seed: int, name: str) -> set:
+    """The ids of the n rows first in set `name`'s seeded draw."""
+    return {r["id"] for r in sorted(rows, key=lambda r: draw_key(r["id"], seed, name))[:n]}
+
+
+def build_sets(messages: list[Message], lang: str = "en", n_ift: int = 3200, n_ranked: int = 541,
+               seed: int = 0) -> tuple[dict[str, list[dict]], Counter]:
+    """{"ift", "ranked", "eft_pool"} rows (see the module doc; no prompt in two of them) and a Counter of
+    what happened to every message, summing to len(messages) (first_turns' and "prompt to NAME.jsonl",
+    "prompt unused: ...")."""
+    rows, counts = first_turns(messages, lang)
+    has_best = [r for r in rows if r["replies"] and r["replies"][0]["rank"] == 0]
+    ift, ift_able = _drawn(has_best, n_ift, seed, "ift"), {r["id"] for r in has_best}
+    rankable = [r for r in rows if len(r["replies"]) >= 2 and r["id"] not in ift]
+    ranked = _drawn(rankable, n_ranked, seed, "ranked")
+    sets = {name: [] for name in SETS}
+    for row in rows:
+        if row["id"] in ift:
+            sets["ift"].append({"id": row["id"], "prompt": row["prompt"], "response": row["replies"][0]["text"]})
             counts["prompt to ift.jsonl"] += 1
-            if len(ranked) >= 2:
-                sets["eft_pool"].append(row)
+        elif row["id"] in ranked or len(row["replies"]) >= 2:
+            name = "ranked" if row["id"] in ranked else "eft_pool"
+            sets[name].append(row)
+            counts[f"prompt to {name}.jsonl"] += 1
         else:
-            counts["prompt unused: no rank-0 reply and fewer than 2 ranked"] += 1
+            counts["prompt unused: " + ("not drawn for ift.jsonl" if row["id"] in ift_able else
+                                        "no rank-0 reply and fewer than 2 ranked")] += 1
     return sets, counts
+
+
+def ranked_prompts(messages: list[Message], lang: str = "en") -> tuple[list[dict], Counter]:
+    """Every usable prompt with two or more ranked replies, in file order (a whole export read as a ranked
+    evaluation set), and the counts (first_turns' and what happened to each usable prompt)."""
+    rows, counts = first_turns(messages, lang)
+    ranked = [r for r in rows if len(r["replies"]) >= 2]
+    counts.update({"prompt ranked (2 or more ranked replies)": len(ranked),
+                   "prompt unused: fewer than 2 ranked replies": len(rows) - len(ranked)})
+    return ranked, +counts
 
 
 # ---------------------------------------------------------------- EFT: agreement filter and rebalancing
@@ -264,18 +294,22 @@ def main(argv=None):
     parser.add_argument("--input", nargs="+", required=True, help="Open Assistant export files (.jsonl or .jsonl.gz)")
     parser.add_argument("--out-dir", required=True, help="writes ift.jsonl, ranked.jsonl, eft_pool.jsonl here")
     parser.add_argument("--lang", default="en", help="language tag of the prompts and replies to keep (default en)")
-    parser.add_argument("--ranked-fraction", type=float, default=0.2,
-                        help="share of the prompts that qualify for both sets held out as ranked (default 0.2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the IFT / ranked split (default 0)")
+    parser.add_argument("--n-ift", type=int, default=3200,
+                        help="IFT prompts to draw (default %(default)s, the paper's)")
+    parser.add_argument("--n-ranked", type=int, default=541,
+                        help="ranked prompts held out for evaluation (default %(default)s, the paper's); the other "
+                             "ranked prompts outside the IFT set go to eft_pool.jsonl")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     args = parser.parse_args(argv)
-    if not 0 <= args.ranked_fraction <= 1:
-        parser.error("--ranked-fraction must be in [0, 1]")
+    for flag, n in (("--n-ift", args.n_ift), ("--n-ranked", args.n_ranked)):
+        if n < 0:
+            parser.error(f"{flag} must be 0 or more, got {n}")
     try:
         for name in SETS:
             check_output(Path(args.out_dir) / f"{name}.jsonl", {f"--input {path}": path for path in args.input},
                          flag="--out-dir")
         messages, empty_trees = read_messages(args.input)
-        sets, counts = build_sets(messages, args.lang, args.ranked_fraction, args.seed)
+        sets, counts = build_sets(messages, args.lang, args.n_ift, args.n_ranked, args.seed)
         for name, rows in sets.items():
             write_jsonl_atomic(Path(args.out_dir) / f"{name}.jsonl", rows)
     except (FormatError, OSError) as e:
@@ -284,7 +318,8 @@ def main(argv=None):
     for key, n in sorted(counts.items()):
         print(f"  {key}: {n}")
     for name, rows in sets.items():
-        print(f"wrote {Path(args.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts")
+        asked = {"ift": f" of {args.n_ift} asked for", "ranked": f" of {args.n_ranked} asked for"}.get(name, "")
+        print(f"wrote {Path(args.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts{asked}")
 
 
 if __name__ == "__main__":

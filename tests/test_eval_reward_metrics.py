@@ -60,7 +60,7 @@ def test_reads_open_assistant_trees_and_the_seed_set(tmp_path):
                                                oa_tree("t2", "Hi?", [("Hello.", 0)])])   # one reply: not ranked
     rows, counts = read_ranked(path)
     assert rows == [{"id": "t1", "prompt": "Name a prime.", "replies": ["2", "9", "7"], "ranks": [0, 1, 2]}]
-    assert counts["prompt to ranked.jsonl"] == 1
+    assert counts["prompt ranked (2 or more ranked replies)"] == 1
     seed, _ = read_ranked(ROOT / "data/seed/ranked.trees.jsonl")
     assert seed and all(len(r["replies"]) >= 2 and len(r["ranks"]) == len(r["replies"]) for r in seed)
     assert all(min(r["ranks"]) == 0 for r in seed)

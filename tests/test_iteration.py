@@ -95,6 +95,60 @@ def test_named_targets(tmp_path, tiny_checkpoint):
     assert not any(script in judged for script in ("pairs.py", "dpo.py", "train/sft.py"))
 
 
+def _export(path: Path, n: int) -> Path:
+    """A small Open Assistant trees export: n English prompts with two or three ranked replies (every third
+    without a rank-0 reply), plus a German tree, a deleted prompt and a second turn, which are skipped."""
+    def message(mid, text, role, lang="en", rank=None, replies=(), **extra):
+        return {"message_id": mid, "text": text, "role": role, "lang": lang, "rank": rank, "replies": list(replies),
+                **extra}
+    trees = []
+    for i in range(n):
+        ranks = (1, 2) if i % 3 == 2 else (0, 1, 2)[: 2 + i % 2]
+        replies = [message(f"a{i}-{r}", f"Answer {r} to question {i}.", "assistant", rank=r) for r in ranks]
+        if i == 0:  # a second turn: not first turn, skipped
+            replies[0]["replies"] = [message("deep", "And then?", "prompter")]
+        trees.append(message(f"p{i}", f"Question {i}?", "prompter", replies=replies))
+    trees.append(message("de", "Wie spät ist es?", "prompter", lang="de",
+                         replies=[message("de-a", "Zwölf.", "assistant", lang="de", rank=0)]))
+    trees.append(message("gone", "Deleted?", "prompter", deleted=True))
+    path.write_text("".join(json.dumps({"message_tree_id": t["message_id"], "tree_state": "ready_for_export",
+                                        "prompt": t}) + "\n" for t in trees))
+    return path
+
+
+def test_the_papers_data_path_in_make(tmp_path, tiny_checkpoint):
+    """make seed: IFT, the held-out ranked set and the EFT pool from an Open Assistant export, disjoint and of
+    the sizes asked for; with eft_pool in the config, M1's EFT data is the SFT baseline's judgements of the pool
+    (judge/eft.py), and M1 trains on IFT + that."""
+    export = _export(tmp_path / "oasst.trees.jsonl", 30)
+    seed_dir = tmp_path / "oasst"
+    made = subprocess.run(["make", "-C", str(ROOT), "seed", f"OASST={export}", f"SEED_DIR={seed_dir}",
+                           "SEED_ARGS=--n-ift 12 --n-ranked 5", f"PY={sys.executable}"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout + made.stderr
+    sets = {name: rows(seed_dir / f"{name}.jsonl") for name in ("ift", "ranked", "eft_pool")}
+    ids = {name: {r["id"] for r in rows_} for name, rows_ in sets.items()}
+    assert len(ids["ift"]) == 12 and len(ids["ranked"]) == 5 and len(ids["eft_pool"]) == 30 - 12 - 5
+    assert not (ids["ift"] & ids["ranked"] or ids["ift"] & ids["eft_pool"] or ids["ranked"] & ids["eft_pool"])
+    assert all(r["response"].startswith("Answer 0 ") for r in sets["ift"])  # the rank-0 reply
+
+    config = tmp_path / "paper.yaml"
+    config.write_text((ROOT / "configs/tiny.yaml").read_text() + f"ift: {seed_dir}/ift.jsonl\n"
+                      f"eft_pool: {seed_dir}/eft_pool.jsonl\nranked: {seed_dir}/ranked.jsonl\n")
+    plan = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=1", f"RUNS={tmp_path}", "RUN=p",
+                           f"CONFIG={config}", f"SET=base_model={tiny_checkpoint}", f"PY={sys.executable}"],
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    run = tmp_path / "p"
+    steps = [line for line in plan.stdout.replace("\\\n", " ").splitlines() if ".py " in line]
+    expected = [f"judge/sft_data.py --ift {seed_dir}/ift.jsonl --out {run}/baseline/sft.jsonl",
+                f"train/sft.py --config configs/sft-tiny.yaml --model {tiny_checkpoint} --data {run}/baseline/sft.jsonl",
+                f"judge/eft.py --model {run}/baseline/model --pool {seed_dir}/eft_pool.jsonl --out {run}/baseline/eft.jsonl",
+                f"--ift {seed_dir}/ift.jsonl --eft {run}/baseline/eft.jsonl --out {run}/iter1/sft.jsonl",
+                f"--data {run}/iter1/sft.jsonl --out {run}/iter1/model"]
+    assert [next(i for i, line in enumerate(steps) if want in line) for want in expected] == [0, 1, 2, 3, 4], steps
+    assert all(f"--ranked {seed_dir}/ranked.jsonl" in line for line in steps if "reward_metrics.py" in line)
+
+
 def test_tensor_parallel_stages(tmp_path):
     """tp: true with NPROC > 1 puts every sampling stage, self-instruct and the evaluations too (checkpoint
     selection included), under torchrun with --tp."""

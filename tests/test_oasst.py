@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from judge.oasst import agrees_with_ranking, build_sets, in_ranked_split, read_messages, rebalance
+from judge.oasst import agrees_with_ranking, build_sets, draw_key, ranked_prompts, read_messages, rebalance
 from model.errors import FormatError
 from model.jsonl import read_jsonl
 
@@ -79,8 +79,8 @@ def fixture_trees() -> list[dict]:
 
 
 EXPECTED_COUNTS = Counter({
-    "prompt to ift.jsonl": 3,                 # p1, p5, p8 with --ranked-fraction 0
-    "prompt to ranked.jsonl": 1,              # p4
+    "prompt to ift.jsonl": 3,                 # p1, p5, p8: every prompt with a rank-0 reply (n_ift >= 3)
+    "prompt to ranked.jsonl": 1,              # p4: two ranked replies, not in the IFT set
     "prompt unused: no rank-0 reply and fewer than 2 ranked": 1,       # p9
     "prompt skipped: not en": 1, "prompt skipped: deleted": 1, "prompt skipped: empty text": 1,
     "prompt skipped: tree aborted_low_grade": 1, "prompt skipped: wrong role": 1,
@@ -124,7 +124,7 @@ def load(paths, **kwargs):
 
 def test_trees_format(tmp_path):
     path = write_lines(tmp_path / "x.trees.jsonl", fixture_trees() + [{"message_tree_id": "t", "prompt": None}])
-    sets, counts, n_messages, empty_trees = load([path], ranked_fraction=0.0)
+    sets, counts, n_messages, empty_trees = load([path], n_ift=10)
     assert counts == EXPECTED_COUNTS and sum(counts.values()) == n_messages == 33 and empty_trees == 1
     assert sets["ift"] == [{"id": "p1", "prompt": "What is the capital of France?",
                             "response": "Paris is the capital of France."},
@@ -133,13 +133,12 @@ def test_trees_format(tmp_path):
     assert sets["ranked"] == [{"id": "p4", "prompt": "How do I boil an egg?", "replies": [
         {"id": "a4b", "text": "Lower it into boiling water for 6 to 7 minutes.", "rank": 1},
         {"id": "a4c", "text": "Put it in water.", "rank": 2}]}]
-    assert [(r["id"], [x["id"] for x in r["replies"]]) for r in sets["eft_pool"]] == \
-        [("p1", ["a1", "a2"]), ("p8", ["a8a", "a8b"])]
+    assert sets["eft_pool"] == []  # p1 and p8 are ranked too, but in the IFT set: never in two sets
 
 
 def test_messages_format_gz_in_any_order_gives_the_same_sets(tmp_path):
     trees = fixture_trees()
-    tree_sets = load([write_lines(tmp_path / "x.trees.jsonl", trees)], ranked_fraction=0.0)[0]
+    tree_sets = load([write_lines(tmp_path / "x.trees.jsonl", trees)], n_ift=10)[0]
     messages = flatten(trees)
     for m in messages:                        # the minimal export leaves null fields out, parent_id included
         if m["message_id"] == "p8":
@@ -148,7 +147,7 @@ def test_messages_format_gz_in_any_order_gives_the_same_sets(tmp_path):
     messages.append({"message_id": "orphan", "parent_id": "not-in-this-file", "text": "Hi", "role": "assistant",
                      "lang": "en", "rank": 0})
     path = write_lines(tmp_path / "x.messages.jsonl.gz", messages)
-    sets, counts, n_messages, _ = load([path], ranked_fraction=0.0)
+    sets, counts, n_messages, _ = load([path], n_ift=10)
     assert counts == EXPECTED_COUNTS + Counter({"message skipped: parent not in input": 1})
     assert n_messages == 34
     for name in ("ift", "ranked", "eft_pool"):
@@ -157,37 +156,55 @@ def test_messages_format_gz_in_any_order_gives_the_same_sets(tmp_path):
 
 def test_the_seeded_split(tmp_path):
     path = write_lines(tmp_path / "x.trees.jsonl", fixture_trees())
-    sets = load([path], ranked_fraction=1.0)[0]
-    assert [r["id"] for r in sets["ift"]] == ["p5"]                 # only IFT-eligible stays
-    assert [r["id"] for r in sets["ranked"]] == ["p1", "p4", "p8"]
-    assert sets["eft_pool"] == []
-    # which prompts go where depends only on (seed, id): not on order or on the other prompts
-    ids = [f"prompt-{i}" for i in range(2000)]
-    share = sum(in_ranked_split(i, seed=0, ranked_fraction=0.2) for i in ids) / len(ids)
-    assert 0.17 < share < 0.23
-    assert [in_ranked_split(i, 0, 0.2) for i in ids] == [in_ranked_split(i, 0, 0.2) for i in ids]
-    assert [in_ranked_split(i, 0, 0.2) for i in ids] != [in_ranked_split(i, 1, 0.2) for i in ids]
-    assert all(in_ranked_split(i, 0, 0.1) <= in_ranked_split(i, 0, 0.2) for i in ids)   # nested as it grows
+    sets = load([path], n_ift=0, n_ranked=10)[0]                    # a whole export as an evaluation set
+    assert sets["ift"] == sets["eft_pool"] == [] and [r["id"] for r in sets["ranked"]] == ["p1", "p4", "p8"]
+    assert ranked_prompts(read_messages([path])[0])[0] == sets["ranked"]
+    # the paper's split on a larger export: IFT drawn first, then the held-out ranked prompts from the rest,
+    # the other ranked prompts to the EFT pool; no prompt in two sets, the sizes asked for, in file order
+    trees = [tree(msg(f"q{i}", f"Question {i}?", "prompter", replies=[
+        msg(f"q{i}a", "A good answer.", "assistant", rank=0), msg(f"q{i}b", "A worse one.", "assistant", rank=1)]))
+        for i in range(200)]
+    trees += [tree(msg(f"n{i}", f"Unranked {i}?", "prompter", replies=[  # no rank-0 reply: never IFT
+        msg(f"n{i}a", "One.", "assistant", rank=1), msg(f"n{i}b", "Two.", "assistant", rank=2)])) for i in range(20)]
+    big = write_lines(tmp_path / "big.trees.jsonl", trees)
+    sets, counts, _, _ = load([big], n_ift=120, n_ranked=30, seed=0)
+    ids = {name: [r["id"] for r in rows] for name, rows in sets.items()}
+    assert (len(ids["ift"]), len(ids["ranked"]), len(ids["eft_pool"])) == (120, 30, 70)
+    assert not (set(ids["ift"]) & set(ids["ranked"]) or set(ids["ift"]) & set(ids["eft_pool"])
+                or set(ids["ranked"]) & set(ids["eft_pool"]))
+    assert all(i.startswith("q") for i in ids["ift"]) and counts["prompt to eft_pool.jsonl"] == 70
+    order = [t["prompt"]["message_id"] for t in trees]
+    assert all(ids[name] == sorted(ids[name], key=order.index) for name in ids)
+    # the draw: the lowest keys of a hash of (seed, set, id), so the file's order does not matter
+    expected = sorted((i for i in order if i.startswith("q")), key=lambda i: draw_key(i, 0, "ift"))[:120]
+    assert set(ids["ift"]) == set(expected)
+    shuffled = write_lines(tmp_path / "shuffled.trees.jsonl", random.Random(1).sample(trees, len(trees)))
+    again = load([shuffled], n_ift=120, n_ranked=30, seed=0)[0]
+    assert all({r["id"] for r in again[n]} == set(ids[n]) for n in ids)
+    other = load([big], n_ift=120, n_ranked=30, seed=1)[0]
+    assert {r["id"] for r in other["ift"]} != set(ids["ift"])
+    few = load([big], n_ift=500, n_ranked=500)[0]  # asked for more than there is: all of it
+    assert (len(few["ift"]), len(few["ranked"]), len(few["eft_pool"])) == (200, 20, 0)
 
 
 def test_other_language(tmp_path):
     path = write_lines(tmp_path / "x.trees.jsonl", fixture_trees())
-    sets, counts, _, _ = load([path], lang="de", ranked_fraction=0.0)
+    sets, counts, _, _ = load([path], lang="de", n_ift=10)
     assert [r["id"] for r in sets["ift"]] == ["p2"] and counts["prompt skipped: not de"] == 5
 
 
 def test_cli(tmp_path):
     path = write_lines(tmp_path / "x.trees.jsonl.gz", fixture_trees())
     run = subprocess.run([sys.executable, str(ROOT / "judge" / "oasst.py"), "--input", str(path),
-                          "--out-dir", str(tmp_path / "out"), "--ranked-fraction", "1"],
+                          "--out-dir", str(tmp_path / "out"), "--n-ift", "1", "--n-ranked", "1"],
                          capture_output=True, text=True, check=True)
     assert "read 33 messages" in run.stdout and "reply skipped: null rank: 1" in run.stdout
-    assert "ranked.jsonl: 3 prompts" in run.stdout
-    assert len(read_jsonl(tmp_path / "out" / "ranked.jsonl")) == 3
-    assert len(read_jsonl(tmp_path / "out" / "ift.jsonl")) == 1
+    assert "ift.jsonl: 1 prompts of 1 asked for" in run.stdout and "ranked.jsonl: 1 prompts of 1 asked for" in run.stdout
+    sizes = {name: len(read_jsonl(tmp_path / "out" / f"{name}.jsonl")) for name in ("ift", "ranked", "eft_pool")}
+    assert sizes["ift"] == sizes["ranked"] == 1 and sizes["eft_pool"] in (1, 2)  # p1 p4 p8 rankable, one maybe IFT
     help_text = subprocess.run([sys.executable, str(ROOT / "judge" / "oasst.py"), "--help"],
                                capture_output=True, text=True, check=True).stdout
-    assert "--ranked-fraction" in help_text and "messages.jsonl" in help_text
+    assert "--n-ift" in help_text and "--n-ranked" in help_text and "messages.jsonl" in help_text
 
 
 def bad(tree_edit=None, message_edit=None):

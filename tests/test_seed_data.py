@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from judge.oasst import build_sets, read_messages
+from judge.oasst import ranked_prompts, read_messages
 from judge.parse import parse_score
 from judge.prompt import judge_messages
 from model.jsonl import read_jsonl
@@ -29,9 +29,9 @@ def eft():
 @pytest.fixture(scope="module")
 def ranked():
     messages, empty_trees = read_messages([SEED / "ranked.trees.jsonl"])
-    sets, counts = build_sets(messages, ranked_fraction=1.0)
+    rows, counts = ranked_prompts(messages)
     assert empty_trees == 0
-    return sets["ranked"], counts
+    return rows, counts
 
 
 def test_ift(ift):
@@ -67,7 +67,8 @@ def test_eft(eft):
 def test_ranked_trees_load_with_the_open_assistant_loader(ranked):
     rows, counts = ranked
     assert len(rows) >= 50
-    assert counts == {"prompt to ranked.jsonl": len(rows), "reply usable": sum(len(r["replies"]) for r in rows)}
+    assert counts == {"prompt ranked (2 or more ranked replies)": len(rows),
+                      "reply usable": sum(len(r["replies"]) for r in rows)}  # no message skipped
     hand_written = {r["prompt"]: r["response"] for r in read_jsonl(SEED / "source" / "ranked_answers.jsonl")}
     for row in rows:
         ranks = [reply["rank"] for reply in row["replies"]]

@@ -97,13 +97,14 @@ def _changed(settings, parser):
 
 def stage_parsers():
     from eval import head_to_head, reward_metrics, select_checkpoint
-    from judge import pairs, score
+    from judge import eft, pairs, score
     from sample import generate, self_instruct
     return [  # (the script's parser, its settings class, the flags it requires)
         (self_instruct.build_parser, self_instruct.SelfInstructSettings, "--model m --seed-prompts s --out o"),
         (generate.build_parser, generate.GenerateSettings, "--model m --prompts p --out o"),
         (score.build_parser, score.JudgeSettings, "--model m --candidates c --out o"),
         (pairs.build_parser, pairs.PairSettings, "--judged j --out o"),
+        (eft.build_parser, eft.EFTSettings, "--model m --pool p --out o"),
         (reward_metrics.build_parser, reward_metrics.RewardMetricsSettings, "--model m --ranked r --out o"),
         (head_to_head.build_parser, head_to_head.HeadToHeadSettings, "--a a --b b --judge j --prompts p --out o"),
         (select_checkpoint.build_parser, select_checkpoint.SelectSettings, "--run r --iter 2 --prompts p --judge j"),
@@ -125,7 +126,8 @@ def test_the_loops_sections_are_the_stages_settings():
     wiring to it), so a default exists once."""
     sections = {f.name: f.default_factory for f in fields(iteration.Iteration) if callable(f.default_factory)}
     classes = {cls for _, cls, _ in stage_parsers()}
-    for name in ("self_instruct", "generate", "judge", "pairs", "reward_metrics", "head_to_head", "select"):
+    for name in ("self_instruct", "generate", "judge", "pairs", "eft_judge", "reward_metrics", "head_to_head",
+                 "select"):
         assert any(issubclass(sections[name], cls) for cls in classes), name
 
 
