@@ -29,6 +29,7 @@ from pathlib import Path
 from eval.head_to_head import HeadToHeadSettings
 from eval.reward_metrics import RewardMetricsSettings
 from eval.select_checkpoint import AGAINST, SelectSettings
+from eval.stages import TIE_RULES
 from judge.eft import EFTSettings
 from judge.pairs import RULES, PairSettings
 from judge.score import JudgeSettings
@@ -121,6 +122,10 @@ def load(path: str, overrides: list[str]) -> Iteration:
             raise FormatError(f"{path}: {key} is empty")
     if cfg.pairs.rule not in RULES:
         raise FormatError(f"{path}: pairs.rule must be one of {sorted(RULES)} (judge/pairs.py), got {cfg.pairs.rule!r}")
+    for section in ("head_to_head", "select"):
+        if getattr(cfg, section).tie_rule not in TIE_RULES:
+            raise FormatError(f"{path}: {section}.tie_rule must be one of {list(TIE_RULES)}, "
+                              f"got {getattr(cfg, section).tie_rule!r}")
     if cfg.select.against not in AGAINST:
         raise FormatError(f"{path}: select.against must be one of {list(AGAINST)}, got {cfg.select.against!r}")
     return cfg

@@ -9,16 +9,18 @@
    compares the two answers with the pairwise prompt of eval/pairwise.py (a conversation's judge sees
    its earlier turns too, as the loop's judge does), twice: once with A's answer shown first, once
    with B's, to cancel the judge's position bias.
-3. Each order's verdict names a winner (A, B or tie). A prompt's outcome adds them up, +1 for A and
-   -1 for B per order: A wins, B wins, or a tie, so a judge that always prefers the first answer
-   gives a tie, and A winning one order and tying the other is a win for A. A prompt where either
-   order gave no readable verdict has no outcome and is left out of the percentages (counted as
-   "no verdict"); so is a prompt too long for either model's context ("too long").
+3. Each order's verdict names a winner (A, B or tie). A prompt's outcome (--tie-rule, TIE_RULES):
+   both-orders (the default, the paper's): A (or B) wins only when both orders name it, and an
+   inconsistent pair of verdicts is a tie, so a judge that always prefers the first answer gives
+   ties; points: +1 for A and -1 for B per order, so A winning one order and tying the other is a
+   win for A. A prompt where either order gave no readable verdict has no outcome and is left out of
+   the percentages (counted as "no verdict"); so is a prompt too long for either model's context
+   ("too long").
 Win / tie / loss are A's, in % of the prompts with an outcome, as in the paper's head-to-head tables.
 The answers' mean lengths are reported too: judges favour longer answers.
 
 Output: --out, the summary as JSON: {"a", "b", "judge", "self_judged", "prompts", "answer_sampling",
-"judge_sampling", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
+"judge_sampling", "tie_rule", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
 "win", "tie", "loss" (fractions of the prompts with an outcome), "verdict_parse_rate", "position_1_rate"
 (of the decisive verdicts, the share for the answer shown first), "mean_chars_a", "mean_chars_b",
 "mean_tokens_a", "mean_tokens_b" (each in its own tokenizer), "length_limited_a", "length_limited_b"};
@@ -34,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eval.pairwise import pairwise_messages, parse_verdict
-from eval.stages import (ContestSettings, add_answer_args, add_limit_args, answer, contest_configs, limited, number,
+from eval.stages import (TIE_RULES, ContestSettings, add_answer_args, add_limit_args, answer, contest_configs, limited, number,
                          percent, prepare_work_dir, sampling_settings, write_json)
 from model.errors import FormatError
 from model.jsonl import check_output, write_jsonl_atomic
@@ -42,15 +44,15 @@ from sample.generate import read_prompts
 from sample.stage import Request, StageConfig, is_rank_zero, run_stage
 
 
-@dataclass
-class HeadToHeadSettings(ContestSettings):
-    limit: int = 0                  # only the first `limit` prompts (0: all)
-
-
 # A judge takes items {"id", "sample", "prompt", "response_1", "response_2", ...} and returns its raw
 # output for each, in order (None for an item it could not judge).
 Judge = Callable[[list[dict]], list[str | None]]
 POINTS = {"a": 1, "b": -1, "tie": 0}
+
+
+@dataclass
+class HeadToHeadSettings(ContestSettings):
+    limit: int = 0                  # only the first `limit` prompts (0: all)
 
 
 def judge_items(prompts: list[dict], answers_a: dict, answers_b: dict) -> list[dict]:
@@ -73,15 +75,20 @@ def winner(item: dict, verdict: str | None) -> str | None:
     return item["first"] if verdict == "1" else second
 
 
-def outcome(winners: list[str | None]) -> str | None:
-    """A prompt's outcome from its two orders' winners (see the module doc): "a", "b", "tie" or None."""
+def outcome(winners: list[str | None], rule: str = "both-orders") -> str | None:
+    """A prompt's outcome from its two orders' winners under a TIE_RULES rule (see the module doc): "a",
+    "b", "tie" or None."""
     if None in winners:
         return None
+    if rule == "both-orders":
+        return winners[0] if len(set(winners)) == 1 else "tie"
+    assert rule == "points", rule
     points = sum(POINTS[w] for w in winners)
     return "a" if points > 0 else "b" if points < 0 else "tie"
 
 
-def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge) -> tuple[list[dict], dict]:
+def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
+            tie_rule: str = "both-orders") -> tuple[list[dict], dict]:
     """Judge A's answers against B's (both dicts id -> answer row) in both orders: (one row per prompt, tally).
     Prompts that either model found too long are not judged."""
     compared = [p for p in prompts if "too long" not in (answers_a[p["id"]]["finish_reason"],
@@ -97,7 +104,7 @@ def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge)
                      "response_b": answers_b[p["id"]]["response"], "judgements": list(judgements),
                      "verdicts": [v.verdict if v else None for v in parsed],
                      "parse_errors": [v.reason if v else "not judged: too long" for v in parsed],
-                     "winners": winners, "outcome": outcome(winners)})
+                     "winners": winners, "outcome": outcome(winners, tie_rule)})
     return rows, tally(rows, [answers_a[p["id"]] for p in compared], [answers_b[p["id"]] for p in compared],
                        n_too_long=len(prompts) - len(compared))
 
@@ -180,16 +187,16 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def judge_answers(judging: StageConfig, judge_model, prompts: list[dict], answers_a: list[dict],
-                  answers_b: list[dict], model_a, model_b, work: Path) -> dict:
+                  answers_b: list[dict], model_a, model_b, work: Path, tie_rule: str = "both-orders") -> dict:
     """Judge two models' answers with checkpoint `judge_model` sampled as `judging` says (judgements into
     `work`), write the outcomes there (rank 0), and return the tally with who played and who judged."""
     by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
-    rows, tallied = compare(prompts, *by_id, model_judge(judging, judge_model, work / "judgements.jsonl"))
+    rows, tallied = compare(prompts, *by_id, model_judge(judging, judge_model, work / "judgements.jsonl"), tie_rule)
     if is_rank_zero():
         write_jsonl_atomic(work / "outcomes.jsonl", rows)
     return {"a": str(model_a), "b": str(model_b), "judge": str(judge_model),
             "self_judged": self_judged(judge_model, model_a, model_b), "judge_sampling": sampling_settings(judging),
-            **tallied}
+            "tie_rule": tie_rule, **tallied}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,10 +223,10 @@ def main(argv=None):
                             {"a": Path(args.a), "b": Path(args.b), "judge": Path(args.judge),
                              "prompts": Path(args.prompts), "limit": args.limit, "last": args.last,
                              "answer_sampling": sampling_settings(answering),
-                             "judge_sampling": sampling_settings(judging)})
+                             "judge_sampling": sampling_settings(judging), "tie_rule": args.tie_rule})
     answers_a = answer(answering, args.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(answering, args.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
-    summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work)
+    summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work, args.tie_rule)
     if not is_rank_zero():
         return
     summary = {**summary, "prompts": str(args.prompts), "answer_sampling": sampling_settings(answering)}

@@ -31,12 +31,16 @@ from sample.stage import Request, StageConfig, is_rank_zero, run_stage, setup_di
 from sample.resume import ELSEWHERE, check_owned, read_record
 
 
+TIE_RULES = ("both-orders", "points")  # how a prompt's two verdicts make its outcome (eval/head_to_head.py)
+
+
 @dataclass
 class ContestSettings:
     """An evaluation where models answer (greedy, by default) and a judge compares the answers: the settings of
     add_answer_args' flags of the same names, and their only defaults."""
     max_new_tokens: int = 512       # answer length limit
     judge_max_new_tokens: int = 256
+    tie_rule: str = "both-orders"   # one of TIE_RULES: the paper's, a win needs both orders (eval/head_to_head.py)
     batch_size: int = 16            # rows decoded together
     speed_only: ClassVar[tuple[str, ...]] = ("batch_size",)  # the settings that do not change the outputs
 
@@ -129,6 +133,9 @@ def add_answer_args(parser, defaults: ContestSettings, judge: bool = True) -> No
         g.add_argument("--judge-top-p", type=probability, default=1.0, help="default %(default)s")
         g.add_argument("--judge-max-new-tokens", type=positive_int, default=defaults.judge_max_new_tokens,
                        help="default %(default)s")
+        g.add_argument("--tie-rule", choices=TIE_RULES, default=defaults.tie_rule,
+                       help="both-orders (default, the paper's): a win needs both orders' verdicts, an inconsistent "
+                            "pair is a tie; points: +1/-1 per order, so a win and a tie is a win")
     g = parser.add_argument_group("running")
     g.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                    help="rows decoded together (default %(default)s)")

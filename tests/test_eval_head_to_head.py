@@ -73,7 +73,7 @@ B = answers({"p0": "b0", "p1": "b1", "p2": "b2", "p3": "b3", "p4": "b4 good", "p
 VERDICTS = {
     ("p0", 0): "Verdict: 1", ("p0", 1): "Verdict: 1",        # always the first answer: position bias -> tie
     ("p1", 0): "Verdict: 1", ("p1", 1): "Verdict: 2",        # A in both orders -> A
-    ("p2", 0): "Verdict: tie", ("p2", 1): "Verdict: 2",      # tie and A -> A
+    ("p2", 0): "Verdict: tie", ("p2", 1): "Verdict: 2",      # tie and A -> tie (the paper's rule; points: A)
     ("p3", 0): "Verdict: 2", ("p3", 1): "I cannot decide.",  # one order unreadable -> no outcome
     ("p4", 0): "Verdict: 2", ("p4", 1): "Verdict: 1",        # B in both orders -> B
 }
@@ -90,12 +90,15 @@ def stub_judge(items):
 
 def test_bookkeeping_with_a_stub_judge():
     rows, s = compare(PROMPTS, A, B, stub_judge)
-    assert [r["outcome"] for r in rows] == ["tie", "a", "a", None, "b"]      # p5 too long: not judged
+    assert [r["outcome"] for r in rows] == ["tie", "a", "tie", None, "b"]    # p5 too long: not judged
     assert rows[1]["winners"] == ["a", "a"] and rows[0]["winners"] == ["a", "b"]
     assert rows[3]["verdicts"] == ["2", None] and rows[3]["parse_errors"][1] == "no verdict"
     assert (s["n_prompts"], s["n_too_long"], s["n_compared"]) == (6, 1, 5)
-    assert (s["wins"], s["ties"], s["losses"], s["no_verdict"]) == (2, 1, 1, 1)
-    assert (s["win"], s["tie"], s["loss"]) == (0.5, 0.25, 0.25)
+    assert (s["wins"], s["ties"], s["losses"], s["no_verdict"]) == (1, 2, 1, 1)
+    assert (s["win"], s["tie"], s["loss"]) == (0.25, 0.5, 0.25)
+    rows, s = compare(PROMPTS, A, B, stub_judge, tie_rule="points")
+    assert [r["outcome"] for r in rows] == ["tie", "a", "a", None, "b"] and (s["wins"], s["ties"]) == (2, 1)
+    _, s = compare(PROMPTS, A, B, stub_judge)
     assert s["verdict_parse_rate"] == pytest.approx(9 / 10)
     assert s["position_1_rate"] == pytest.approx(4 / 8)        # decisive verdicts: 1 1 1 2 2 2 2 1
     assert s["mean_chars_a"] == pytest.approx(sum(len(A[f"p{i}"]["response"]) for i in range(5)) / 5)
@@ -114,9 +117,14 @@ def test_a_judge_that_cannot_judge_gives_no_outcome():
     assert s["no_verdict"] == 2 and s["win"] is None and s["verdict_parse_rate"] == 0
 
 
-def test_outcome_adds_up_both_orders():
-    assert outcome(["a", "b"]) == "tie" and outcome(["a", "tie"]) == "a" and outcome(["tie", "b"]) == "b"
-    assert outcome(["tie", "tie"]) == "tie" and outcome(["a", None]) is None
+def test_outcome_of_both_orders():
+    # the paper's rule: a win needs both orders, an inconsistent pair is a tie
+    assert outcome(["a", "a"]) == "a" and outcome(["b", "b"]) == "b" and outcome(["tie", "tie"]) == "tie"
+    assert outcome(["a", "b"]) == outcome(["a", "tie"]) == outcome(["tie", "b"]) == "tie"
+    assert outcome(["a", None]) is None and outcome([None, None]) is None
+    # points: +1 for A, -1 for B per order
+    assert outcome(["a", "tie"], "points") == "a" and outcome(["tie", "b"], "points") == "b"
+    assert outcome(["a", "b"], "points") == "tie" and outcome(["a", None], "points") is None
     items = judge_items(PROMPTS[:1], A, B)
     assert [(it["sample"], it["first"], it["response_1"]) for it in items] == [(0, "a", "a0"), (1, "b", "b0")]
 
@@ -150,7 +158,7 @@ def test_self_judging_is_detected_and_said_loudly(tmp_path):
     settings = {"greedy": True}
     s.update(a="A", b="B", judge="A", self_judged="a", answer_sampling=settings, judge_sampling=settings)
     text = "\n".join(summary_lines(s))
-    assert "SELF-JUDGED: the judge is A itself" in text and "win 50.0% / tie 25.0% / loss 25.0%" in text
+    assert "SELF-JUDGED: the judge is A itself" in text and "win 25.0% / tie 50.0% / loss 25.0%" in text
 
 
 def run_cli(*args):
