@@ -183,10 +183,11 @@ $(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT)) 
 		--judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS) $(TP_FLAG)
 endif
 
-# 6. evaluation: M_N as a judge (above), and M_N against M_{N-1} head to head, judged by M_N
+# 6. evaluation: M_N as a judge (above), and M_N against M_{N-1} head to head, judged by head_to_head.judge (the
+#    paper: GPT-4), or by M_N itself (self-judged, and flagged so) when the config names none
 $(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(S)/head_to_head
 	mkdir -p $(I)/eval
-	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(I)/model \
+	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(or $(H2H_JUDGE),$(I)/model) \
 		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json $(S)/summary

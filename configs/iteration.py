@@ -63,6 +63,12 @@ class DPOTrainer:
 
 
 @dataclass
+class HeadToHead(HeadToHeadSettings):
+    """M_N against M_{N-1} on the held-out prompts. The field past HeadToHeadSettings' is the Makefile's."""
+    judge: str = ""             # the judge's checkpoint (the paper: GPT-4); empty = M_N, self-judged (flagged)
+
+
+@dataclass
 class Select(SelectSettings):
     """Checkpoint selection (the paper's early stopping): M_N is the DPO snapshot that wins most often
     head to head against M_{N-1}, not the last one. `make iteration SELECT=1` or enabled: true. The fields
@@ -95,7 +101,7 @@ class Iteration:
     sft: SFTTrainer = field(default_factory=SFTTrainer)
     dpo: DPOTrainer = field(default_factory=DPOTrainer)
     reward_metrics: RewardMetricsSettings = field(default_factory=RewardMetricsSettings)
-    head_to_head: HeadToHeadSettings = field(default_factory=HeadToHeadSettings)
+    head_to_head: HeadToHead = field(default_factory=HeadToHead)
     select: Select = field(default_factory=Select)
 
 
@@ -173,7 +179,8 @@ def variables(cfg: Iteration) -> dict:
         "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge), "PAIRS_ARGS": flags(cfg.pairs),
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
-        "RM_ARGS": flags(cfg.reward_metrics), "H2H_ARGS": flags(cfg.head_to_head),
+        "RM_ARGS": flags(cfg.reward_metrics), "H2H_ARGS": flags(cfg.head_to_head, HeadToHeadSettings),
+        "H2H_JUDGE": cfg.head_to_head.judge,
         "SELECT_ENABLED": int(cfg.select.enabled), "SELECT_JUDGE": cfg.select.judge,
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
         "SELECT_ARGS": flags(cfg.select, SelectSettings),
@@ -238,7 +245,8 @@ def stage_records(cfg: Iteration, trainers: dict[str, TrainConfig]) -> dict[str,
         "select": lines(judge=cfg.select.judge, prompts=cfg.select.prompts, limit=cfg.select.limit,
                         heldout=cfg.heldout, seed=seed, settings=flags(cfg.select, SelectSettings, outputs_only=True)),
         "reward_metrics": lines(ranked=cfg.ranked, seed=seed, settings=flags(cfg.reward_metrics, outputs_only=True)),
-        "head_to_head": lines(heldout=cfg.heldout, seed=seed, settings=flags(cfg.head_to_head, outputs_only=True)),
+        "head_to_head": lines(heldout=cfg.heldout, seed=seed, judge=cfg.head_to_head.judge,
+                              settings=flags(cfg.head_to_head, HeadToHeadSettings, outputs_only=True)),
         "summary": "",
     }
     return {stage: text + f"code {code_digest(*STAGE_SCRIPTS[stage])}\n" for stage, text in records.items()}

@@ -149,6 +149,18 @@ def test_the_papers_data_path_in_make(tmp_path, tiny_checkpoint):
     assert all(f"--ranked {seed_dir}/ranked.jsonl" in line for line in steps if "reward_metrics.py" in line)
 
 
+def test_the_head_to_head_judge_is_a_setting(tmp_path):
+    """head_to_head.judge names the judge (the paper: GPT-4); without it M_N judges itself (and says so)."""
+    def head_to_head(*settings):
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=2", f"RUNS={tmp_path}", "RUN=t",
+                               "CONFIG=configs/tiny.yaml", f"PY={sys.executable}",
+                               "SET=base_model=nowhere " + " ".join(settings)], capture_output=True, text=True)
+        return next(line for line in proc.stdout.replace("\\\n", " ").splitlines() if "head_to_head.py" in line)
+    assert f"--judge {tmp_path}/t/iter2/model " in head_to_head()
+    named = head_to_head("head_to_head.judge=checkpoints/judge", "head_to_head.tie_rule=points")
+    assert "--judge checkpoints/judge " in named and "--tie-rule points" in named
+
+
 def test_tensor_parallel_stages(tmp_path):
     """tp: true with NPROC > 1 puts every sampling stage, self-instruct and the evaluations too (checkpoint
     selection included), under torchrun with --tp."""
