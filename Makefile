@@ -113,7 +113,7 @@ $(EFT): $(R)/baseline/model/params.json $(EFT_POOL) $(S)/eft
 endif
 
 # the SFT data: IFT alone for the baseline, IFT + EFT examples for M1
-$(R)/baseline/sft.jsonl: $(IFT) $(S)/sft_data
+$(R)/baseline/sft.jsonl: $(IFT) $(S)/baseline_data
 	mkdir -p $(@D)
 	$(PY) judge/sft_data.py --ift $(IFT) --out $@
 $(R)/iter1/sft.jsonl: $(IFT) $(EFT) $(S)/sft_data
@@ -192,4 +192,7 @@ $(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(S)/head_to_head
 
 $(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json $(S)/summary
 	$(PY) eval/summary.py --iter $(I) --out $@
+else
+prompts candidates judged pairs:
+	@echo "make $@ N=2 (or later): the stages by name are those of the DPO iterations"; exit 1
 endif

@@ -160,7 +160,8 @@ def flags(settings, cls=None, outputs_only: bool = False) -> str:
 def overrides_list(trainer) -> list[str]:
     """A trainer's `set:` mapping as KEY=VALUE overrides, values as JSON (which the trainers read as YAML:
     a mapping such as loss_options, or a bool, survives the trip)."""
-    return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in trainer.set.items()]
+    # (a value YAML read as something JSON has not, a date say, goes as its text, for the trainer to refuse)
+    return [f"{k}={v if isinstance(v, str) else json.dumps(v, default=str)}" for k, v in trainer.set.items()]
 
 
 def overrides(trainer) -> str:
@@ -210,6 +211,7 @@ def trainer_digest(config: TrainConfig) -> str:
 # editing judge/prompt.py redoes the judgements and the SFT data that embed its template, and nothing else.
 STAGE_SCRIPTS = {
     "sft_data": ("judge/sft_data.py",),
+    "baseline_data": ("judge/sft_data.py",),
     "eft": ("judge/eft.py",),
     "sft": ("train/sft.py",),
     "self_instruct": ("sample/self_instruct.py",),
@@ -234,6 +236,7 @@ def stage_records(cfg: Iteration, trainers: dict[str, TrainConfig]) -> dict[str,
     seed = cfg.seed
     records = {
         "sft_data": lines(ift=cfg.ift, eft=cfg.eft_pool and "baseline/eft.jsonl" or cfg.eft),
+        "baseline_data": lines(ift=cfg.ift),  # the baseline's: IFT alone, so an EFT change leaves it be
         "eft": lines(pool=cfg.eft_pool, seed=seed, settings=flags(cfg.eft_judge, outputs_only=True)),
         "sft": lines(trainer=trainer_digest(trainers["sft"])),
         "self_instruct": lines(writer=cfg.self_instruct.model, ift=cfg.ift, seed=seed,

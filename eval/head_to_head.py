@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", required=True, help="checkpoint of the judge (may be A or B: said loudly)")
     parser.add_argument("--prompts", required=True, help="held-out prompts, JSONL {\"id\", \"prompt\"}")
     parser.add_argument("--out", required=True, help="summary JSON to write; stage files go to its .work folder")
-    add_limit_args(parser)
+    add_limit_args(parser, limit=HeadToHeadSettings.limit)
     add_answer_args(parser, HeadToHeadSettings())
     return parser
 

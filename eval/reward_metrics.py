@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranked", required=True, help="human-ranked set: an Open Assistant export or a ranked JSONL")
     parser.add_argument("--samples", type=positive_int, default=defaults.samples,
                         help="judgements per reply (default %(default)s)")
-    add_limit_args(parser, "ranked prompts")
+    add_limit_args(parser, "ranked prompts", defaults.limit)
     parser.add_argument("--lang", default="en", help="Open Assistant exports: the language to keep (default en)")
     parser.add_argument("--out", required=True, help="metrics JSON to write; judgements go to its .work folder")
     return parser

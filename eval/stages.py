@@ -38,7 +38,11 @@ TIE_RULES = ("both-orders", "points")  # how a prompt's two verdicts make its ou
 class ContestSettings:
     """An evaluation where models answer (greedy, by default) and a judge compares the answers: the settings of
     add_answer_args' flags of the same names, and their only defaults."""
+    temperature: float = 0.0        # the answers: 0 = greedy
+    top_p: float = 1.0
     max_new_tokens: int = 512       # answer length limit
+    judge_temperature: float = 0.0  # the judge: greedy too
+    judge_top_p: float = 1.0
     judge_max_new_tokens: int = 256
     tie_rule: str = "both-orders"   # one of TIE_RULES: the paper's, a win needs both orders (eval/head_to_head.py)
     batch_size: int = 16            # rows decoded together
@@ -102,10 +106,11 @@ def prepare_work_dir(out, stage: str, settings: dict) -> Path:
     return work_dir(out)
 
 
-def add_limit_args(parser, what: str = "prompts") -> None:
-    """--limit N / --last N: evaluate on the first or the last N of the file's prompts (0 or absent: all)."""
+def add_limit_args(parser, what: str = "prompts", limit: int = 0) -> None:
+    """--limit N / --last N: evaluate on the first or the last N of the file's prompts (0 or absent: all);
+    `limit` is the CLI's default for --limit (its settings class's)."""
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--limit", type=non_negative_int, default=0, metavar="N", help=f"only the first N {what} (0: all)")
+    g.add_argument("--limit", type=non_negative_int, default=limit, metavar="N", help=f"only the first N {what} (0: all)")
     g.add_argument("--last", type=non_negative_int, default=0, metavar="N", help=f"only the last N {what} (0: all)")
 
 
@@ -120,17 +125,19 @@ def add_answer_args(parser, defaults: ContestSettings, judge: bool = True) -> No
     """Sampling options for CLIs that run several models: the contestants answer with --temperature etc.
     (greedy by default), the judge decides with --judge-temperature etc. (greedy by default)."""
     g = parser.add_argument_group("answers")
-    g.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy (default %(default)s)")
-    g.add_argument("--top-p", type=probability, default=1.0, help="nucleus mass when sampling (default %(default)s)")
+    g.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
+                   help="0 = greedy (default %(default)s)")
+    g.add_argument("--top-p", type=probability, default=defaults.top_p,
+                   help="nucleus mass when sampling (default %(default)s)")
     g.add_argument("--top-k", type=non_negative_int, default=StageConfig.top_k,
                    help="keep only the k most likely tokens (0 = off)")
     g.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
                    help="answer length limit (default %(default)s)")
     if judge:
         g = parser.add_argument_group("judge")
-        g.add_argument("--judge-temperature", type=non_negative_float, default=0.0,
+        g.add_argument("--judge-temperature", type=non_negative_float, default=defaults.judge_temperature,
                        help="0 = greedy (default %(default)s)")
-        g.add_argument("--judge-top-p", type=probability, default=1.0, help="default %(default)s")
+        g.add_argument("--judge-top-p", type=probability, default=defaults.judge_top_p, help="default %(default)s")
         g.add_argument("--judge-max-new-tokens", type=positive_int, default=defaults.judge_max_new_tokens,
                        help="default %(default)s")
         g.add_argument("--tie-rule", choices=TIE_RULES, default=defaults.tie_rule,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from judge.oasst import agrees_with_ranking, rebalance
 from judge.prompt import judge_messages
-from judge.score import judged_rows
+from judge.score import JudgeSettings, judged_rows
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl, write_jsonl_atomic
 from sample.generate import SamplingSettings, add_sampling_args, probability, stage_config
@@ -32,7 +32,7 @@ from sample.stage import Request, is_rank_zero, run_stage, throughput
 class EFTSettings(SamplingSettings):
     """How the judge samples its one judgement of each reply (as judge/score.py samples, by default), and
     the rebalancing cap."""
-    max_new_tokens: int = 256
+    max_new_tokens: int = JudgeSettings.max_new_tokens
     max_fraction: float = 0.3       # no score above this share of the kept examples (the paper's judge said 4 too often)
 
 

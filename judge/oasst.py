@@ -52,6 +52,7 @@ from model.jsonl import check_output, iter_jsonl, write_jsonl_atomic
 ROLES = ("prompter", "assistant")
 SETS = ("ift", "ranked", "eft_pool")  # the files written, NAME.jsonl
 READY = "ready_for_export"
+N_IFT, N_RANKED = 3200, 541  # the paper's IFT seed and EFT evaluation sizes (its section 3.1)
 
 
 @dataclass
@@ -197,7 +198,7 @@ def _drawn(rows: list[dict], n: int, seed: int, name: str) -> set:
     return {r["id"] for r in sorted(rows, key=lambda r: draw_key(r["id"], seed, name))[:n]}
 
 
-def build_sets(messages: list[Message], lang: str = "en", n_ift: int = 3200, n_ranked: int = 541,
+def build_sets(messages: list[Message], lang: str = "en", n_ift: int = N_IFT, n_ranked: int = N_RANKED,
                seed: int = 0) -> tuple[dict[str, list[dict]], Counter]:
     """{"ift", "ranked", "eft_pool"} rows (see the module doc; no prompt in two of them) and a Counter of
     what happened to every message, summing to len(messages) (first_turns' and "prompt to NAME.jsonl",
@@ -294,9 +295,9 @@ def main(argv=None):
     parser.add_argument("--input", nargs="+", required=True, help="Open Assistant export files (.jsonl or .jsonl.gz)")
     parser.add_argument("--out-dir", required=True, help="writes ift.jsonl, ranked.jsonl, eft_pool.jsonl here")
     parser.add_argument("--lang", default="en", help="language tag of the prompts and replies to keep (default en)")
-    parser.add_argument("--n-ift", type=int, default=3200,
+    parser.add_argument("--n-ift", type=int, default=N_IFT,
                         help="IFT prompts to draw (default %(default)s, the paper's)")
-    parser.add_argument("--n-ranked", type=int, default=541,
+    parser.add_argument("--n-ranked", type=int, default=N_RANKED,
                         help="ranked prompts held out for evaluation (default %(default)s, the paper's); the other "
                              "ranked prompts outside the IFT set go to eft_pool.jsonl")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")

@@ -102,7 +102,8 @@ def best_vs_worst(scored: list[dict]) -> tuple[dict, dict] | str:
     return max(scored, key=lambda c: c["score"]), min(scored, key=lambda c: c["score"])
 
 
-def select_pair(candidates: list[dict], min_gap: float = 0.0, rule: str = "best_vs_worst") -> tuple[dict | None, str | None]:
+def select_pair(candidates: list[dict], min_gap: float = PairSettings.min_gap,
+                rule: str = PairSettings.rule) -> tuple[dict | None, str | None]:
     """(pair, None) or (None, drop reason) for the candidates of one prompt (see the module doc)."""
     scored = sorted((c for c in candidates if c["score"] is not None), key=lambda c: c["sample"])
     if len(scored) < 2:

@@ -99,9 +99,22 @@ def runs(tmp_path_factory, tiny_checkpoint):
         shutil.copytree(m1, root / name / "r" / "iter1" / "model")
     # the uninterrupted run goes on beside the killed ones (each stage is one thread: OMP_NUM_THREADS=1)
     log = open(root / "whole.log", "w+")
-    whole = make(root / "whole", tiny_checkpoint, stdout=log)
+    whole = make(root / "whole", tiny_checkpoint, stdout=log, start_new_session=True)
 
     it = root / "killed" / "r" / "iter2"
+    try:
+        _kill_and_finish(root, tiny_checkpoint, it)
+    finally:  # the uninterrupted run does not outlive a failure of the killed one
+        if whole.poll() is None:
+            os.killpg(whole.pid, signal.SIGKILL)
+        whole.wait()
+    log.seek(0)
+    assert whole.returncode == 0, log.read()[-3000:]
+    log.close()
+    return root / "whole" / "r", root / "killed" / "r"
+
+
+def _kill_and_finish(root: Path, tiny_checkpoint: Path, it: Path) -> None:
     # (what, the condition met just before the kill, the stage output that must not exist yet): a sampling stage
     # and the trainer, each resumed inside the stage (the other sampling stages resume the same way, through
     # sample/stage.py: tests/test_generate.py and tests/test_self_instruct.py kill them on their own)
@@ -114,11 +127,6 @@ def runs(tmp_path_factory, tiny_checkpoint):
         assert not (it / output).exists(), f"the kill {what} came after the stage had finished"
     finish = make(root / "killed", tiny_checkpoint)
     assert finish.returncode == 0, finish.stdout[-3000:] + finish.stderr[-3000:]
-    whole.wait()
-    log.seek(0)
-    assert whole.returncode == 0, log.read()[-3000:]
-    log.close()
-    return root / "whole" / "r", root / "killed" / "r"
 
 
 def test_judge_writes_scores(runs):

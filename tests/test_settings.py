@@ -124,11 +124,21 @@ def test_each_stage_takes_its_defaults_and_the_configs_flags_from_one_dataclass(
 def test_the_loops_sections_are_the_stages_settings():
     """Each section of the loop's config is a stage's own settings class (or one that adds the Makefile's
     wiring to it), so a default exists once."""
+    from eval.head_to_head import HeadToHeadSettings
+    from eval.reward_metrics import RewardMetricsSettings
+    from eval.select_checkpoint import SelectSettings
+    from judge.eft import EFTSettings
+    from judge.pairs import PairSettings
+    from judge.score import JudgeSettings
+    from sample.generate import GenerateSettings
+    from sample.self_instruct import SelfInstructSettings
     sections = {f.name: f.default_factory for f in fields(iteration.Iteration) if callable(f.default_factory)}
-    classes = {cls for _, cls, _ in stage_parsers()}
-    for name in ("self_instruct", "generate", "judge", "pairs", "eft_judge", "reward_metrics", "head_to_head",
-                 "select"):
-        assert any(issubclass(sections[name], cls) for cls in classes), name
+    expected = {"self_instruct": SelfInstructSettings, "generate": GenerateSettings, "judge": JudgeSettings,
+                "pairs": PairSettings, "eft_judge": EFTSettings, "reward_metrics": RewardMetricsSettings,
+                "head_to_head": HeadToHeadSettings, "select": SelectSettings}
+    for name, cls in expected.items():  # the class itself, or one that only adds fields to it (the wiring)
+        assert sections[name] is cls or sections[name].__bases__ == (cls,), name
+        assert all(getattr(sections[name](), f.name) == f.default for f in fields(cls)), name
 
 
 def test_stage_records_leave_out_the_speed_only_settings(tmp_path):
@@ -137,7 +147,8 @@ def test_stage_records_leave_out_the_speed_only_settings(tmp_path):
         return iteration.stage_records(cfg, iteration.trainer_configs(cfg))
     base = records()
     faster = records("generate.batch_size=3", "judge.batch_size=5", "head_to_head.batch_size=2",
-                     "reward_metrics.batch_size=7", "select.batch_size=9", "dpo.set.micro_batch_size=2",
+                     "reward_metrics.batch_size=7", "select.batch_size=9", "eft_judge.batch_size=11",
+                     "dpo.set.micro_batch_size=2",
                      "nproc=4", "tp=true")
     assert faster == base
     # self-instruct's batch decides its requests (each shows the prompts kept in earlier batches)
