@@ -136,6 +136,8 @@ def test_judge_writes_scores(runs):
     assert len({r["score"] for r in judged}) > 1
     summary = json.loads((whole / "iter2/summary.json").read_text())
     assert summary["pairs"] > 0 and summary["pairs"] == lines(whole / "iter2/pairs.jsonl")
+    assert summary["candidates"] == lines(whole / "iter2/candidates.jsonl") and "head_to_head" in summary
+    assert "dpo_reward_accuracy" in summary and "\n| 2 | M2 vs M1 |" in (whole / "report.md").read_text()
 
 
 def test_killed_run_ends_as_uninterrupted(runs):
