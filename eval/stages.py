@@ -25,8 +25,8 @@ import torch.distributed as dist
 
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
-from sample.generate import (add_running_args, chat_ids, non_negative_float, non_negative_int, positive_int, probability,
-                             running_config, sample_rows)
+from sample.generate import (add_decoding_args, add_running_args, chat_ids, non_negative_float, non_negative_int,
+                             positive_int, probability, running_config, sample_rows)
 from sample.stage import Request, StageConfig, is_rank_zero, run_stage, setup_distributed
 from sample.resume import ELSEWHERE, check_owned, read_record
 
@@ -124,15 +124,8 @@ def limited(rows: list, limit: int, last: int) -> list:
 def add_answer_args(parser, defaults: ContestSettings, judge: bool = True) -> None:
     """Sampling options for CLIs that run several models: the contestants answer with --temperature etc.
     (greedy by default), the judge decides with --judge-temperature etc. (greedy by default)."""
-    g = parser.add_argument_group("answers")
-    g.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
-                   help="0 = greedy (default %(default)s)")
-    g.add_argument("--top-p", type=probability, default=defaults.top_p,
-                   help="nucleus mass when sampling (default %(default)s)")
-    g.add_argument("--top-k", type=non_negative_int, default=StageConfig.top_k,
-                   help="keep only the k most likely tokens (0 = off)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
-                   help="answer length limit (default %(default)s)")
+    add_decoding_args(parser.add_argument_group("answers"), defaults.temperature, defaults.top_p,
+                      defaults.max_new_tokens)
     if judge:
         g = parser.add_argument_group("judge")
         g.add_argument("--judge-temperature", type=non_negative_float, default=defaults.judge_temperature,

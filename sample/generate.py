@@ -144,17 +144,21 @@ def probability(text: str) -> float:
 def add_sampling_args(parser, defaults: SamplingSettings):
     """The options every sampling CLI shares (generate, judge, self-instruct), defaults from its settings."""
     parser.add_argument("--model", required=True, help="checkpoint directory (see model/convert.py)")
-    parser.add_argument("--temperature", type=non_negative_float, default=defaults.temperature,
-                        help="0 = greedy (default %(default)s)")
-    parser.add_argument("--top-p", type=probability, default=defaults.top_p,
-                        help="nucleus sampling mass (default %(default)s)")
-    parser.add_argument("--top-k", type=non_negative_int, default=StageConfig.top_k,
-                        help="keep only the k most likely tokens (0 = off)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
-                        help="default %(default)s")
+    add_decoding_args(parser, defaults.temperature, defaults.top_p, defaults.max_new_tokens)
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help="rows decoded together (default %(default)s)")
     add_running_args(parser)
+
+
+def add_decoding_args(parser, temperature: float, top_p: float, max_new_tokens: int) -> None:
+    """--temperature, --top-p, --top-k and --max-new-tokens, with these defaults (top-k off)."""
+    parser.add_argument("--temperature", type=non_negative_float, default=temperature,
+                        help="0 = greedy (default %(default)s)")
+    parser.add_argument("--top-p", type=probability, default=top_p, help="nucleus sampling mass (default %(default)s)")
+    parser.add_argument("--top-k", type=non_negative_int, default=StageConfig.top_k,
+                        help="keep only the k most likely tokens (0 = off)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens,
+                        help="length limit, in tokens (default %(default)s)")
 
 
 def add_running_args(parser):
