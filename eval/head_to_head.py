@@ -21,8 +21,9 @@ The answers' mean lengths are reported too: judges favour longer answers.
 
 Output: --out, the summary as JSON: {"a", "b", "judge", "self_judged", "prompts", "answer_sampling",
 "judge_sampling", "tie_rule", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
-"win", "tie", "loss" (fractions of the prompts with an outcome), "verdict_parse_rate", "position_1_rate"
-(of the decisive verdicts, the share for the answer shown first), "mean_chars_a", "mean_chars_b",
+"win", "tie", "loss" (fractions of the prompts with an outcome), "intervals" ({"win", "tie", "loss"}: 95%
+bootstrap intervals over the compared prompts, seeded by --seed; eval/metrics.py), "verdict_parse_rate",
+"position_1_rate" (of the decisive verdicts, the share for the answer shown first), "mean_chars_a", "mean_chars_b",
 "mean_tokens_a", "mean_tokens_b" (each in its own tokenizer), "length_limited_a", "length_limited_b"};
 and in OUT's work folder (eval/stages.py) answers_a.jsonl, answers_b.jsonl, judgements.jsonl (one line
 per prompt and order, sample 0 = A shown first) and outcomes.jsonl (one line per prompt).
@@ -35,9 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from eval.metrics import bootstrap_intervals
 from eval.pairwise import pairwise_messages, parse_verdict
-from eval.stages import (TIE_RULES, ContestSettings, add_answer_args, add_limit_args, answer, contest_configs, limited, number,
-                         percent, prepare_work_dir, sampling_settings, write_json)
+from eval.stages import (TIE_RULES, ContestSettings, add_answer_args, add_limit_args, answer, contest_configs, limited,
+                         number, percent, prepare_work_dir, sampling_settings, with_interval, write_json)
 from model.errors import FormatError
 from model.jsonl import check_output, write_jsonl_atomic
 from sample.generate import read_prompts
@@ -88,9 +90,9 @@ def outcome(winners: list[str | None], rule: str = "both-orders") -> str | None:
 
 
 def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
-            tie_rule: str = "both-orders") -> tuple[list[dict], dict]:
-    """Judge A's answers against B's (both dicts id -> answer row) in both orders: (one row per prompt, tally).
-    Prompts that either model found too long are not judged."""
+            tie_rule: str = "both-orders", seed: int = 0) -> tuple[list[dict], dict]:
+    """Judge A's answers against B's (both dicts id -> answer row) in both orders: (one row per prompt, tally,
+    its intervals drawn with `seed`). Prompts that either model found too long are not judged."""
     compared = [p for p in prompts if "too long" not in (answers_a[p["id"]]["finish_reason"],
                                                          answers_b[p["id"]]["finish_reason"])]
     items = judge_items(compared, answers_a, answers_b)
@@ -106,25 +108,33 @@ def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
                      "parse_errors": [v.reason if v else "not judged: too long" for v in parsed],
                      "winners": winners, "outcome": outcome(winners, tie_rule)})
     return rows, tally(rows, [answers_a[p["id"]] for p in compared], [answers_b[p["id"]] for p in compared],
-                       n_too_long=len(prompts) - len(compared))
+                       n_too_long=len(prompts) - len(compared), seed=seed)
 
 
 def _mean(xs: list) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def tally(rows: list[dict], answers_a: list[dict], answers_b: list[dict], n_too_long: int = 0) -> dict:
-    """Win / tie / loss of A (fractions of the prompts with an outcome), counts, and the answers' lengths."""
+def rates(outcomes: list[str | None]) -> dict[str, float | None]:
+    """A's win, tie and loss: fractions of the outcomes that are not None."""
+    decided = [o for o in outcomes if o is not None]
+    return {name: (sum(o == key for o in decided) / len(decided) if decided else None)
+            for name, key in (("win", "a"), ("tie", "tie"), ("loss", "b"))}
+
+
+def tally(rows: list[dict], answers_a: list[dict], answers_b: list[dict], n_too_long: int = 0, seed: int = 0) -> dict:
+    """Win / tie / loss of A (fractions of the prompts with an outcome) with 95% bootstrap intervals over the
+    prompts (eval/metrics.py), counts, and the answers' lengths."""
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("a", "tie", "b")}
     decided = sum(counts.values())
+    outcomes = [r["outcome"] for r in rows]
     verdicts = [v for r in rows for v in r["verdicts"]]
     decisive = [v for v in verdicts if v in ("1", "2")]
     return {
         "n_prompts": len(rows) + n_too_long, "n_too_long": n_too_long, "n_compared": len(rows),
         "wins": counts["a"], "ties": counts["tie"], "losses": counts["b"], "no_verdict": len(rows) - decided,
-        "win": counts["a"] / decided if decided else None,
-        "tie": counts["tie"] / decided if decided else None,
-        "loss": counts["b"] / decided if decided else None,
+        **rates(outcomes),
+        "intervals": bootstrap_intervals(len(rows), lambda drawn: rates([outcomes[i] for i in drawn]), seed),
         "verdict_parse_rate": _mean([v is not None for v in verdicts]),
         "position_1_rate": _mean([v == "1" for v in decisive]),
         "mean_chars_a": _mean([len(x["response"]) for x in answers_a]),
@@ -178,6 +188,8 @@ def summary_lines(s: dict) -> list[str]:
               f"A vs B over {s['n_compared']} prompts: win {percent(s['win'])} / tie {percent(s['tie'])} / loss "
               f"{percent(s['loss'])} ({s['wins']} / {s['ties']} / {s['losses']}); {s['no_verdict']} without a verdict, "
               f"{s['n_too_long']} too long for a model's context",
+              "95% intervals (bootstrap over the prompts): " + ", ".join(
+                  f"{k} {with_interval(s[k], s.get('intervals', {}).get(k))}" for k in ("win", "tie", "loss")),
               f"verdicts parsed: {percent(s['verdict_parse_rate'])}; the judge preferred the answer shown first in "
               f"{percent(s['position_1_rate'])} of its decisive verdicts",
               f"mean answer length: A {number(s['mean_chars_a'])} chars ({number(s['mean_tokens_a'])} tokens), "
@@ -187,11 +199,13 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def judge_answers(judging: StageConfig, judge_model, prompts: list[dict], answers_a: list[dict],
-                  answers_b: list[dict], model_a, model_b, work: Path, tie_rule: str = "both-orders") -> dict:
+                  answers_b: list[dict], model_a, model_b, work: Path, tie_rule: str = "both-orders",
+                  seed: int = 0) -> dict:
     """Judge two models' answers with checkpoint `judge_model` sampled as `judging` says (judgements into
     `work`), write the outcomes there (rank 0), and return the tally with who played and who judged."""
     by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
-    rows, tallied = compare(prompts, *by_id, model_judge(judging, judge_model, work / "judgements.jsonl"), tie_rule)
+    rows, tallied = compare(prompts, *by_id, model_judge(judging, judge_model, work / "judgements.jsonl"), tie_rule,
+                            seed)
     if is_rank_zero():
         write_jsonl_atomic(work / "outcomes.jsonl", rows)
     return {"a": str(model_a), "b": str(model_b), "judge": str(judge_model),
@@ -226,7 +240,8 @@ def main(argv=None):
                              "judge_sampling": sampling_settings(judging), "tie_rule": args.tie_rule})
     answers_a = answer(answering, args.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(answering, args.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
-    summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work, args.tie_rule)
+    summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work, args.tie_rule,
+                            args.seed)
     if not is_rank_zero():
         return
     summary = {**summary, "prompts": str(args.prompts), "answer_sampling": sampling_settings(answering)}

@@ -23,9 +23,17 @@ when no judgement of it parsed. Every rate is a fraction in [0, 1], or None when
   ties and Kendall's is tau-b, as scipy.stats.spearmanr and kendalltau compute them. A prompt is
   left out of the average, and counted in n_correlation_excluded, when a score is missing or either
   side is constant (all scores equal, or all ranks equal), where the correlation is undefined.
+  The paper does not say how it treats them, so spearman_constant_zero and kendall_tau_constant_zero
+  also count the constant-score prompts, each as a correlation of 0 (a judge that gives every reply
+  the same score has ordered nothing).
+
+Uncertainty: bootstrap_intervals gives seeded percentile-bootstrap intervals over prompts for any
+statistic of a set of prompts; reward_model_intervals applies it to the metrics above (one 95%
+interval per metric, from N_RESAMPLES resamples of the prompts with replacement).
 """
 import math
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 
 from judge import parse
 
@@ -123,6 +131,7 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
     correct = tied = missing = pairs = 0
     fives = fives_best = exact = 0
     rhos, taus = [], []
+    n_constant = 0
     excluded = {"missing score": 0, "constant scores": 0, "constant ranks": 0}
     for s, r in zip(scores, ranks):
         c, t, m, n = pairwise_counts(s, r)
@@ -139,6 +148,7 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
             excluded["constant ranks"] += 1
         elif len(set(s)) == 1:
             excluded["constant scores"] += 1
+            n_constant += 1
         else:
             preference = [-x for x in r]
             rhos.append(spearman(s, preference))
@@ -157,7 +167,54 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
         "kendall_tau": _ratio(sum(taus), len(taus)),
         "n_correlated": len(rhos),
         "n_correlation_excluded": excluded,
+        "spearman_constant_zero": _ratio(sum(rhos), len(rhos) + n_constant),
+        "kendall_tau_constant_zero": _ratio(sum(taus), len(taus) + n_constant),
     }
+
+
+N_RESAMPLES = 1000
+LEVEL = 0.95
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of sorted values, interpolated linearly between the two nearest
+    (numpy.percentile's default)."""
+    position = q * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (position - low) * (sorted_values[high] - sorted_values[low])
+
+
+def bootstrap_intervals(n_items: int, statistic: Callable[[list[int]], dict[str, float | None]], seed: int,
+                        n_resamples: int = N_RESAMPLES, level: float = LEVEL) -> dict[str, list[float] | None]:
+    """Percentile-bootstrap intervals: `statistic` maps a list of item indices (a resample of range(n_items),
+    drawn with replacement) to named values; for each name, [low, high] is the central `level` of its values
+    over n_resamples resamples (those where it is not None), or None where it never had one. The resamples
+    depend on `seed` only, so a rerun gives the same intervals."""
+    rng = random.Random(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(n_resamples if n_items else 0):
+        drawn = statistic([rng.randrange(n_items) for _ in range(n_items)])
+        for name, value in drawn.items():
+            values.setdefault(name, [])
+            if value is not None:
+                values[name].append(value)
+    tail = (1 - level) / 2
+    return {name: [percentile(sorted(v), tail), percentile(sorted(v), 1 - tail)] if v else None
+            for name, v in values.items()}
+
+
+INTERVAL_METRICS = ("pairwise_accuracy", "pairwise_tie_rate", "five_best", "exact_match", "spearman", "kendall_tau",
+                    "spearman_constant_zero", "kendall_tau_constant_zero")
+
+
+def reward_model_intervals(scores: Sequence[Scores], ranks: Sequence[Ranks], seed: int,
+                           n_resamples: int = N_RESAMPLES) -> dict[str, list[float] | None]:
+    """95% bootstrap intervals over prompts for the metrics in INTERVAL_METRICS."""
+    def statistic(indices: list[int]) -> dict[str, float | None]:
+        m = reward_model_metrics([scores[i] for i in indices], [ranks[i] for i in indices])
+        return {k: m[k] for k in INTERVAL_METRICS}
+    return bootstrap_intervals(len(scores), statistic, seed, n_resamples)
 
 
 def parse_rate(n_parsed: int, n_judgements: int) -> float | None:

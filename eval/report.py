@@ -17,10 +17,14 @@ Reads, for every runs/R/iterN/ (N a number; any file may be missing, and so may 
   eval/head_to_head.json       eval/head_to_head.py --out, with A = M_N and B = M_{N-1} (else summary.json's
                                "head_to_head")
   selection.json               eval/select_checkpoint.py: the DPO checkpoint chosen as M_N
+  model.train/metrics.jsonl    DPO's steps (train/loop.py; dpo.train/ when M_N was selected from a DPO run)
 and writes runs/R/report.md: a table per concern with a row per iteration (the loop's own statistics;
-reward-model metrics; head to head against the previous model; checkpoint selection), the paper's
-numbers beside them, and, when matplotlib imports, plots in runs/R/plots/ (score distributions,
-reward-model metrics, win rates, answer lengths) linked from the report. Whether the loop helps shows
+reward-model metrics; head to head against the previous model, in two tables: judged by an outside model,
+beside the paper's GPT-4 numbers, and self-judged, apart from them; checkpoint selection), every rate with
+its 95% bootstrap interval and its number of prompts, the paper's numbers beside them, and, when
+matplotlib imports, plots in runs/R/plots/ embedded in the report (score distributions, reward-model
+metrics and win rates with their intervals, answer lengths beside the paper's, DPO's loss, reward
+margin and reward accuracy over steps). Whether the loop helps shows
 as rising pairwise accuracy and win rates; saturation as win rates sinking towards ties; drift
 towards long answers as the A / B length ratio, the chosen / rejected ratio and the share of answers
 cut at the length limit growing.
@@ -32,12 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-from eval.reward_metrics import COLUMNS as RM_COLUMNS, PAPER as PAPER_REWARD
-from eval.stages import is_number, number, percent
+from eval.reward_metrics import COLUMNS as RM_COLUMNS, CORRELATIONS, PAPER as PAPER_REWARD
+from eval.stages import is_number, number, percent, with_interval
 from judge import parse
 
 # The paper's head-to-head result for M2 against M1 (Llama-2-70B, GPT-4 as the judge): win / tie / loss.
 PAPER_HEAD_TO_HEAD = {"M2 vs M1": (0.555, 0.328, 0.117)}
+# The paper's mean response length (characters) of M1, M2, M3 on AlpacaEval 2.0: the length drift.
+PAPER_LENGTHS = {1: 1092, 2: 1552, 3: 2552}
 SCORES = [str(s) for s in range(parse.MAX_SCORE + 1)]
 
 
@@ -59,8 +65,27 @@ def read_iteration(n: int | str, d: Path) -> dict:
     summary = read_json(d / "summary.json")
     reward = read_json(d / "eval" / "reward_metrics.json") or summary.get("reward_metrics")
     h2h = read_json(d / "eval" / "head_to_head.json") or summary.get("head_to_head")
+    selection = read_json(d / "selection.json")
     return {"iter": n, "summary": summary, "reward": reward if isinstance(reward, dict) else {},
-            "h2h": h2h if isinstance(h2h, dict) else {}, "selection": read_json(d / "selection.json")}
+            "h2h": h2h if isinstance(h2h, dict) else {}, "selection": selection,
+            "training": read_dpo_steps(d / ("dpo.train" if selection.get("promoted") else "model.train"))}
+
+
+def read_dpo_steps(train_dir: Path) -> list[dict]:
+    """A DPO run's metrics.jsonl (one line per optimizer step; train/loop.py), [] if it is not a DPO run's.
+    A line cut short by a crash is skipped."""
+    path = train_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "margins" in row:
+            steps.append(row)
+    return steps
 
 
 def read_run(run: Path) -> tuple[list[dict], dict | None]:
@@ -114,29 +139,41 @@ def loop_table(iters: list[dict]) -> list[str]:
 
 def reward_table(iters: list[dict], baseline: dict | None) -> list[str]:
     def cells(m):
-        return [number(m.get(k), ".3f") if k in ("spearman", "kendall_tau") else percent(m.get(k))
-                for k, _ in RM_COLUMNS]
+        intervals = m.get("intervals") or {}
+        return [with_interval(m.get(k), intervals.get(k), as_percent=k not in CORRELATIONS) for k, _ in RM_COLUMNS]
 
     labelled = ([(baseline["iter"], baseline)] if baseline else []) + [
         ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters if it["iter"] != 0 or it["reward"]]
     rows = [[label, *cells(m), percent(m.get("pairwise_tie_rate")), percent(m.get("parse_rate")),
              number(m.get("n_prompts"))] for label, it in labelled for m in [it["reward"]]]
-    rows += [[f"*paper {name}*", *cells(m), "", "", ""] for name, m in PAPER_REWARD.items()]
+    rows += [[f"*paper {name}*", *(number(m.get(k), ".3f") if k in CORRELATIONS else percent(m.get(k))
+                                   for k, _ in RM_COLUMNS), "", "", ""] for name, m in PAPER_REWARD.items()]
     return _table(["iter", *(title for _, title in RM_COLUMNS), "tied pairs", "parse rate", "prompts"], rows)
 
 
-def head_to_head_table(iters: list[dict]) -> list[str]:
+def judged_by(h: dict) -> str:
+    """The judge's checkpoint, short: runs/R/iter2/model -> iter2/model."""
+    return "/".join(Path(str(h.get("judge", "-"))).parts[-2:])
+
+
+def head_to_head_table(iters: list[dict], self_judged: bool) -> list[str]:
+    """The head-to-head rows whose judge is (self_judged) or is not one of the contestants; the paper's GPT-4
+    row only beside the external judges' rows, the only ones it can be compared with."""
     rows = []
-    for it in (it for it in iters if it["iter"] != 0):
+    for it in (it for it in iters if it["h2h"] and bool(it["h2h"].get("self_judged")) == self_judged):
         h = it["h2h"]
-        judge = "/".join(Path(str(h.get("judge", "-"))).parts[-2:])   # runs/R/iter2/model -> iter2/model
-        judge += " **(self-judged)**" * bool(h.get("self_judged"))
-        rows.append([it["iter"], f"M{it['iter']} vs M{it['iter'] - 1}", percent(h.get("win")), percent(h.get("tie")),
-                     percent(h.get("loss")), number(h.get("no_verdict")), number(h.get("n_compared")),
+        intervals = h.get("intervals") or {}
+        rows.append([it["iter"], f"M{it['iter']} vs M{it['iter'] - 1}",
+                     *(with_interval(h.get(k), intervals.get(k)) for k in ("win", "tie", "loss")),
+                     number(h.get("no_verdict")), number(h.get("n_compared")),
                      f"{number(h.get('mean_chars_a'))} / {number(h.get('mean_chars_b'))}",
-                     _ratio(h.get("mean_chars_a"), h.get("mean_chars_b")), percent(h.get("position_1_rate")), judge])
-    rows += [[f"*paper {name}*", "", *map(percent, wtl), "", "", "", "", "", "GPT-4"]
-             for name, wtl in PAPER_HEAD_TO_HEAD.items()]
+                     _ratio(h.get("mean_chars_a"), h.get("mean_chars_b")), percent(h.get("position_1_rate")),
+                     judged_by(h) + " (self-judged)" * self_judged])
+    if not rows:
+        return []
+    if not self_judged:
+        rows += [[f"*paper {name}*", "", *map(percent, wtl), "", "256", "", "", "", "GPT-4"]
+                 for name, wtl in PAPER_HEAD_TO_HEAD.items()]
     return _table(["iter", "A vs B", "win", "tie", "loss", "no verdict", "prompts", "answer chars A / B",
                    "ratio", "judge picks 1st", "judge"], rows)
 
@@ -152,6 +189,16 @@ def selection_table(iters: list[dict]) -> list[str]:
                          f"{'**' * (c.get('name') == chosen)}" for c in sel.get("candidates", []))
         rows.append([it["iter"], chosen, sel.get("against", "-"), wins or "-"])
     return _table(["iter", "chosen", "against", "win % per checkpoint"], rows) if rows else ["(no selection.json)"]
+
+
+def error_bars(points: list[tuple]) -> list[list[float]]:
+    """matplotlib's yerr ([below], [above]) for (x, value, interval) points; 0 where there is no interval."""
+    below, above = [], []
+    for _, value, interval in points:
+        ok = isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)
+        below.append(max(value - interval[0], 0) if ok else 0)
+        above.append(max(interval[1] - value, 0) if ok else 0)
+    return [below, above]
 
 
 def plot(iters: list[dict], out_dir: Path) -> list[Path]:
@@ -185,26 +232,41 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
     rm = [(it["iter"], it["reward"]) for it in iters if it["reward"]]
     if rm:
         fig, ax = plt.subplots(figsize=(7, 4))
-        for key, title in RM_COLUMNS:
-            points = [(n, m[key]) for n, m in rm if is_number(m.get(key))]
+        for k, (key, title) in enumerate(RM_COLUMNS):
+            points = [(n, m[key], (m.get("intervals") or {}).get(key)) for n, m in rm if is_number(m.get(key))]
             if points:
-                ax.plot(*zip(*points), marker="o", label=title)
-        ax.set(xlabel="iteration", ylabel="fraction / correlation", title="Reward-model metrics",
+                ax.errorbar([n + 0.04 * (k - 2) for n, _, _ in points], [v for _, v, _ in points],
+                            yerr=error_bars(points), marker="o", capsize=3, label=title)
+        ax.set(xlabel="iteration", ylabel="fraction / correlation", title="Reward-model metrics (95% intervals)",
                xticks=[n for n, _ in rm])
         ax.legend()
         save(fig, "reward_model.png")
-    h2h = [(it["iter"], it["h2h"]) for it in iters if it["h2h"].get("win") is not None]
+    h2h = [(it["iter"], it["h2h"]) for it in iters if is_number(it["h2h"].get("win"))]
     if h2h:
         fig, ax = plt.subplots(figsize=(7, 4))
-        labels = [f"M{n} vs M{n - 1}" for n, _ in h2h]
-        left = [0.0] * len(h2h)
-        for key, color in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
-            values = [h[key] for _, h in h2h]
-            ax.barh(labels, values, left=left, color=color, label=key)
-            left = [x + v for x, v in zip(left, values)]
-        ax.set(xlim=(0, 1), xlabel="fraction of prompts", title="Head to head with the previous model")
+        for k, (key, color) in enumerate((("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red"))):
+            points = [(n, h[key], (h.get("intervals") or {}).get(key)) for n, h in h2h if is_number(h.get(key))]
+            ax.errorbar([n + 0.06 * (k - 1) for n, _, _ in points], [v for _, v, _ in points],
+                        yerr=error_bars(points), color=color, marker="o", capsize=3, label=key)
+        for n, h in h2h:
+            if h.get("self_judged"):
+                ax.annotate("self-judged", (n, 1.02), ha="center", fontsize=8)
+        ax.set(ylim=(0, 1.08), xlabel="iteration", ylabel="fraction of prompts", xticks=[n for n, _ in h2h],
+               title="M_N against M_{N-1}, head to head (95% intervals)")
         ax.legend()
         save(fig, "head_to_head.png")
+    curves = [(it["iter"], it["training"]) for it in iters if it["training"]]
+    if curves:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        for ax, key, title in zip(axes, ("loss", "margins", "accuracy"),
+                                  ("DPO loss", "reward margin (chosen - rejected)", "reward accuracy")):
+            for n, steps in curves:
+                points = [(r["step"], r[key]) for r in steps if is_number(r.get(key)) and is_number(r.get("step"))]
+                if points:
+                    ax.plot(*zip(*points), label=f"iter {n}")
+            ax.set(xlabel="optimizer step", title=title)
+            ax.legend()
+        save(fig, "dpo_training.png")
     series = {"answers, M_N (head to head)": [(it["iter"], it["h2h"].get("mean_chars_a")) for it in iters],
               "chosen (pairs)": [(it["iter"], it["summary"].get("mean_chars_chosen")) for it in iters],
               "rejected (pairs)": [(it["iter"], it["summary"].get("mean_chars_rejected")) for it in iters]}
@@ -214,8 +276,10 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
         for label, points in series.items():
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
+        ax.plot(list(PAPER_LENGTHS), list(PAPER_LENGTHS.values()), linestyle="--", color="black",
+                label="paper, M1-M3 (Llama-2-70B, AlpacaEval)")
         ax.set(xlabel="iteration", ylabel="mean characters", title="Answer lengths",
-               xticks=sorted({n for points in series.values() for n, _ in points}))
+               xticks=sorted({n for points in series.values() for n, _ in points} | set(PAPER_LENGTHS)))
         ax.legend()
         save(fig, "lengths.png")
     return written
@@ -225,10 +289,13 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
     """The Markdown report of a run directory, and the plots written (see the module doc)."""
     iters, baseline = read_run(run)
     pngs = plot(iters, run / "plots") if plots and iters else []
-    self_judged = [it["iter"] for it in iters if it["h2h"].get("self_judged")]
     lines = [f"# Run `{run.name}`", "",
              f"{len([it for it in iters if it['iter'] != 0])} iterations, from `{run}/iter*/` (eval/report.py, "
              f"{time.strftime('%Y-%m-%d %H:%M')}). \"-\": not recorded.", "",
+             "Every rate and correlation measured here comes with its 95% interval, `value [low, high]`: a seeded "
+             "bootstrap over the prompts (eval/metrics.py), whose number is in the table. Two numbers whose "
+             "intervals overlap may differ by chance alone: on 16 prompts a win rate's interval is about 50 points "
+             "wide, so a 10-point difference there is noise.", "",
              "## The self-rewarding loop", "", *loop_table(iters), "",
              "## The model as a reward model (eval/reward_metrics.py)", "",
              "Against human rankings. Tied scores count as wrong in pairwise accuracy; correlations are "
@@ -238,12 +305,16 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
              "Win / tie / loss of M_N, in % of the prompts with a verdict, each prompt judged in both orders. "
              "\"judge picks 1st\": the judge's share of decisive verdicts for the answer shown first (50% = no "
              "position bias). Length ratio above 1: M_N answers longer.", ""]
-    if self_judged:
-        lines += [f"> **Self-judged** in iteration{'s' * (len(self_judged) > 1)} "
-                  f"{', '.join(map(str, self_judged))}: the judge was one of the contestants, so those win rates are "
-                  "the model's opinion of itself, not an independent evaluation.", ""]
-    lines += [*head_to_head_table(iters), "", "## Checkpoint selection (eval/select_checkpoint.py)", "",
-              *selection_table(iters), ""]
+    external, own = head_to_head_table(iters, self_judged=False), head_to_head_table(iters, self_judged=True)
+    lines += ["### Judged by a model that is not a contestant", "",
+              *(external or ["(none: every head to head of this run was self-judged)"]), ""]
+    if own:
+        lines += ["### Self-judged: not comparable with the paper's numbers", "",
+                  "> The judge was one of the contestants, so these win rates are the model's opinion of itself, "
+                  "not an independent evaluation, and they are not to be read beside the paper's GPT-4 win rates. "
+                  "Name an outside judge (head_to_head.judge in the config) for numbers that can be.", "",
+                  *own, ""]
+    lines += ["## Checkpoint selection (eval/select_checkpoint.py)", "", *selection_table(iters), ""]
     if pngs:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in pngs] + [""]
     elif plots:

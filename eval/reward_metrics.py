@@ -15,7 +15,8 @@ as judge/score.py samples in the loop (--temperature 0.7 --top-p 0.9 by default)
 is the mean of its parsed judgements. The metrics (eval/metrics.py says exactly how ties and missing
 scores count) are printed next to the paper's numbers and written to --out as JSON: {"model",
 "ranked", "samples", "sampling", the metrics of eval.metrics.reward_model_metrics, "parse_rate",
-"n_judgements", "n_parsed", "n_not_judged" (replies whose judge prompt did not fit the context)}.
+"n_judgements", "n_parsed", "n_not_judged" (replies whose judge prompt did not fit the context), "intervals"
+({metric: [low, high]}: 95% bootstrap intervals over the prompts, seeded by --seed; eval/metrics.py)}.
 The judgements are kept, resumably, in OUT's work folder (eval/stages.py) as judgements.jsonl: one
 line per reply in judge/score.py's judged format (id = prompt id, sample = the reply's index) plus
 its "rank". Runs under torchrun like judge/score.py (data or tensor parallel).
@@ -26,8 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.metrics import parse_rate, reward_model_metrics
-from eval.stages import add_limit_args, limited, number, percent, prepare_work_dir, write_json
+from eval.metrics import parse_rate, reward_model_intervals, reward_model_metrics
+from eval.stages import add_limit_args, limited, number, percent, prepare_work_dir, with_interval, write_json
 from judge.oasst import ranked_prompts, read_messages
 from judge.prompt import judge_messages
 from judge.score import JudgeSettings, judged_rows, unjudged_row
@@ -51,6 +52,7 @@ PAPER = {"SFT baseline": {"pairwise_accuracy": 0.651, "five_best": 0.396, "exact
                 "spearman": 0.331, "kendall_tau": 0.315},
          "M3": {"pairwise_accuracy": 0.817, "five_best": 0.432, "exact_match": 0.143,
                 "spearman": 0.349, "kendall_tau": 0.324}}
+CORRELATIONS = ("spearman", "kendall_tau", "spearman_constant_zero", "kendall_tau_constant_zero")
 COLUMNS = [("pairwise_accuracy", "pairwise acc"), ("five_best", "5-best"), ("exact_match", "exact match"),
            ("spearman", "Spearman"), ("kendall_tau", "Kendall tau")]
 
@@ -108,25 +110,32 @@ def read_ranked(path, lang: str = "en") -> tuple[list[dict], Counter]:
     return rows, Counter()
 
 
-def metrics_from_judgements(prompts: list[dict], judged: list[dict]) -> dict:
-    """The metrics of judged rows (one per reply: id, sample = reply index, score, judgements, n_parsed)."""
+def metrics_from_judgements(prompts: list[dict], judged: list[dict], seed: int = 0) -> dict:
+    """The metrics of judged rows (one per reply: id, sample = reply index, score, judgements, n_parsed), with
+    their 95% bootstrap intervals over the prompts (drawn with `seed`)."""
     by_key = {(r["id"], r["sample"]): r for r in judged}
     scores = [[by_key[p["id"], i]["score"] for i in range(len(p["replies"]))] for p in prompts]
+    ranks = [p["ranks"] for p in prompts]
     n_judgements = sum(len(r["judgements"]) for r in judged)
     n_parsed = sum(r["n_parsed"] for r in judged)
-    return {**reward_model_metrics(scores, [p["ranks"] for p in prompts]),
+    return {**reward_model_metrics(scores, ranks), "intervals": reward_model_intervals(scores, ranks, seed),
             "parse_rate": parse_rate(n_parsed, n_judgements), "n_judgements": n_judgements, "n_parsed": n_parsed,
             "n_not_judged": sum(not r["judgements"] for r in judged)}
 
 
 def table(metrics: dict) -> str:
-    """The metrics under the paper's, as a plain-text table."""
+    """The metrics under the paper's, as a plain-text table, with this model's 95% intervals below it."""
     rows = [("this model", metrics)] + [(f"paper {name}", m) for name, m in PAPER.items()]
     lines = [f"{'':<20}" + "".join(f"{title:>13}" for _, title in COLUMNS)]
     for name, m in rows:
         cells = [number(m.get(k), ".3f") if k in ("spearman", "kendall_tau") else percent(m.get(k)) for k, _ in COLUMNS]
         lines.append(f"{name:<20}" + "".join(f"{c:>13}" for c in cells))
-    return "\n".join(lines + ["(the paper's rows: Llama-2-70B on Open Assistant, Table 4)"])
+    intervals = metrics.get("intervals") or {}
+    shown = [f"{title} {with_interval(metrics.get(k), intervals.get(k), as_percent=k not in CORRELATIONS)}"
+             for k, title in COLUMNS]
+    return "\n".join(lines + ["(the paper's rows: Llama-2-70B on Open Assistant, Table 4)",
+                              f"this model, 95% intervals over its {metrics.get('n_prompts')} prompts (bootstrap): "
+                              + "; ".join(shown)])
 
 
 def summary_lines(m: dict) -> list[str]:
@@ -136,7 +145,9 @@ def summary_lines(m: dict) -> list[str]:
             f"{m['n_not_judged']} replies not judged (too long)",
             f"pairwise: tied scores in {percent(m['pairwise_tie_rate'])} of the pairs (counted as wrong), a "
             f"missing score in {percent(m['pairwise_missing_rate'])}; {m['n_scored_5']} replies scored 5",
-            f"correlations over {m['n_correlated']} prompts; left out: {excluded}",
+            f"correlations over {m['n_correlated']} prompts; left out: {excluded}; with the constant-score prompts "
+            f"counted as 0: Spearman {number(m['spearman_constant_zero'], '.3f')}, Kendall tau "
+            f"{number(m['kendall_tau_constant_zero'], '.3f')}",
             table(m)]
 
 
@@ -178,7 +189,7 @@ def main(argv=None):
     if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
     metrics = {"model": args.model, "ranked": args.ranked, "samples": args.samples, "sampling": sampling,
-               **metrics_from_judgements(prompts, judged)}
+               **metrics_from_judgements(prompts, judged, args.seed)}
     write_json(args.out, metrics)
     skipped = sum(v for k, v in counts.items() if "skipped" in k)
     print("\n".join(([f"{args.ranked}: {skipped} Open Assistant messages skipped"] if skipped else [])

@@ -99,7 +99,7 @@ def choose(candidates: list[dict]) -> dict | None:
 
 
 def compare_candidates(answering: StageConfig, judging: StageConfig, judge, prompts: list[dict], previous: Path,
-                       candidates: list[dict], against: str, work: Path, tie_rule: str) -> None:
+                       candidates: list[dict], against: str, work: Path, tie_rule: str, seed: int = 0) -> None:
     """Every candidate answers the prompts and is judged against its baseline (M_{N-1}, or with
     previous-checkpoint the candidate before it); each candidate gets its baseline's name and the tally."""
     answers = {"previous": answer(answering, previous, prompts, work / "answers" / "previous.jsonl",
@@ -109,7 +109,7 @@ def compare_candidates(answering: StageConfig, judging: StageConfig, judge, prom
         answers[c["name"]] = answer(answering, c["path"], prompts, work / "answers" / f"{c['name']}.jsonl",
                                     desc=f"answering ({c['name']})")
         summary = judge_answers(judging, judge, prompts, answers[c["name"]], answers[baseline["name"]], c["path"],
-                                baseline["path"], work / f"{c['name']}-vs-{baseline['name']}", tie_rule)
+                                baseline["path"], work / f"{c['name']}-vs-{baseline['name']}", tie_rule, seed)
         c.update(baseline=baseline["name"], **{k: v for k, v in summary.items() if k not in SHARED})
         if is_rank_zero():
             print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
@@ -166,7 +166,7 @@ def main(argv=None):
                             {**settings, "previous": previous, "judge": Path(args.judge), "prompts": Path(args.prompts)})
 
     compare_candidates(answering, judging, args.judge, prompts, previous, candidates, args.against, work,
-                       args.tie_rule)
+                       args.tie_rule, args.seed)
     chosen = choose(candidates)
     if not is_rank_zero():
         return  # rank 0 promotes and writes

@@ -86,6 +86,18 @@ def percent(x, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%" if is_number(x) else "-"
 
 
+def with_interval(x, interval, digits: int = 1, as_percent: bool = True) -> str:
+    """A value and its 95% interval for people: "46.7% [30.0, 63.3]" (or "0.253 [0.101, 0.388]")."""
+    def show(v):
+        return f"{100 * v:.{digits}f}" if as_percent else f"{v:.3f}"
+    if not is_number(x):
+        return "-"
+    value = f"{show(x)}%" if as_percent else show(x)
+    if not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
+        return value
+    return f"{value} [{show(interval[0])}, {show(interval[1])}]"
+
+
 def number(x, fmt: str = ".0f") -> str:
     """A number for people; "-" for None or anything that is not a number."""
     return format(x, fmt) if is_number(x) else "-"

@@ -9,7 +9,8 @@ summary) and writes, with the keys eval/report.py reads:
   "judgements", "judge_parse_rate", "score_histogram" ({"0".."5": count}, each parsed judgement rounded),
   "neutralised", "pairs", "pairs_dropped" ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
   "chosen_longer", "train" (the trainer's last metrics line), "dpo_reward_accuracy", "final_loss",
-  "reward_metrics" and "head_to_head" (copied from eval/), and, for iteration 1, "base_reward_metrics"
+  "reward_metrics" and "head_to_head" (copied from eval/, each with its "intervals": 95% bootstrap
+  intervals over the prompts, and its number of prompts), and, for iteration 1, "base_reward_metrics"
   (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training; with
   checkpoint selection (SELECT=1), "selected" (the snapshot promoted to M_N) and "selection" (each
   snapshot's win/tie/loss against M_{N-1}).
@@ -21,7 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from eval.stages import number, percent, write_json
+from eval.stages import number, percent, with_interval, write_json
 from judge import parse
 from model.jsonl import read_jsonl
 
@@ -101,10 +102,15 @@ def describe(s: dict) -> list[str]:
         lines.append(f"judge parse rate (\"Score: X\" found): M0 {percent(before)} -> M1 {percent(after)}")
     if "selected" in s:
         lines.append(f"selected as M_N: {s['selected']} of {json.dumps(s['selection'])[:300]}")
-    for key in ("base_reward_metrics", "reward_metrics", "head_to_head"):
+    for key, shown in (("base_reward_metrics", ("pairwise_accuracy", "spearman")),
+                       ("reward_metrics", ("pairwise_accuracy", "spearman")), ("head_to_head", ("win", "tie", "loss"))):
         if key in s:
             short = {k: v for k, v in s[key].items() if not isinstance(v, (dict, list))}
             lines.append(f"{key.replace('_', ' ')}: {json.dumps(short)[:400]}")
+            intervals = s[key].get("intervals") or {}
+            n = s[key].get("n_prompts" if key != "head_to_head" else "n_compared")
+            lines.append(f"  95% intervals over {n} prompts: " + ", ".join(
+                f"{k} {with_interval(s[key].get(k), intervals.get(k), as_percent=k != 'spearman')}" for k in shown))
     return lines
 
 

@@ -96,6 +96,12 @@ def test_bookkeeping_with_a_stub_judge():
     assert (s["n_prompts"], s["n_too_long"], s["n_compared"]) == (6, 1, 5)
     assert (s["wins"], s["ties"], s["losses"], s["no_verdict"]) == (1, 2, 1, 1)
     assert (s["win"], s["tie"], s["loss"]) == (0.25, 0.5, 0.25)
+    # intervals over the 5 compared prompts (outcomes tie, a, tie, none, b): a third of the resamples draw no
+    # win ((4/5)^5), so the win interval starts at 0; each interval holds its rate; the seed fixes them
+    low, high = s["intervals"]["win"]
+    assert low == 0 and 0.25 < high <= 1
+    assert all(s["intervals"][k][0] <= s[k] <= s["intervals"][k][1] for k in ("win", "tie", "loss"))
+    assert compare(PROMPTS, A, B, stub_judge)[1]["intervals"] == s["intervals"]
     rows, s = compare(PROMPTS, A, B, stub_judge, tie_rule="points")
     assert [r["outcome"] for r in rows] == ["tie", "a", "a", None, "b"] and (s["wins"], s["ties"]) == (2, 1)
     _, s = compare(PROMPTS, A, B, stub_judge)
@@ -115,6 +121,7 @@ def test_a_judge_that_always_picks_one_position_gives_only_ties():
 def test_a_judge_that_cannot_judge_gives_no_outcome():
     _, s = compare(PROMPTS[:2], A, B, lambda items: [None] * len(items))
     assert s["no_verdict"] == 2 and s["win"] is None and s["verdict_parse_rate"] == 0
+    assert s["intervals"] == {"win": None, "tie": None, "loss": None}
 
 
 def test_outcome_of_both_orders():

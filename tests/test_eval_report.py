@@ -1,6 +1,6 @@
 """eval/report.py on a fake run directory: a row per iteration in every table, "-" for what is missing, the
-paper's numbers, the self-judged warning, and PNG plots when matplotlib is installed."""
-import importlib.util
+intervals, the paper's numbers beside external judges only, self-judged numbers apart, and the PNG plots
+(matplotlib comes with make setup)."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import read_run, report
+from eval.report import error_bars, read_run, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +34,21 @@ def fake_run(tmp_path) -> Path:
            "mean_chars_rejected": 600.0, "dpo_reward_accuracy": 0.8})
     write(run / "iter2" / "eval" / "reward_metrics.json",
           {"pairwise_accuracy": 0.7, "pairwise_tie_rate": 0.1, "five_best": 0.5, "exact_match": 0.12,
-           "spearman": 0.3, "kendall_tau": 0.25, "parse_rate": 0.97, "n_prompts": 59})
+           "spearman": 0.3, "kendall_tau": 0.25, "parse_rate": 0.97, "n_prompts": 59,
+           "intervals": {"pairwise_accuracy": [0.6, 0.8], "spearman": [0.1, 0.45], "five_best": None}})
     write(run / "iter2" / "eval" / "head_to_head.json",
           {"a": "runs/demo/iter2/model", "b": "runs/demo/iter1/model", "judge": "checkpoints/big-judge",
            "self_judged": None, "win": 0.5, "tie": 0.3, "loss": 0.2, "no_verdict": 3, "n_compared": 50,
+           "intervals": {"win": [0.36, 0.64], "tie": [0.18, 0.44], "loss": [0.1, 0.32]},
            "mean_chars_a": 1000.0, "mean_chars_b": 800.0, "position_1_rate": 0.55})
+    # M2 was selected from a DPO run: its steps are in dpo.train/ (the last line cut short by a crash)
+    (run / "iter2" / "dpo.train").mkdir()
+    (run / "iter2" / "dpo.train" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": k, "loss": 0.69 - 0.1 * k, "margins": 0.2 * k, "accuracy": 0.5 + 0.1 * k}) + "\n"
+                for k in (1, 2, 3)) + '{"step": 4, "lo')
     write(run / "iter2" / "selection.json",
-          {"against": "previous-model", "chosen": {"name": "step-000400", "step": 400, "path": "x"},
+          {"against": "previous-model", "promoted": {"name": "step-000400", "path": "x"},
+           "chosen": {"name": "step-000400", "step": 400, "path": "x"},
            "candidates": [{"name": "step-000200", "win": 0.4}, {"name": "step-000400", "win": 0.55},
                           {"name": "final", "win": None}]})
     # iteration 10 (sorted after 2): a summary with keys missing or of the wrong type, and a self-judged
@@ -71,17 +79,20 @@ def test_report_rows_per_iteration(tmp_path):
     assert loop[3].startswith("| 10 | - | - | 12 | - | 0 / 0 / 0 / 0 / 100 / 0 |")     # wrong types shown as "-"
     rm = section(text, "The model as a reward model")
     assert rm[0].startswith("| SFT baseline | 50.0% | - |") and rm[1].startswith("| 0 (M0, base) | 30.0% |")
-    assert rm[2] == "| 1 | 60.0% | - | 10.0% | 0.200 | 0.150 | 20.0% | 90.0% | 59 |"
+    assert rm[2] == "| 1 | 60.0% | - | 10.0% | 0.200 | 0.150 | 20.0% | 90.0% | 59 |"      # no intervals: values
+    assert rm[3] == "| 2 | 70.0% [60.0, 80.0] | 50.0% | 12.0% | 0.300 [0.100, 0.450] | 0.250 | 10.0% | 97.0% | 59 |"
     assert rm[4].startswith("| 3 | - | - |")
     assert "| *paper M3* | 81.7% | 43.2% | 14.3% | 0.349 | 0.324 |" in text
     assert "| *paper SFT baseline* | 65.1% | 39.6% | 10.1% | 0.253 | 0.233 |" in text
-    h2h = section(text, "Instruction following")                                       # from iteration 1
-    assert h2h[0].startswith("| 1 | M1 vs M0 | - |")
-    assert h2h[1] == ("| 2 | M2 vs M1 | 50.0% | 30.0% | 20.0% | 3 | 50 | 1000 / 800 | 1.25 | 55.0% | "
-                      "checkpoints/big-judge |")
-    assert h2h[3].startswith("| 10 | M10 vs M9 | 60.0% |") and h2h[3].endswith("iter10/model **(self-judged)** |")
-    assert "| *paper M2 vs M1* |  | 55.5% | 32.8% | 11.7% |" in text
-    assert "**Self-judged** in iteration 10:" in text
+    external = text.split("### Judged by a model that is not a contestant")[1].split("###")[0]
+    rows = [line for line in external.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
+    assert rows == ["| 2 | M2 vs M1 | 50.0% [36.0, 64.0] | 30.0% [18.0, 44.0] | 20.0% [10.0, 32.0] | 3 | 50 | "
+                    "1000 / 800 | 1.25 | 55.0% | checkpoints/big-judge |",
+                    "| *paper M2 vs M1* |  | 55.5% | 32.8% | 11.7% |  | 256 |  |  |  | GPT-4 |"]
+    own = text.split("### Self-judged: not comparable with the paper's numbers")[1].split("\n## ")[0]
+    rows = [line for line in own.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
+    # the self-judged row alone: no paper row beside it
+    assert rows == ["| 10 | M10 vs M9 | 60.0% | 30.0% | 10.0% | - | - | - / - | - | - | iter10/model (self-judged) |"]
     sel = section(text, "Checkpoint selection")
     assert sel == ["| 2 | step-000400 | previous-model | step-000200: 40%, **step-000400: 55%**, final: - |"]
 
@@ -93,12 +104,8 @@ def test_cli_writes_the_report_and_plots_when_matplotlib_is_installed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (run / "report.md").read_text()
     assert text.startswith("# Run `demo`")
-    if importlib.util.find_spec("matplotlib") is None:
-        assert "no plots: matplotlib is not installed" in text
-        pytest.skip("matplotlib is not installed (the optional `plots` extra): the Markdown was checked, the "
-                    "plots were not")
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert pngs == ["head_to_head.png", "lengths.png", "reward_model.png", "scores.png"]
+    assert pngs == ["dpo_training.png", "head_to_head.png", "lengths.png", "reward_model.png", "scores.png"]
     for name in pngs:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](plots/{name})" in text
@@ -113,3 +120,11 @@ def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "eval/report.py"), "--run", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().endswith("summary.json: expected a JSON object")
+
+
+def test_dpo_steps_and_error_bars(tmp_path):
+    iters, _ = read_run(fake_run(tmp_path))
+    steps = {it["iter"]: it["training"] for it in iters}
+    assert [r["step"] for r in steps[2]] == [1, 2, 3] and steps[1] == [] and steps[10] == []  # cut line skipped
+    below, above = error_bars([(1, 0.5, [0.4, 0.7]), (2, 0.3, None), (3, 0.2, [0.25, 0.5])])
+    assert below == pytest.approx([0.1, 0, 0]) and above == pytest.approx([0.2, 0, 0.3])
