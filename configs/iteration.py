@@ -37,7 +37,7 @@ from model.errors import FormatError
 from model.settings import apply_overrides, from_mapping, read_yaml
 from model.sources import code_digest
 from sample.generate import GenerateSettings
-from sample.self_instruct import SelfInstructSettings
+from sample.self_instruct import TEMPLATES, SelfInstructSettings
 from train.config import DPOConfig, SFTConfig, TrainConfig, load_config
 
 # what text must be to be written into make and a shell unquoted: nothing either would interpret
@@ -105,6 +105,11 @@ class Iteration:
     select: Select = field(default_factory=Select)
 
 
+# the settings that name one of a few choices: (section, key, the choices)
+CHOICES = (("pairs", "rule", sorted(RULES)), ("head_to_head", "tie_rule", TIE_RULES), ("select", "tie_rule", TIE_RULES),
+           ("select", "against", AGAINST), ("self_instruct", "template", TEMPLATES))
+
+
 def unsafe_text(settings, where: str) -> None:
     """Refuse any text setting, nested sections included, that make or the shell would read as code."""
     for f in fields(settings):
@@ -126,14 +131,10 @@ def load(path: str, overrides: list[str]) -> Iteration:
     for key in ("base_model", "ift", "ranked", "heldout"):
         if not getattr(cfg, key):
             raise FormatError(f"{path}: {key} is empty")
-    if cfg.pairs.rule not in RULES:
-        raise FormatError(f"{path}: pairs.rule must be one of {sorted(RULES)} (judge/pairs.py), got {cfg.pairs.rule!r}")
-    for section in ("head_to_head", "select"):
-        if getattr(cfg, section).tie_rule not in TIE_RULES:
-            raise FormatError(f"{path}: {section}.tie_rule must be one of {list(TIE_RULES)}, "
-                              f"got {getattr(cfg, section).tie_rule!r}")
-    if cfg.select.against not in AGAINST:
-        raise FormatError(f"{path}: select.against must be one of {list(AGAINST)}, got {cfg.select.against!r}")
+    for section, key, allowed in CHOICES:
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise FormatError(f"{path}: {section}.{key} must be one of {list(allowed)}, got {value!r}")
     return cfg
 
 

@@ -6,7 +6,7 @@ Reads, for every runs/R/iterN/ (N a number; any file may be missing, and so may 
   summary.json                 eval/summary.py, from which these keys are shown:
       "prompts"                  prompts answered in the iteration (self-instruct)
       "finish_reasons"           {"stop": n, "length": n} over the candidate answers
-      "pairs"                    DPO pairs built (judge/pairs.py)
+      "pairs", "pairs_per_prompt" DPO pairs built (judge/pairs.py), and their yield
       "judge_parse_rate"         fraction of the judge's outputs that gave a score (judge/score.py)
       "score_histogram"          {"0": count, ..., "5": count}: every parsed judgement, rounded
       "mean_chars_chosen", "mean_chars_rejected"   mean lengths of the pairs' answers (judge/pairs.py)
@@ -128,12 +128,12 @@ def _length_limited(finish_reasons) -> str:
 
 def loop_table(iters: list[dict]) -> list[str]:
     rows = [[it["iter"], number(s.get("prompts")), _length_limited(s.get("finish_reasons")), number(s.get("pairs")),
-             percent(s.get("judge_parse_rate")), _histogram(s.get("score_histogram")),
+             number(s.get("pairs_per_prompt"), ".2f"), percent(s.get("judge_parse_rate")), _histogram(s.get("score_histogram")),
              percent(s.get("dpo_reward_accuracy")),
              f"{number(s.get('mean_chars_chosen'))} / {number(s.get('mean_chars_rejected'))}",
              _ratio(s.get("mean_chars_chosen"), s.get("mean_chars_rejected"))]
             for it in iters if it["iter"] != 0 for s in [it["summary"]]]
-    return _table(["iter", "prompts", "answers cut at length limit", "pairs", "judge parse rate",
+    return _table(["iter", "prompts", "answers cut at length limit", "pairs", "pairs a prompt", "judge parse rate",
                    "scores 0/1/2/3/4/5 (% of judgements)", "DPO reward acc", "chars chosen / rejected", "ratio"], rows)
 
 

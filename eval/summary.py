@@ -7,7 +7,8 @@ summary) and writes, with the keys eval/report.py reads:
   "prompts", "self_instruct" ({reason: count} over every request),
   "candidates", "finish_reasons" ({"stop": n, "length": n}),
   "judgements", "judge_parse_rate", "score_histogram" ({"0".."5": count}, each parsed judgement rounded),
-  "neutralised", "pairs", "pairs_dropped" ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
+  "neutralised", "pairs", "pairs_per_prompt" (the yield: pairs / prompts judged), "pairs_dropped"
+  ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
   "chosen_longer", "train" (the trainer's last metrics line), "dpo_reward_accuracy", "final_loss",
   "reward_metrics" and "head_to_head" (copied from eval/, each with its "intervals": 95% bootstrap
   intervals over the prompts, and its number of prompts), and, for iteration 1, "base_reward_metrics"
@@ -57,7 +58,8 @@ def summarise(it: Path) -> dict:
         s["neutralised"] = sum(bool(r.get("neutralised")) for r in rows)
     pairs = read_json(it / "pairs.summary.json")
     if pairs:
-        s.update(pairs=pairs["pairs"], pairs_dropped=pairs["dropped"], mean_chars_chosen=pairs["mean_chars_chosen"],
+        s.update(pairs=pairs["pairs"], pairs_per_prompt=pairs.get("pairs_per_prompt"), pairs_dropped=pairs["dropped"],
+                 mean_chars_chosen=pairs["mean_chars_chosen"],
                  mean_chars_rejected=pairs["mean_chars_rejected"], chosen_longer=pairs["chosen_longer"])
     # the trainer's files: beside M_N, or beside the DPO run M_N was selected from (SELECT=1)
     selection = read_json(it / "selection.json")
@@ -92,7 +94,8 @@ def describe(s: dict) -> list[str]:
         lines.append(f"judgements: {s['judgements']}, parse rate {'-' if rate is None else f'{100 * rate:.1f}%'}, "
                      f"scores {s['score_histogram']}, neutralised {s['neutralised']}")
     if "pairs" in s:
-        lines.append(f"pairs: {s['pairs']} (dropped {s['pairs_dropped']}); mean chars chosen "
+        lines.append(f"pairs: {s['pairs']}, {number(s['pairs_per_prompt'], '.2f')} a prompt (dropped "
+                     f"{s['pairs_dropped']}); mean chars chosen "
                      f"{number(s['mean_chars_chosen'])} vs rejected {number(s['mean_chars_rejected'])}")
     if "train" in s:
         lines.append("training, last step: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -146,6 +146,7 @@ def build_pairs(rows: list[dict], min_gap: float = PairSettings.min_gap,
         "candidates": len(rows),
         "scored": sum(r["score"] is not None for r in rows),
         "pairs": len(pairs),
+        "pairs_per_prompt": len(pairs) / len(by_prompt) if by_prompt else None,  # the yield: at most 1
         "dropped": {**{reason: 0 for reason in DROP_REASONS}, **dropped},
         "rule": rule,
         "min_gap": min_gap,
@@ -175,7 +176,7 @@ def length_balance(pairs: list[dict]) -> dict:
 def summary_lines(stats: dict) -> list[str]:
     s = stats
     lines = [f"{s['candidates']} candidates for {s['prompts']} prompts, {s['scored']} with a score",
-             f"{s['pairs']} pairs from {s['prompts']} prompts; no pair: " +
+             f"{s['pairs']} pairs from {s['prompts']} prompts ({s['pairs_per_prompt'] or 0:.2f} a prompt); no pair: " +
              ", ".join(f"{n} {reason}" for reason, n in s["dropped"].items())
              + (f" (min gap {s['min_gap']:g})" if s["min_gap"] else "")]
     if s["pairs"]:

@@ -2,21 +2,37 @@
 
     python sample/self_instruct.py --model runs/R/iter1/model --seed-prompts data/seed/ift.jsonl \\
         --out runs/R/iter2/prompts.jsonl --n-prompts 200
+    python sample/self_instruct.py --template self-instruct --min-words 4 ...      (the paper's setting)
 
 As in the paper, each request shows the model 8 example tasks (6 drawn from the seed prompts and
 2 from the prompts generated so far, fewer at the start) and asks for one new task; it is sampled
-at temperature 0.6, top-p 0.9. The examples are numbered "Task 1:" .. "Task 8:" and the answer is
-started for the model with "Task 9:", so that even a small chat model writes a task rather than
-chatting about one. The task is what follows, up to the end of its line or the next "Task N:"
-label. It is dropped when it is:
+at temperature 0.6, top-p 0.9. One task is taken from each request. Two request formats
+(--template):
+  demo            a chat request: the examples numbered "Task 1:" .. "Task 8:", an instruction to
+                  write a new one, and the answer started for the model with "Task 9:", so that even
+                  a small chat model writes a task rather than chatting about one. The task is what
+                  follows, up to the end of its line or the next "Task N:" label.
+  self-instruct   Self-Instruct's own completion prompt (Wang et al. 2023): "Come up with a series of
+                  tasks:", the examples as a numbered list "1. " .. "8. " and "9." to continue, sent as
+                  plain text (no chat template), as Self-Instruct sent it to GPT-3. The task is the text
+                  after "9." up to the next numbered item or blank line, its whitespace collapsed.
+A task is dropped when it is:
   "empty"            nothing left after the clean-up;
+  "too short"        fewer than --min-words words; "too long": more than --max-words (Self-Instruct
+                     drops 3 words or fewer and more than 150: --min-words 4 --max-words 150);
+  "near-duplicate"   ROUGE-L F against a seed prompt or a prompt already kept of 0.7 or more (demo),
+                     above 0.7 (self-instruct, its rule);
+and, with the demo template:
   "template echo"    it repeats the request's own wording ("below are some tasks");
   "not a request"    an assistant talking instead of a user asking: it ends in ":" or opens like
                      an assistant's reply ("Sure", "Here is", "I'm an AI", ...);
-  "too short"        fewer than --min-words words; "too long": more than --max-words;
   "not a text task"  it asks for something a text model cannot do (see NON_TEXT: images, audio,
                      attached files, browsing);
-  "near-duplicate"   ROUGE-L F >= 0.7 against a seed prompt or a prompt already kept.
+with the self-instruct template, Self-Instruct's own filters instead:
+  "keyword"          one of its words a language model cannot act on (SELF_INSTRUCT_KEYWORDS: image,
+                     graph, picture, file, map, draw, plot, go to, ...), as a whole word, any case;
+  "write a program"  it starts "Write a program" (any case);
+  "punctuation start", "non-ASCII start"   its first character is punctuation, or not ASCII.
 Requests go on, a batch at a time, until --n-prompts are kept or --max-requests are spent.
 Every attempt, kept or dropped and why, is recorded in OUT.attempts.jsonl, which also makes the
 stage resumable: a rerun continues from the attempts written so far and gives what an
@@ -30,6 +46,7 @@ import json
 import os
 import random
 import re
+import string
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -55,6 +72,7 @@ class SelfInstructSettings(SamplingSettings):
     max_requests: int = 0           # give up after this many requests (0: 20 x n_prompts)
     min_words: int = 3              # shorter tasks are dropped ("too short")
     max_words: int = 150            # longer ones too ("too long")
+    template: str = "demo"          # the request format and its filters: one of TEMPLATES (see above)
     # every setting decides the prompts, the batch size too: each batch's requests show the prompts kept in
     # earlier batches
     speed_only: ClassVar[tuple[str, ...]] = ()
@@ -75,12 +93,35 @@ NON_TEXT = re.compile(r"\b(images?|pictures?|photos?|photographs?|draw(ing)?|ske
                       r"search the (web|internet))\b", re.I)
 
 
+# Self-Instruct's filters (its bootstrap_instructions.py): words a text model cannot act on.
+SELF_INSTRUCT_KEYWORDS = re.compile(r"\b(image|images|graph|graphs|picture|pictures|file|files|map|maps|draw|plot|"
+                                    r"go to)\b", re.I)
+TEMPLATES = ("demo", "self-instruct")
+
+
 def few_shot_request(examples: list[str]) -> str:
     return INSTRUCTION.format(examples="\n".join(f"Task {i}: {e}" for i, e in enumerate(examples, 1)))
 
 
-def extract_task(completion: str) -> str:
-    """The task a completion of "Task 9:" writes: up to the end of its line or the next "Task N:"."""
+def self_instruct_request(examples: list[str]) -> str:
+    """Self-Instruct's completion prompt: the examples as a numbered list, one line each, and the next number."""
+    listed = "".join(f"{i}. {' '.join(e.split()).rstrip(':')}\n" for i, e in enumerate(examples, 1))
+    return f"Come up with a series of tasks:\n{listed}{len(examples) + 1}."
+
+
+def encode_request(tokenizer, template: str, examples: list[str]) -> list[int]:
+    """A request's tokens: the demo's chat request with the answer begun, or Self-Instruct's plain-text prompt."""
+    if template == "self-instruct":
+        return tokenizer.encode(self_instruct_request(examples), bos=True)
+    return tokenizer.encode_chat([{"role": "user", "content": few_shot_request(examples)}]) + tokenizer.encode(
+        ANSWER_START)
+
+
+def extract_task(completion: str, template: str = "demo") -> str:
+    """The task a completion writes: after "Task 9:", up to the end of its line or the next "Task N:" (demo);
+    after "9.", up to the next numbered item or blank line, whitespace collapsed (self-instruct)."""
+    if template == "self-instruct":
+        return " ".join(re.split(r"\n\s*\d+\s*\.|\n\s*\n", completion, maxsplit=1)[0].split())
     text = re.split(r"\n|\btask\s*\d+\s*:", completion.strip(), maxsplit=1, flags=re.I)[0].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -109,25 +150,35 @@ def rouge_l(candidate: list[str], reference: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def drop_reason(task: str, known: list[list[str]], min_words: int, max_words: int,
+def drop_reason(task: str, known: list[list[str]], min_words: int, max_words: int, template: str = "demo",
                 threshold: float = 0.7) -> str | None:
-    """Why a generated task is dropped, or None to keep it; `known` holds the tokens of the
-    seed prompts and of every prompt kept so far."""
+    """Why a generated task is dropped under `template`'s filters (see the module doc), or None to keep it;
+    `known` holds the tokens of the seed prompts and of every prompt kept so far."""
     if not task:
         return "empty"
-    if ECHOES.search(task):
+    if template == "demo" and ECHOES.search(task):
         return "template echo"
-    if task.endswith(":") or CHATTER.search(task):
+    if template == "demo" and (task.endswith(":") or CHATTER.search(task)):
         return "not a request"
     words = len(task.split())
     if words < min_words:
         return "too short"
     if words > max_words:
         return "too long"
-    if NON_TEXT.search(task):
+    if template == "demo" and NON_TEXT.search(task):
         return "not a text task"
+    if template == "self-instruct":
+        if SELF_INSTRUCT_KEYWORDS.search(task):
+            return "keyword"
+        if task.lower().startswith("write a program"):
+            return "write a program"
+        if task[0] in string.punctuation:
+            return "punctuation start"
+        if not task[0].isascii():
+            return "non-ASCII start"
     tokens = rouge_tokens(task)
-    if any(rouge_l(tokens, k) >= threshold for k in known):
+    similar = (lambda score: score > threshold) if template == "self-instruct" else (lambda score: score >= threshold)
+    if any(similar(rouge_l(tokens, k)) for k in known):
         return "near-duplicate"
     return None
 
@@ -155,15 +206,14 @@ def request_prompts(sampler, tokenizer, log, seeds: list[str], settings: SelfIns
     known = [rouge_tokens(s) for s in seeds] + [rouge_tokens(k) for k in kept]
     while len(kept) < settings.n_prompts and start < max_requests:
         batch = range(start, min(start + B, max_requests))
-        requests = [few_shot_request(choose_examples(random.Random(row_seed(seed, "examples", r)), seeds, kept))
-                    for r in batch]
-        prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) + tokenizer.encode(ANSWER_START)
-                   for q in requests]
+        prompts = [encode_request(tokenizer, settings.template,
+                                  choose_examples(random.Random(row_seed(seed, "examples", r)), seeds, kept))
+                   for r in batch]
         outs = sampler.generate(prompts, params, n=1, seeds=[[row_seed(seed, r, 0)] for r in batch])
         rows = []
         for r, [completion] in zip(batch, outs):
-            task = extract_task(completion.text)
-            reason = drop_reason(task, known, settings.min_words, settings.max_words)
+            task = extract_task(completion.text, settings.template)
+            reason = drop_reason(task, known, settings.min_words, settings.max_words, settings.template)
             if reason is None:
                 kept.append(task)
                 known.append(rouge_tokens(task))
@@ -197,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up after this many (default 20 x n-prompts)")
     parser.add_argument("--min-words", type=non_negative_int, default=defaults.min_words, help="default %(default)s")
     parser.add_argument("--max-words", type=positive_int, default=defaults.max_words, help="default %(default)s")
+    parser.add_argument("--template", choices=TEMPLATES, default=defaults.template,
+                        help="request format and filters (default %(default)s; self-instruct: the paper's, see above)")
     parser.add_argument("--id-prefix", default="gen", help="ids are PREFIX-<request number>")
     return parser
 
@@ -228,7 +280,7 @@ def main(argv=None):
     # size does too (--n-prompts and --max-requests only say when to stop).
     record = {**settings_record(config, net, "sample/self_instruct.py"),
               "seed_prompts": hashlib.sha256(json.dumps(seeds).encode()).hexdigest(), "batch_size": args.batch_size,
-              "words": [args.min_words, args.max_words], "id_prefix": args.id_prefix}
+              "words": [args.min_words, args.max_words], "template": args.template, "id_prefix": args.id_prefix}
     log = open_output(attempts, rank, world, "sample/self_instruct.py", record, key_fields=("request",))
     if world > 1:
         dist.barrier()  # every rank has read the attempts so far before rank 0 appends

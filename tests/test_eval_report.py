@@ -29,7 +29,8 @@ def fake_run(tmp_path) -> Path:
            "spearman": 0.2, "kendall_tau": 0.15, "parse_rate": 0.9, "n_prompts": 59})
     # iteration 2: everything
     write(run / "iter2" / "summary.json",
-          {"prompts": 100, "finish_reasons": {"stop": 360, "length": 40}, "pairs": 40, "judge_parse_rate": 0.95,
+          {"prompts": 100, "finish_reasons": {"stop": 360, "length": 40}, "pairs": 40, "pairs_per_prompt": 0.4,
+           "judge_parse_rate": 0.95,
            "score_histogram": {"0": 0, "1": 10, "2": 10, "3": 20, "4": 50, "5": 10}, "mean_chars_chosen": 900.0,
            "mean_chars_rejected": 600.0, "dpo_reward_accuracy": 0.8})
     write(run / "iter2" / "eval" / "reward_metrics.json",
@@ -74,9 +75,10 @@ def test_report_rows_per_iteration(tmp_path):
     text, _ = report(run, plots=False)
     assert "4 iterations" in text
     loop = section(text, "The self-rewarding loop")                                     # no row for M0
-    assert loop[0] == "| 1 | - | - | - | - | - | - | - / - | - |"
-    assert loop[1] == "| 2 | 100 | 10% | 40 | 95.0% | 0 / 10 / 10 / 20 / 50 / 10 | 80.0% | 900 / 600 | 1.50 |"
-    assert loop[3].startswith("| 10 | - | - | 12 | - | 0 / 0 / 0 / 0 / 100 / 0 |")     # wrong types shown as "-"
+    assert loop[0] == "| 1 | - | - | - | - | - | - | - | - / - | - |"
+    assert loop[1] == ("| 2 | 100 | 10% | 40 | 0.40 | 95.0% | 0 / 10 / 10 / 20 / 50 / 10 | 80.0% | 900 / 600 | "
+                       "1.50 |")
+    assert loop[3].startswith("| 10 | - | - | 12 | - | - | 0 / 0 / 0 / 0 / 100 / 0 |")  # wrong types shown as "-"
     rm = section(text, "The model as a reward model")
     assert rm[0].startswith("| SFT baseline | 50.0% | - |") and rm[1].startswith("| 0 (M0, base) | 30.0% |")
     assert rm[2] == "| 1 | 60.0% | - | 10.0% | 0.200 | 0.150 | 20.0% | 90.0% | 59 |"      # no intervals: values

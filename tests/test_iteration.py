@@ -218,6 +218,7 @@ REFUSED = [
     ("heldout=''", "heldout is empty"),
     ("pairs.rule=longest", "pairs.rule must be one of"),
     ("select.against=everyone", "select.against must be one of"),
+    ("self_instruct.template=alpaca", r"self_instruct.template must be one of \[.demo., .self-instruct.\]"),
     ("dpo.set.lr=abc", r"dpo: .*dpo-tiny.yaml with overrides \['lr=abc'\]: lr: expected a finite number, got 'abc'"),
     ("dpo.set.lr=$(shell touch INJECTED)", "dpo: .*lr: expected a finite number"),
     ("sft.set.bta=0.2", r"sft: .*with overrides \['bta=0.2'\]: unknown key 'bta'"),

@@ -234,6 +234,7 @@ def test_build_pairs_counts_and_length_report():
     pairs, stats = build_pairs(rows)
     assert [p["id"] for p in pairs] == ["a", "b", "e"]
     assert stats["prompts"] == 5 and stats["candidates"] == 10 and stats["scored"] == 9 and stats["pairs"] == 3
+    assert stats["pairs_per_prompt"] == 3 / 5
     assert stats["dropped"] == {"fewer than 2 scored": 1, "tie": 1, "gap below min": 0}
     assert stats["neutralised"] == 2 and stats["neutralised_chosen"] == 1
     assert stats["mean_chars_chosen"] == pytest.approx((120 + 12 + 10) / 3)

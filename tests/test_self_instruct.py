@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sample.self_instruct import choose_examples, drop_reason, extract_task, few_shot_request, rouge_l, rouge_tokens
+from sample import self_instruct
+from sample.self_instruct import (choose_examples, drop_reason, encode_request, extract_task, few_shot_request,
+                                  rouge_l, rouge_tokens, self_instruct_request)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +59,78 @@ def test_few_shot_examples_come_from_seed_and_generated():
     assert sum(e.startswith("gen") for e in choose_examples(random.Random(0), seeds, ["gen a"])) == 1
     text = few_shot_request(ex)
     assert "Task 1: " in text and "Task 8: " in text and "Task 9" in text
+
+
+def test_self_instruct_request_is_its_numbered_completion_prompt():
+    # Self-Instruct's encode_prompt: a heading, "k. task" lines (whitespace collapsed, a trailing colon dropped),
+    # and the next number for the model to continue
+    text = self_instruct_request(["Name three  fruits.", "Translate this:\n'hello'", "Write a haiku:"])
+    assert text == ("Come up with a series of tasks:\n1. Name three fruits.\n2. Translate this: 'hello'\n"
+                    "3. Write a haiku\n4.")
+
+
+def test_self_instruct_requests_are_plain_text_and_the_demo_s_a_chat(tiny_checkpoint):
+    from model.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    examples = [f"Task number {i} here" for i in range(8)]
+    ids = encode_request(tokenizer, "self-instruct", examples)
+    assert ids == [tokenizer.bos_id] + tokenizer.encode(self_instruct_request(examples))
+    chat = encode_request(tokenizer, "demo", examples)
+    assert chat == (tokenizer.encode_chat([{"role": "user", "content": few_shot_request(examples)}])
+                    + tokenizer.encode("Task 9:"))
+
+
+def test_extract_task_self_instruct():
+    assert extract_task(" Write a haiku about rain.\n10. Another task", "self-instruct") == "Write a haiku about rain."
+    assert extract_task(" Explain tides\n  in simple words.\n\nunrelated", "self-instruct") == (
+        "Explain tides in simple words.")
+    assert extract_task("\n10. Only the next one", "self-instruct") == ""
+
+
+# Self-Instruct's filters, with its word limits (more than 3, at most 150)
+@pytest.mark.parametrize("task,reason", [
+    ("", "empty"),
+    ("Why is it?", "too short"),
+    (" ".join(["word"] * 151), "too long"),
+    ("Describe what this image shows, please.", "keyword"),
+    ("Plot the numbers one to ten.", "keyword"),
+    ("Tell me how to GO TO the station.", "keyword"),
+    ("Draw me a picture of a house.", "keyword"),
+    ("Summarise the files I have here.", "keyword"),
+    ("Write a program that sorts a list.", "write a program"),
+    ("write a program to add two numbers", "write a program"),
+    ('"Explain recursion to a child," she said.', "punctuation start"),
+    ("Élaborer une liste de courses simple.", "non-ASCII start"),
+    ("How do I reverse a list in Python?", "near-duplicate"),
+    ("Here is a new task: explain tides.", None),           # the demo's "not a request": kept here
+    ("Describe the attached audio recording in detail.", None),   # the demo's "not a text task": kept here
+    ("How do I read a file line by line?", "keyword"),       # "file": Self-Instruct drops it, the demo keeps it
+])
+def test_self_instruct_drop_reasons(task, reason):
+    known = [rouge_tokens("How do I reverse a list in Python?")]
+    assert drop_reason(task, known, min_words=4, max_words=150, template="self-instruct") == reason
+
+
+def test_near_duplicate_threshold_demo_at_or_above_self_instruct_above():
+    known = [["a", "b", "x", "y"]]
+    task = "a b c d"                              # tokens a b c d: LCS 2 of 4 and 4, so ROUGE-L F = 0.5 exactly
+    assert rouge_l(rouge_tokens(task), known[0]) == 0.5
+    assert drop_reason(task, known, 1, 150, "demo", threshold=0.5) == "near-duplicate"
+    assert drop_reason(task, known, 1, 150, "self-instruct", threshold=0.5) is None
+
+
+def test_cli_with_the_self_instruct_template(tmp_path, tiny_checkpoint, capsys):
+    self_instruct.main(["--model", str(tiny_checkpoint), "--seed-prompts", str(ROOT / "data/seed/ift.jsonl"),
+                        "--out", str(tmp_path / "p.jsonl"), "--n-prompts", "50", "--max-requests", "4",
+                        "--batch-size", "4", "--max-new-tokens", "12", "--min-words", "1",
+                        "--template", "self-instruct"])
+    attempts = [json.loads(line) for line in (tmp_path / "p.attempts.jsonl").read_text().splitlines()]
+    assert [a["request"] for a in attempts] == list(range(4))
+    for a in attempts:  # what was kept or dropped follows the self-instruct rules, applied again here
+        assert a["prompt"] == extract_task(a["raw"], "self-instruct")
+        assert a["dropped"] in (None, "empty", "too long", "keyword", "write a program", "punctuation start",
+                                "non-ASCII start", "near-duplicate")
+    assert "4 requests" in capsys.readouterr().err
 
 
 def run(tmp_path, ckpt, n_prompts, max_requests):
