@@ -70,13 +70,16 @@ PREV   := $(R)/iter$(shell expr $(N) - 1)
 
 ifneq ($(filter-out setup test model tiny-model gpu-check seed,$(MAKECMDGOALS)),)
 # Regenerated on every make, replaced only when it changes. Each stage's own settings, and a digest of the code
-# that runs it (its script and every project module it imports: model/sources.py), go to $(S)/<stage>,
+# that runs it (its script and every project module it imports: model/sources.py), go to $(S)/<stage> (those of
+# the stages of iteration N >= 2, which a config's `iterations:` entry may change, to $(S)/iterN/<stage>),
 # rewritten only when they change: stage targets depend on them, so a changed setting or an edit of the method
 # (judge/prompt.py, train/losses.py, ...) makes exactly the outputs it affects out of date (and the sampling
 # stages discard rows made with other settings or code).
 # A setting configs/iteration.py refuses (it says why on stderr) stops make here, before any stage.
-S := $(R)/settings
-CONFIG_OK := $(shell mkdir -p $(R) && $(PY) configs/iteration.py --stamps $(S) $(CONFIG) $(SET) > $(R)/config.mk.new \
+S  := $(R)/settings
+SN := $(S)/iter$(N)
+CONFIG_OK := $(shell mkdir -p $(R) && $(PY) configs/iteration.py --stamps $(S) --iter $(N) $(CONFIG) $(SET) \
+	> $(R)/config.mk.new \
 	&& (cmp -s $(R)/config.mk.new $(R)/config.mk || mv $(R)/config.mk.new $(R)/config.mk) && echo ok; rm -f $(R)/config.mk.new)
 $(if $(CONFIG_OK),,$(error $(CONFIG): settings refused (configs/iteration.py says why above)))
 include $(R)/config.mk
@@ -150,18 +153,18 @@ $(PREV)/model/params.json:
 prompts candidates judged pairs: %: $(I)/%.jsonl
 
 # 1. new prompts, written by M_{N-1} (or the fixed writer named in the config)
-$(I)/prompts.jsonl: $(PREV)/model/params.json $(IFT) $(S)/self_instruct
+$(I)/prompts.jsonl: $(PREV)/model/params.json $(IFT) $(SN)/self_instruct
 	mkdir -p $(I)
 	$(SI_LAUNCH) sample/self_instruct.py --model $(or $(SI_MODEL),$(PREV)/model) \
 		--seed-prompts $(IFT) --out $@ --seed $(SEED) --id-prefix it$(N) $(SI_ARGS) $(TP_FLAG)
 # 2. candidates: M_{N-1} answers each prompt `generate.samples` times
-$(I)/candidates.jsonl: $(I)/prompts.jsonl $(S)/generate
+$(I)/candidates.jsonl: $(I)/prompts.jsonl $(SN)/generate
 	$(LAUNCH) sample/generate.py --model $(PREV)/model --prompts $< --out $@ --seed $(SEED) $(GEN_ARGS) $(TP_FLAG)
 # 3. M_{N-1} judges each candidate `judge.samples` times
-$(I)/judged.jsonl: $(I)/candidates.jsonl $(S)/judge
+$(I)/judged.jsonl: $(I)/candidates.jsonl $(SN)/judge
 	$(LAUNCH) judge/score.py --model $(PREV)/model --candidates $< --out $@ --seed $(SEED) $(JUDGE_ARGS) $(TP_FLAG)
 # 4. a pair per prompt: best vs worst (pairs.rule)
-$(I)/pairs.jsonl: $(I)/judged.jsonl $(S)/pairs
+$(I)/pairs.jsonl: $(I)/judged.jsonl $(SN)/pairs
 	$(PY) judge/pairs.py --judged $< --out $@ --summary $(I)/pairs.summary.json $(PAIRS_ARGS)
 
 # 5. DPO(M_{N-1}) on the pairs, M_{N-1} as the reference, into DIR (a finished run out of date is removed first)
@@ -169,15 +172,15 @@ DPO = $(if $(wildcard $(1)/params.json),rm -rf $(1) $(1).train;) $(LAUNCH) train
 	--model $(PREV)/model --pairs $(I)/pairs.jsonl --out $(1) --resume $(DPO_SET)
 ifneq ($(SELECT),1)
 # M_N is DPO's final model
-$(I)/model/params.json: $(I)/pairs.jsonl $(S)/dpo
+$(I)/model/params.json: $(I)/pairs.jsonl $(SN)/dpo
 	$(call DPO,$(I)/model)
 else
 # With checkpoint selection (SELECT=1, select.enabled), DPO's run goes to $(I)/dpo and M_N is the snapshot (or final
 # model) that wins most often head to head against M_{N-1}. Prompts: select.prompts, or the last select.limit
 # held-out prompts (the head-to-head below takes the first head_to_head.limit).
-$(I)/dpo/params.json: $(I)/pairs.jsonl $(S)/dpo
+$(I)/dpo/params.json: $(I)/pairs.jsonl $(SN)/dpo
 	$(call DPO,$(I)/dpo)
-$(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT)) $(S)/select
+$(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT)) $(SN)/select
 	$(LAUNCH) eval/select_checkpoint.py --run $(R) --iter $(N) --model-dir $(I)/dpo --promote $(I)/model \
 		--prompts $(or $(SELECT_PROMPTS),$(HELDOUT)) $(if $(SELECT_PROMPTS),--limit,--last) $(SELECT_LIMIT) \
 		--judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS) $(TP_FLAG)
@@ -185,7 +188,7 @@ endif
 
 # 6. evaluation: M_N as a judge (above), and M_N against M_{N-1} head to head, judged by head_to_head.judge (the
 #    paper: GPT-4), or by M_N itself (self-judged, and flagged so) when the config names none
-$(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(S)/head_to_head
+$(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(SN)/head_to_head
 	mkdir -p $(I)/eval
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(or $(H2H_JUDGE),$(I)/model) \
 		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)

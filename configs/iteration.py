@@ -2,7 +2,7 @@
 read into the dataclasses below and turned into Make variables for `make iteration`.
 
     python configs/iteration.py configs/smollm2-135m.yaml generate.samples=2 judge.samples=1 > runs/demo/config.mk
-    python configs/iteration.py --stamps runs/demo/settings configs/smollm2-135m.yaml ...  (as make does)
+    python configs/iteration.py --stamps runs/demo/settings --iter 2 configs/smollm2-135m.yaml ...  (as make does)
 
 Each stage's section is the settings dataclass its script defines (sample/generate.py's GenerateSettings
 for `generate:`, ...), whose defaults are the only ones: the script's flags take them, a section leaves
@@ -12,11 +12,17 @@ keys are errors that name them, and so is a value of the wrong type (`generate.t
 `select.enabled: maybe`): model/settings.py reads the file. `section.key=value` arguments (VALUE read as
 YAML) override the file, and `make iteration ... SET="generate.samples=2 dpo.set.lr=5e-7"` passes them
 through. A trainer's `set:` keys are checked against its config (train/config.py) here, before any stage
-runs. The values become Make variables, so nothing in them may be code for make or the shell: text may
+runs. An `iterations:` mapping changes sections for one iteration N >= 2 (--iter N) and leaves the others as
+the file has them, as the paper sized each iteration's data:
+    self_instruct: {n_prompts: 4000}
+    iterations: {3: {self_instruct: {n_prompts: 7000}}, 4: {dpo: {set: {lr: 5.0e-7}}}}
+Only the sections of the iterations that build their own data may change (PER_ITERATION); the SFT stages and
+the reward-model evaluation are the run's. The values become Make variables, so nothing in them may be code for make or the shell: text may
 hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. With --stamps DIR it
 also writes DIR/<stage>, each stage's own settings and a digest of its code, touched only when they
-change, for the Makefile's stage targets to depend on.
+change, for the Makefile's stage targets to depend on (DIR/iterN/<stage> for the stages of PER_ITERATION).
 """
+import copy
 import hashlib
 import json
 import os
@@ -105,6 +111,10 @@ class Iteration:
     select: Select = field(default_factory=Select)
 
 
+# the sections an `iterations:` entry may change: the stages of the iterations that build their own data (N >= 2).
+# M0, M1, the SFT baseline and the reward-model evaluation are the run's, the same for every model. Their stamps
+# go to DIR/iterN/, a set per iteration, so that making iteration 3 with its own sizes leaves iteration 2 up to date.
+PER_ITERATION = ("self_instruct", "generate", "judge", "pairs", "dpo", "select", "head_to_head")
 # the settings that name one of a few choices: (section, key, the choices)
 CHOICES = (("pairs", "rule", sorted(RULES)), ("head_to_head", "tie_rule", TIE_RULES), ("select", "tie_rule", TIE_RULES),
            ("select", "against", AGAINST), ("self_instruct", "template", TEMPLATES))
@@ -121,13 +131,63 @@ def unsafe_text(settings, where: str) -> None:
                               "here may hold letters, digits and _ . / + @ - only")
 
 
-def load(path: str, overrides: list[str]) -> Iteration:
-    """The run's settings from its YAML file and section.key=value overrides, every value checked."""
-    values = apply_overrides(read_yaml(path), overrides)
-    if "base_model" not in values:
-        raise FormatError(f"{path}: base_model is required")
-    cfg = from_mapping(Iteration, values, f"{path}:")
-    unsafe_text(cfg, f"{path}:")
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` written over it, mappings merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def iteration_entries(values: dict, path: str) -> dict[int, dict]:
+    """The file's `iterations:` mapping, checked: {N: {section: {key: value}}} for N >= 2 and the sections of
+    PER_ITERATION only. (A SET override spells N as text: iterations.3.self_instruct.n_prompts=7000.)"""
+    entries = values.pop("iterations", None) or {}
+    if not isinstance(entries, dict):
+        raise FormatError(f"{path}: iterations: expected a mapping of iteration numbers to sections")
+    checked_entries = {}
+    for n, changes in entries.items():
+        number = int(n) if isinstance(n, str) and n.isdigit() else n
+        if not isinstance(number, int) or isinstance(number, bool) or number < 2:
+            raise FormatError(f"{path}: iterations.{n}: an iteration number is an integer, 2 or more (the "
+                              "iterations that build their own data)")
+        if not isinstance(changes, dict):
+            raise FormatError(f"{path}: iterations.{n}: expected a mapping of sections")
+        for section in changes:
+            if section not in PER_ITERATION:
+                raise FormatError(f"{path}: iterations.{n}.{section}: only {', '.join(PER_ITERATION)} may change "
+                                  "from one iteration to the next")
+        checked_entries[number] = merged(checked_entries.get(number, {}), changes)
+    return checked_entries
+
+
+def load(path: str, overrides: list[str], iteration: int | None = None) -> Iteration:
+    """The run's settings from its YAML file and section.key=value overrides, every value checked; for
+    `iteration` N, with the file's `iterations: {N: ...}` entry written over the sections it names (the
+    overrides win over both)."""
+    values = read_yaml(path)
+    values = apply_overrides(values, [o for o in overrides if o.startswith("iterations.")])
+    entries = iteration_entries(values, path)
+
+    def resolved(changes: dict, where: str) -> Iteration:
+        with_overrides = apply_overrides(merged(copy.deepcopy(values), changes),
+                                         [o for o in overrides if not o.startswith("iterations.")])
+        if "base_model" not in with_overrides:
+            raise FormatError(f"{path}: base_model is required")
+        return check(from_mapping(Iteration, with_overrides, where), where)
+    for n, changes in entries.items():  # every entry is checked, not only this iteration's, its trainer too
+        where = f"{path} (iterations.{n}):"
+        try:
+            trainer_configs(resolved(changes, where))
+        except FormatError as e:
+            raise FormatError(str(e) if str(e).startswith(where) else f"{where} {e}") from None
+    return resolved(entries.get(iteration, {}), f"{path}:")
+
+
+def check(cfg: Iteration, where: str) -> Iteration:
+    """What from_mapping's types do not say: text make and the shell take as it is, the choices, the paths."""
+    path = where.removesuffix(":")
+    unsafe_text(cfg, where)
     for key in ("base_model", "ift", "ranked", "heldout"):
         if not getattr(cfg, key):
             raise FormatError(f"{path}: {key} is empty")
@@ -273,16 +333,25 @@ def write_stamps(directory: str, records: dict[str, str]) -> None:
 
 def main():
     args = sys.argv[1:]
-    stamps = None
-    if len(args) >= 2 and args[0] == "--stamps":
-        stamps, args = args[1], args[2:]
+    stamps = iteration = None
+    while len(args) >= 2 and args[0] in ("--stamps", "--iter"):
+        if args[0] == "--stamps":
+            stamps = args[1]
+        elif not args[1].isdigit():
+            sys.exit(f"error: --iter {args[1]!r}: expected an iteration number")
+        else:
+            iteration = int(args[1])
+        args = args[2:]
     if not args or args[0] in ("-h", "--help"):
         sys.exit(__doc__)
     try:
-        cfg = load(args[0], args[1:])
+        cfg = load(args[0], args[1:], iteration)
         trainers = trainer_configs(cfg)
         if stamps:
-            write_stamps(stamps, stage_records(cfg, trainers))
+            records = stage_records(cfg, trainers)
+            write_stamps(stamps, {k: v for k, v in records.items() if k not in PER_ITERATION})
+            write_stamps(f"{stamps}/iter{iteration or 0}", {k: v for k, v in records.items()
+                                                             if k in PER_ITERATION})
         print(make_variables(cfg), end="")
     except (OSError, FormatError) as e:
         sys.exit(f"error: {e}")

@@ -27,7 +27,12 @@ The usable prompts are split as the paper split them (its section 3.1), each goi
                   the model as a reward model (the paper: 541);
   eft_pool.jsonl  the other prompts with two or more ranked replies, not in the IFT set either, in
                   ranked.jsonl's format: what the SFT baseline judges to build the EFT training data
-                  (judge/eft.py; the paper kept 1,630 examples).
+                  (judge/eft.py; the paper kept 1,630 examples);
+  valid.jsonl, heldout.jsonl   {"id", "prompt"}, only when --n-valid / --n-heldout ask for them: prompts
+                  for checkpoint selection and for the head-to-head evaluation, drawn from the prompts
+                  in none of the sets above (before the EFT pool takes the rest). The paper's own sets
+                  came from elsewhere (253 validation and 256 test prompts "from various sources",
+                  following Li et al. 2023a, Humpback); these stand in for them, from the same export.
 The draws are seeded (--seed) by a hash of (seed, set, prompt id), so they do not depend on the file's
 order, and each set keeps the file's order. A set asked for more prompts than qualify takes all of
 them (the summary says how many it got).
@@ -50,7 +55,7 @@ from model.errors import FormatError
 from model.jsonl import check_output, iter_jsonl, write_jsonl_atomic
 
 ROLES = ("prompter", "assistant")
-SETS = ("ift", "ranked", "eft_pool")  # the files written, NAME.jsonl
+SETS = ("ift", "ranked", "eft_pool", "valid", "heldout")  # the files written, NAME.jsonl (the last two if asked for)
 READY = "ready_for_export"
 N_IFT, N_RANKED = 3200, 541  # the paper's IFT seed and EFT evaluation sizes (its section 3.1)
 
@@ -199,20 +204,26 @@ def _drawn(rows: list[dict], n: int, seed: int, name: str) -> set:
 
 
 def build_sets(messages: list[Message], lang: str = "en", n_ift: int = N_IFT, n_ranked: int = N_RANKED,
-               seed: int = 0) -> tuple[dict[str, list[dict]], Counter]:
-    """{"ift", "ranked", "eft_pool"} rows (see the module doc; no prompt in two of them) and a Counter of
-    what happened to every message, summing to len(messages) (first_turns' and "prompt to NAME.jsonl",
-    "prompt unused: ...")."""
+               seed: int = 0, n_valid: int = 0, n_heldout: int = 0) -> tuple[dict[str, list[dict]], Counter]:
+    """{"ift", "ranked", "eft_pool", "valid", "heldout"} rows (see the module doc; no prompt in two of them)
+    and a Counter of what happened to every message, summing to len(messages) (first_turns' and "prompt to
+    NAME.jsonl", "prompt unused: ...")."""
     rows, counts = first_turns(messages, lang)
     has_best = [r for r in rows if r["replies"] and r["replies"][0]["rank"] == 0]
     ift, ift_able = _drawn(has_best, n_ift, seed, "ift"), {r["id"] for r in has_best}
     rankable = [r for r in rows if len(r["replies"]) >= 2 and r["id"] not in ift]
     ranked = _drawn(rankable, n_ranked, seed, "ranked")
+    valid = _drawn([r for r in rows if r["id"] not in ift | ranked], n_valid, seed, "valid")
+    heldout = _drawn([r for r in rows if r["id"] not in ift | ranked | valid], n_heldout, seed, "heldout")
     sets = {name: [] for name in SETS}
     for row in rows:
         if row["id"] in ift:
             sets["ift"].append({"id": row["id"], "prompt": row["prompt"], "response": row["replies"][0]["text"]})
             counts["prompt to ift.jsonl"] += 1
+        elif row["id"] in valid or row["id"] in heldout:
+            name = "valid" if row["id"] in valid else "heldout"
+            sets[name].append({"id": row["id"], "prompt": row["prompt"]})
+            counts[f"prompt to {name}.jsonl"] += 1
         elif row["id"] in ranked or len(row["replies"]) >= 2:
             name = "ranked" if row["id"] in ranked else "eft_pool"
             sets[name].append(row)
@@ -293,24 +304,36 @@ def rebalance(examples: list[dict], seed: int, max_fraction: float) -> list[dict
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="Open Assistant export files (.jsonl or .jsonl.gz)")
-    parser.add_argument("--out-dir", required=True, help="writes ift.jsonl, ranked.jsonl, eft_pool.jsonl here")
+    parser.add_argument("--out-dir", required=True,
+                        help="writes ift.jsonl, ranked.jsonl, eft_pool.jsonl (and valid.jsonl, heldout.jsonl) here")
     parser.add_argument("--lang", default="en", help="language tag of the prompts and replies to keep (default en)")
     parser.add_argument("--n-ift", type=int, default=N_IFT,
                         help="IFT prompts to draw (default %(default)s, the paper's)")
     parser.add_argument("--n-ranked", type=int, default=N_RANKED,
                         help="ranked prompts held out for evaluation (default %(default)s, the paper's); the other "
                              "ranked prompts outside the IFT set go to eft_pool.jsonl")
+    parser.add_argument("--n-valid", type=int, default=0,
+                        help="validation prompts for checkpoint selection, written to valid.jsonl (default 0: none; "
+                             "the paper used 253)")
+    parser.add_argument("--n-heldout", type=int, default=0,
+                        help="test prompts for the head-to-head evaluation, written to heldout.jsonl (default 0: "
+                             "none; the paper used 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     args = parser.parse_args(argv)
-    for flag, n in (("--n-ift", args.n_ift), ("--n-ranked", args.n_ranked)):
+    asked = {"valid": args.n_valid, "heldout": args.n_heldout}
+    written = [name for name in SETS if asked.get(name, 1) > 0]
+    for flag, n in (("--n-ift", args.n_ift), ("--n-ranked", args.n_ranked), ("--n-valid", args.n_valid),
+                    ("--n-heldout", args.n_heldout)):
         if n < 0:
             parser.error(f"{flag} must be 0 or more, got {n}")
     try:
-        for name in SETS:
+        for name in written:
             check_output(Path(args.out_dir) / f"{name}.jsonl", {f"--input {path}": path for path in args.input},
                          flag="--out-dir")
         messages, empty_trees = read_messages(args.input)
-        sets, counts = build_sets(messages, args.lang, args.n_ift, args.n_ranked, args.seed)
+        sets, counts = build_sets(messages, args.lang, args.n_ift, args.n_ranked, args.seed, args.n_valid,
+                                  args.n_heldout)
+        sets = {name: sets[name] for name in written}
         for name, rows in sets.items():
             write_jsonl_atomic(Path(args.out_dir) / f"{name}.jsonl", rows)
     except (FormatError, OSError) as e:
@@ -319,8 +342,9 @@ def main(argv=None):
     for key, n in sorted(counts.items()):
         print(f"  {key}: {n}")
     for name, rows in sets.items():
-        asked = {"ift": f" of {args.n_ift} asked for", "ranked": f" of {args.n_ranked} asked for"}.get(name, "")
-        print(f"wrote {Path(args.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts{asked}")
+        wanted = {"ift": args.n_ift, "ranked": args.n_ranked, **asked}.get(name)
+        print(f"wrote {Path(args.out_dir) / f'{name}.jsonl'}: {len(rows)} prompts"
+              + (f" of {wanted} asked for" if wanted is not None else ""))
 
 
 if __name__ == "__main__":

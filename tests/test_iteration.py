@@ -261,3 +261,43 @@ def test_make_and_shell_characters_in_trainer_settings_reach_the_trainer_as_text
     (tmp_path / "Makefile").write_text(f"V := {iteration.make_escaped(text)}\nall:\n\t@printf '%s' '$(V)'\n")
     out = subprocess.run(["make", "-s", "-C", str(tmp_path)], capture_output=True, text=True)
     assert out.stdout == text and not (tmp_path / "INJECTED").exists()
+
+
+def test_settings_per_iteration(tmp_path):
+    """An `iterations:` entry changes the sections it names for that iteration only (the paper sized each
+    iteration's data); overrides win over it; every entry is checked whichever iteration is made; the stamps of
+    the per-iteration stages are kept per iteration, so making iteration 3 leaves iteration 2 up to date."""
+    import yaml
+    iteration = _iteration_module()
+    values = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    values["iterations"] = {3: {"self_instruct": {"n_prompts": 7}, "dpo": {"set": {"lr": 3.0e-4}}}}
+    config = tmp_path / "sized.yaml"
+    config.write_text(yaml.safe_dump(values))
+    base = values["self_instruct"]["n_prompts"]
+    assert iteration.load(str(config), [], 2).self_instruct.n_prompts == base
+    three = iteration.load(str(config), [], 3)
+    assert three.self_instruct.n_prompts == 7 and three.dpo.set["lr"] == 3.0e-4
+    assert three.dpo.config == "configs/dpo-tiny.yaml"                              # merged, not replaced
+    assert iteration.load(str(config), ["self_instruct.n_prompts=9"], 3).self_instruct.n_prompts == 9
+    assert iteration.load(str(config), ["iterations.3.self_instruct.n_prompts=8"], 3).self_instruct.n_prompts == 8
+    for entry, message in [({1: {"self_instruct": {"n_prompts": 5}}}, r"iterations\.1: an iteration number is an integer"),
+                           ({3: {"sft": {"config": "x"}}}, r"iterations\.3\.sft: only self_instruct, generate"),
+                           ({4: {"generate": {"samples": "many"}}},
+                            r"\(iterations\.4\): generate\.samples: expected an integer, got 'many'"),
+                           ({4: {"dpo": {"set": {"lr": "abc"}}}}, r"\(iterations\.4\): dpo: .*lr: expected a finite")]:
+        config.write_text(yaml.safe_dump({**values, "iterations": entry}))
+        with pytest.raises(iteration.FormatError, match=message):
+            iteration.load(str(config), [], 2)
+    config.write_text(yaml.safe_dump(values))
+    stamps = tmp_path / "settings"
+    for n in (2, 3, 2):
+        proc = subprocess.run([sys.executable, str(ROOT / "configs/iteration.py"), "--stamps", str(stamps),
+                               "--iter", str(n), str(config)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert f"--n-prompts {7 if n == 3 else base} " in proc.stdout
+    for stage in iteration.PER_ITERATION:
+        assert (stamps / "iter2" / stage).is_file() and not (stamps / stage).exists()
+    assert "--n-prompts 7 " in (stamps / "iter3" / "self_instruct").read_text()
+    assert f"--n-prompts {base} " in (stamps / "iter2" / "self_instruct").read_text()
+    assert (stamps / "iter2" / "self_instruct").stat().st_mtime == 0        # never changed: dated 1970
+    assert (stamps / "sft").is_file() and (stamps / "reward_metrics").is_file()

@@ -185,6 +185,14 @@ def test_the_seeded_split(tmp_path):
     assert {r["id"] for r in other["ift"]} != set(ids["ift"])
     few = load([big], n_ift=500, n_ranked=500)[0]  # asked for more than there is: all of it
     assert (len(few["ift"]), len(few["ranked"]), len(few["eft_pool"])) == (200, 20, 0)
+    # validation and test prompts, when asked for: from the prompts in neither IFT nor ranked, before the EFT pool
+    sets = load([big], n_ift=120, n_ranked=30, seed=0, n_valid=15, n_heldout=25)[0]
+    held = {name: {r["id"] for r in sets[name]} for name in sets}
+    assert {name: len(held[name]) for name in held} == {"ift": 120, "ranked": 30, "eft_pool": 30, "valid": 15,
+                                                       "heldout": 25}
+    assert held["ift"] == set(ids["ift"]) and held["ranked"] == set(ids["ranked"])   # the same draws as before
+    assert sum(map(len, held.values())) == len(set().union(*held.values()))          # no prompt in two sets
+    assert set(sets["valid"][0]) == {"id", "prompt"} and sets["heldout"][0]["prompt"].startswith(("Question", "Unr"))
 
 
 def test_other_language(tmp_path):
@@ -202,6 +210,11 @@ def test_cli(tmp_path):
     assert "ift.jsonl: 1 prompts of 1 asked for" in run.stdout and "ranked.jsonl: 1 prompts of 1 asked for" in run.stdout
     sizes = {name: len(read_jsonl(tmp_path / "out" / f"{name}.jsonl")) for name in ("ift", "ranked", "eft_pool")}
     assert sizes["ift"] == sizes["ranked"] == 1 and sizes["eft_pool"] in (1, 2)  # p1 p4 p8 rankable, one maybe IFT
+    assert not (tmp_path / "out" / "valid.jsonl").exists()                        # not asked for: not written
+    run = subprocess.run([sys.executable, str(ROOT / "judge" / "oasst.py"), "--input", str(path),
+                          "--out-dir", str(tmp_path / "more"), "--n-ift", "1", "--n-ranked", "1", "--n-valid", "1",
+                          "--n-heldout", "1"], capture_output=True, text=True, check=True)
+    assert "valid.jsonl: 1 prompts of 1 asked for" in run.stdout and "heldout.jsonl: 1 prompts of 1" in run.stdout
     help_text = subprocess.run([sys.executable, str(ROOT / "judge" / "oasst.py"), "--help"],
                                capture_output=True, text=True, check=True).stdout
     assert "--n-ift" in help_text and "--n-ranked" in help_text and "messages.jsonl" in help_text
