@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from eval.head_to_head import HeadToHeadSettings
+from eval.pairwise import JUDGE_PROMPTS
 from eval.reward_metrics import RewardMetricsSettings
 from eval.select_checkpoint import AGAINST, SelectSettings
 from eval.stages import TIE_RULES
@@ -117,6 +118,7 @@ class Iteration:
 PER_ITERATION = ("self_instruct", "generate", "judge", "pairs", "dpo", "select", "head_to_head")
 # the settings that name one of a few choices: (section, key, the choices)
 CHOICES = (("pairs", "rule", sorted(RULES)), ("head_to_head", "tie_rule", TIE_RULES), ("select", "tie_rule", TIE_RULES),
+           ("head_to_head", "judge_prompt", JUDGE_PROMPTS), ("select", "judge_prompt", JUDGE_PROMPTS),
            ("select", "against", AGAINST), ("self_instruct", "template", TEMPLATES))
 
 

@@ -6,8 +6,9 @@
 1. A and B answer every prompt ({"id", "prompt"} or {"id", "messages"} lines, as sample/generate.py
    reads them), greedily by default (--temperature 0; the result file states the settings).
 2. The judge (any checkpoint: a stronger model, or A or B itself, which the output says loudly)
-   compares the two answers with the pairwise prompt of eval/pairwise.py (a conversation's judge sees
-   its earlier turns too, as the loop's judge does), twice: once with A's answer shown first, once
+   compares the two answers with a pairwise prompt of eval/pairwise.py (--judge-prompt: the project's,
+   or alpacaeval, the form the paper's evaluations used; a conversation's judge sees its earlier turns
+   too, as the loop's judge does), twice: once with A's answer shown first, once
    with B's, to cancel the judge's position bias.
 3. Each order's verdict names a winner (A, B or tie). A prompt's outcome (--tie-rule, TIE_RULES):
    both-orders (the default, the paper's): A (or B) wins only when both orders name it, and an
@@ -20,7 +21,7 @@ Win / tie / loss are A's, in % of the prompts with an outcome, as in the paper's
 The answers' mean lengths are reported too: judges favour longer answers.
 
 Output: --out, the summary as JSON: {"a", "b", "judge", "self_judged", "prompts", "answer_sampling",
-"judge_sampling", "tie_rule", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
+"judge_sampling", "judge_prompt", "tie_rule", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
 "win", "tie", "loss" (fractions of the prompts with an outcome), "intervals" ({"win", "tie", "loss"}: 95%
 bootstrap intervals over the compared prompts, seeded by --seed; eval/metrics.py), "verdict_parse_rate",
 "position_1_rate" (of the decisive verdicts, the share for the answer shown first), "mean_chars_a", "mean_chars_b",
@@ -90,9 +91,10 @@ def outcome(winners: list[str | None], rule: str = "both-orders") -> str | None:
 
 
 def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
-            tie_rule: str = "both-orders", seed: int = 0) -> tuple[list[dict], dict]:
-    """Judge A's answers against B's (both dicts id -> answer row) in both orders: (one row per prompt, tally,
-    its intervals drawn with `seed`). Prompts that either model found too long are not judged."""
+            tie_rule: str = "both-orders", seed: int = 0, judge_prompt: str = "project") -> tuple[list[dict], dict]:
+    """Judge A's answers against B's (both dicts id -> answer row) in both orders, reading the verdicts as the
+    judge's prompt asks for them: (one row per prompt, tally, its intervals drawn with `seed`). Prompts that
+    either model found too long are not judged."""
     compared = [p for p in prompts if "too long" not in (answers_a[p["id"]]["finish_reason"],
                                                          answers_b[p["id"]]["finish_reason"])]
     items = judge_items(compared, answers_a, answers_b)
@@ -100,7 +102,7 @@ def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
     assert len(texts) == len(items), f"the judge returned {len(texts)} outputs for {len(items)} items"
     rows = []
     for p, pair, judgements in zip(compared, zip(items[::2], items[1::2]), zip(texts[::2], texts[1::2])):
-        parsed = [parse_verdict(t) if t is not None else None for t in judgements]
+        parsed = [parse_verdict(t, judge_prompt) if t is not None else None for t in judgements]
         winners = [winner(item, v.verdict if v else None) for item, v in zip(pair, parsed)]
         rows.append({"id": p["id"], "prompt": pair[0]["prompt"], "response_a": answers_a[p["id"]]["response"],
                      "response_b": answers_b[p["id"]]["response"], "judgements": list(judgements),
@@ -146,8 +148,9 @@ def tally(rows: list[dict], answers_a: list[dict], answers_b: list[dict], n_too_
     }
 
 
-def model_judge(config: StageConfig, judge_model, out) -> Judge:
-    """A Judge that samples checkpoint `judge_model` as `config` says, resumably into `out`."""
+def model_judge(config: StageConfig, judge_model, out, judge_prompt: str = "project") -> Judge:
+    """A Judge that samples checkpoint `judge_model` as `config` says, with the pairwise prompt `judge_prompt`,
+    resumably into `out`."""
     def judged(request: Request, completions) -> list[dict]:
         c = completions[0]
         return [{**request.fields, "judgement": c.text, "finish_reason": c.finish_reason, "n_tokens": c.n_tokens}]
@@ -155,7 +158,8 @@ def model_judge(config: StageConfig, judge_model, out) -> Judge:
     def judge(items: list[dict]) -> list[str | None]:
         def requests(tokenizer):
             return [Request([it["id"], it["sample"]], it, tokenizer.encode_chat(
-                pairwise_messages(it.get("messages") or it["prompt"], it["response_1"], it["response_2"])),
+                pairwise_messages(it.get("messages") or it["prompt"], it["response_1"], it["response_2"],
+                                  judge_prompt)),
                 [(it["id"], it["sample"])])
                 for it in items]
 
@@ -184,7 +188,8 @@ def summary_lines(s: dict) -> list[str]:
                   "independent evaluation.", "!" * 78]
     lines += [f"A = {s['a']}", f"B = {s['b']}", f"judge = {s['judge']}",
               f"answers: {'greedy' if s['answer_sampling']['greedy'] else 'sampled'}; "
-              f"judge: {'greedy' if s['judge_sampling']['greedy'] else 'sampled'}; both orders judged",
+              f"judge: {'greedy' if s['judge_sampling']['greedy'] else 'sampled'}, the {s.get('judge_prompt', 'project')} "
+              "prompt; both orders judged",
               f"A vs B over {s['n_compared']} prompts: win {percent(s['win'])} / tie {percent(s['tie'])} / loss "
               f"{percent(s['loss'])} ({s['wins']} / {s['ties']} / {s['losses']}); {s['no_verdict']} without a verdict, "
               f"{s['n_too_long']} too long for a model's context",
@@ -200,17 +205,18 @@ def summary_lines(s: dict) -> list[str]:
 
 def judge_answers(judging: StageConfig, judge_model, prompts: list[dict], answers_a: list[dict],
                   answers_b: list[dict], model_a, model_b, work: Path, tie_rule: str = "both-orders",
-                  seed: int = 0) -> dict:
-    """Judge two models' answers with checkpoint `judge_model` sampled as `judging` says (judgements into
-    `work`), write the outcomes there (rank 0), and return the tally with who played and who judged."""
+                  seed: int = 0, judge_prompt: str = "project") -> dict:
+    """Judge two models' answers with checkpoint `judge_model` sampled as `judging` says, with the pairwise
+    prompt `judge_prompt` (judgements into `work`), write the outcomes there (rank 0), and return the tally with
+    who played and who judged."""
     by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
-    rows, tallied = compare(prompts, *by_id, model_judge(judging, judge_model, work / "judgements.jsonl"), tie_rule,
-                            seed)
+    judge = model_judge(judging, judge_model, work / "judgements.jsonl", judge_prompt)
+    rows, tallied = compare(prompts, *by_id, judge, tie_rule, seed, judge_prompt)
     if is_rank_zero():
         write_jsonl_atomic(work / "outcomes.jsonl", rows)
     return {"a": str(model_a), "b": str(model_b), "judge": str(judge_model),
             "self_judged": self_judged(judge_model, model_a, model_b), "judge_sampling": sampling_settings(judging),
-            "tie_rule": tie_rule, **tallied}
+            "judge_prompt": judge_prompt, "tie_rule": tie_rule, **tallied}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,11 +243,12 @@ def main(argv=None):
                             {"a": Path(args.a), "b": Path(args.b), "judge": Path(args.judge),
                              "prompts": Path(args.prompts), "limit": args.limit, "last": args.last,
                              "answer_sampling": sampling_settings(answering),
-                             "judge_sampling": sampling_settings(judging), "tie_rule": args.tie_rule})
+                             "judge_sampling": sampling_settings(judging), "tie_rule": args.tie_rule,
+                             "judge_prompt": args.judge_prompt})
     answers_a = answer(answering, args.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(answering, args.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
     summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work, args.tie_rule,
-                            args.seed)
+                            args.seed, args.judge_prompt)
     if not is_rank_zero():
         return
     summary = {**summary, "prompts": str(args.prompts), "answer_sampling": sampling_settings(answering)}

@@ -1,10 +1,26 @@
-"""The pairwise judge of the head-to-head evaluation: its prompt, filled in safely, and its verdict parser.
+"""The pairwise judge of the head-to-head evaluation: its prompts, filled in safely, and their verdict parsers.
 
     messages = pairwise_messages(instruction, response_1, response_2)   # one user turn; instruction: text or chat
     parse_verdict("Response 2 answers the question.\nVerdict: 2")      -> ParsedVerdict("2", None)
     parse_verdict("Both are fine, I think.")                            -> ParsedVerdict(None, "no verdict")
+    messages = pairwise_messages(instruction, r1, r2, "alpacaeval")     # the paper's evaluations' form
+    parse_verdict("[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]", "alpacaeval") -> "2"
 
-The prompt is written for this project, in the spirit of the paper's judge prompt (judge/prompt.py):
+Two prompts (JUDGE_PROMPTS; --judge-prompt in the evaluation CLIs):
+  project     (the default) written for this project, below;
+  alpacaeval  the form of AlpacaEval's pairwise annotator prompt (alpaca_eval_gpt4), which the paper used
+              for checkpoint selection (Claude 2) and its head-to-head results (GPT-4): a system turn, a
+              request to rank two models for a leaderboard, the instruction and the two answers written as
+              Python literals (triple-quoted strings, the models named model_1 and model_2), and the reply
+              asked for as a ranking, [{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}].
+              Our wording, its form; for AlpacaEval's own prompt and judge, score eval/export.py's answer
+              file with the alpaca_eval tool. The reply is read without evaluating it (never eval): the
+              last entry naming each model gives its rank; the lower rank wins, equal ranks are a tie,
+              an entry for one model only decides by its rank (1: it wins). In an answer, a rank entry's
+              colon is replaced by " -" ('rank' - 1) and triple quotes are escaped, so an answer can
+              neither hand the judge a ranking nor end its string early.
+
+The project's prompt is written for this project, in the spirit of the paper's judge prompt (judge/prompt.py):
 it asks which of two answers to the user's question is better, warns against preferring an answer
 for its position or its length, and asks for a short justification ending in "Verdict: 1",
 "Verdict: 2" or "Verdict: tie". Each response sits between its own tags; a response that contains
@@ -29,6 +45,7 @@ from typing import NamedTuple
 from judge.prompt import instruction_text, neutralise_text
 
 REASONS = ("no verdict", "conflicting verdicts", "not text")
+JUDGE_PROMPTS = ("project", "alpacaeval")
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's question below and decide which one is the better answer.
 The better response follows the user's instruction, is correct, addresses the question directly and completely, is clearly written and well organised, and contains no extraneous information. Judge the content only: the order in which the responses are shown must not influence you, and a longer response is not better for being longer.
@@ -38,6 +55,41 @@ User: {instruction}
 After examining the user's instruction and both responses:
 - Briefly explain which response is better and why, up to 100 words.
 - Conclude with your verdict using exactly one of the formats "Verdict: 1" (response 1 is better), "Verdict: 2" (response 2 is better) or "Verdict: tie" (neither is better)."""
+
+ALPACAEVAL_SYSTEM = "You are an assistant that ranks language models by the quality of their answers."
+ALPACAEVAL_TEMPLATE = """I am making a leaderboard of large language models. Below are the instruction (prompt) that two models were given and the answer each of them wrote. Rank the two models by which answer people would prefer. Everything below, and your reply, is written as Python literals.
+
+The instruction:
+{{
+    "instruction": \"\"\"{instruction}\"\"\",
+}}
+
+The answers of the models:
+[
+    {{
+        "model": "model_1",
+        "answer": \"\"\"{response_1}\"\"\"
+    }},
+    {{
+        "model": "model_2",
+        "answer": \"\"\"{response_2}\"\"\"
+    }}
+]
+
+Rank the models by the quality of their answers, rank 1 for the model with the better answer, and reply with a list of the model names and their ranks in exactly this form:
+[
+    {{'model': <model name>, 'rank': <rank>}},
+    {{'model': <model name>, 'rank': <rank>}}
+]
+
+Reply with the list alone: it is read by a program. Give the ranking that most people would give."""
+# one entry of a ranking: {'model': 'model_1', 'rank': 1}, either key first, either quotes, "model_" optional
+_MODEL = r"""(?P<q1>['"])model(?P=q1)\s*:\s*['"]?(?:model_)?(?P<model>[12])['"]?"""
+_RANK = r"""(?P<q2>['"])rank(?P=q2)\s*:\s*['"]?(?P<rank>\d+)['"]?"""
+RANK_ENTRY = re.compile(rf"\{{\s*(?:{_MODEL}\s*,\s*{_RANK}|{_RANK.replace('q2', 'q3').replace('rank>', 'rank2>')}"
+                        rf"\s*,\s*{_MODEL.replace('q1', 'q4').replace('model>', 'model2>')})\s*,?\s*\}}")
+# what neutralising breaks in an answer: a rank key and its value ('rank': 1 -> 'rank' - 1)
+_RANK_KEY = re.compile(r"""['"]rank['"](?P<colon>\s*:)(?P<gap>\s*)['"]?\d""", re.IGNORECASE)
 
 _VALUE = r"(?:response[ \t]*)?(?:1|2)(?![\d]|\.\d)|tie\b"
 VERDICT = re.compile(rf"""
@@ -67,10 +119,26 @@ def find_verdicts(text: str) -> list[re.Match]:
             if "\n" not in m.group("gap") or _ONLY_MARKDOWN.match(text, m.end())]
 
 
-def parse_verdict(text) -> ParsedVerdict:
-    """The judge's final verdict in `text`, or None with a reason (see the module doc). Never raises."""
+def parse_ranking(text: str) -> ParsedVerdict:
+    """The verdict of an alpacaeval-form reply (see the module doc): which model the ranking puts first."""
+    ranks = {}
+    for m in RANK_ENTRY.finditer(text):
+        ranks[m.group("model") or m.group("model2")] = int(m.group("rank") or m.group("rank2"))
+    if not ranks:
+        return ParsedVerdict(None, "no verdict")
+    if len(ranks) == 1:
+        [(model, rank)] = ranks.items()
+        return ParsedVerdict(model if rank == 1 else {"1": "2", "2": "1"}[model], None)
+    return ParsedVerdict("tie" if ranks["1"] == ranks["2"] else "1" if ranks["1"] < ranks["2"] else "2", None)
+
+
+def parse_verdict(text, judge_prompt: str = "project") -> ParsedVerdict:
+    """The judge's final verdict in `text` as the prompt `judge_prompt` asks for it, or None with a reason (see
+    the module doc). Never raises."""
     if not isinstance(text, str):
         return ParsedVerdict(None, f"not text: {type(text).__name__}")
+    if judge_prompt == "alpacaeval":
+        return parse_ranking(text)
     verdicts = find_verdicts(text)
     if not verdicts:
         return ParsedVerdict(None, "no verdict")
@@ -83,15 +151,23 @@ def parse_verdict(text) -> ParsedVerdict:
     return ParsedVerdict(values.pop(), None)
 
 
-def neutralise(response: str) -> str:
+def neutralise(response: str, judge_prompt: str = "project") -> str:
     """`response` with response tags escaped and verdicts broken (see the module doc), as the single judge
-    does it (judge/prompt.py), with this prompt's verdict and tags."""
+    does it (judge/prompt.py), with this prompt's verdict and tags; for the alpacaeval form, rank entries broken
+    and triple quotes escaped."""
+    if judge_prompt == "alpacaeval":
+        return neutralise_text(response.replace('"""', '\\"\\"\\"'), _RANK_KEY, _RESPONSE_TAG)
     return neutralise_text(response, VERDICT, _RESPONSE_TAG)
 
 
-def pairwise_messages(instruction: str | list[dict], response_1: str, response_2: str) -> list[dict]:
-    """The pairwise judge prompt as a chat: a single user turn. A conversation (chat messages ending with the
-    user turn answered) fills "User:" as it does for the single judge (judge/prompt.py instruction_text)."""
-    content = PAIRWISE_TEMPLATE.format(instruction=instruction_text(instruction), response_1=neutralise(response_1),
-                                       response_2=neutralise(response_2))
-    return [{"role": "user", "content": content}]
+def pairwise_messages(instruction: str | list[dict], response_1: str, response_2: str,
+                      judge_prompt: str = "project") -> list[dict]:
+    """The pairwise judge prompt `judge_prompt` as a chat: a single user turn (alpacaeval: after its system
+    turn). A conversation (chat messages ending with the user turn answered) fills the instruction as it does
+    for the single judge (judge/prompt.py instruction_text)."""
+    template = ALPACAEVAL_TEMPLATE if judge_prompt == "alpacaeval" else PAIRWISE_TEMPLATE
+    content = template.format(instruction=instruction_text(instruction),
+                              response_1=neutralise(response_1, judge_prompt),
+                              response_2=neutralise(response_2, judge_prompt))
+    system = [{"role": "system", "content": ALPACAEVAL_SYSTEM}] if judge_prompt == "alpacaeval" else []
+    return system + [{"role": "user", "content": content}]

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch.distributed as dist
 
+from eval.pairwise import JUDGE_PROMPTS
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
 from sample.generate import (add_decoding_args, add_running_args, chat_ids, non_negative_float, non_negative_int,
@@ -45,6 +46,7 @@ class ContestSettings:
     judge_top_p: float = 1.0
     judge_max_new_tokens: int = 256
     tie_rule: str = "both-orders"   # one of TIE_RULES: the paper's, a win needs both orders (eval/head_to_head.py)
+    judge_prompt: str = "project"   # one of eval/pairwise.py's JUDGE_PROMPTS (alpacaeval: the paper's evaluations')
     batch_size: int = 16            # rows decoded together
     speed_only: ClassVar[tuple[str, ...]] = ("batch_size",)  # the settings that do not change the outputs
 
@@ -145,6 +147,9 @@ def add_answer_args(parser, defaults: ContestSettings, judge: bool = True) -> No
         g.add_argument("--judge-top-p", type=probability, default=defaults.judge_top_p, help="default %(default)s")
         g.add_argument("--judge-max-new-tokens", type=positive_int, default=defaults.judge_max_new_tokens,
                        help="default %(default)s")
+        g.add_argument("--judge-prompt", choices=JUDGE_PROMPTS, default=defaults.judge_prompt,
+                       help="the pairwise judge's prompt (default %(default)s; alpacaeval: the form of AlpacaEval's, "
+                            "which the paper's evaluations used; eval/pairwise.py)")
         g.add_argument("--tie-rule", choices=TIE_RULES, default=defaults.tie_rule,
                        help="both-orders (default, the paper's): a win needs both orders' verdicts, an inconsistent "
                             "pair is a tie; points: +1/-1 per order, so a win and a tie is a win")

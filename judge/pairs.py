@@ -14,7 +14,9 @@ Per prompt id:
     highest score against the lowest, between equal scores the lowest sample index, a rule blind
     to the text and its length;
   - chosen and rejected scored the same: no pair ("tie"); scores closer than
-    --min-gap: no pair ("gap below min"). A pair always has a positive gap.
+    --min-gap: no pair ("gap below min"). A pair always has a positive gap;
+  - with --max-pairs K, the pairs after the first K, in prompt order, are left out ("over max_pairs"):
+    a data set of the paper's size (3,964 pairs for M2, 6,942 for M3) from enough prompts.
 Output, pairs.jsonl (TRL's DPO field names plus ids; judge/__init__.py), one line per pair, in prompt
 order, written atomically. The summary says how many prompts gave pairs and why the
 others did not, and compares chosen and rejected lengths (in characters):
@@ -41,7 +43,10 @@ class PairSettings:
     """The pair stage's settings, each the flag of the same name; these defaults are the only ones."""
     rule: str = "best_vs_worst"     # a name in RULES (below): the paper's best against worst
     min_gap: float = 0.0            # drop pairs whose scores are closer than this (0: only ties)
-DROP_REASONS = ("fewer than 2 scored", "tie", "gap below min")
+    max_pairs: int = 0              # keep the first max_pairs pairs, in prompt order (0: all; the paper's sizes)
+
+
+DROP_REASONS = ("fewer than 2 scored", "tie", "gap below min", "over max_pairs")
 
 
 def _check_row(row: dict) -> str | None:
@@ -127,15 +132,18 @@ def select_pair(candidates: list[dict], min_gap: float = PairSettings.min_gap,
             "rejected_sample": rejected["sample"]}, None
 
 
-def build_pairs(rows: list[dict], min_gap: float = PairSettings.min_gap,
-                rule: str = PairSettings.rule) -> tuple[list[dict], dict]:
-    """Pairs from judged rows (one per prompt id that gives one, in first-appearance order) and statistics."""
+def build_pairs(rows: list[dict], min_gap: float = PairSettings.min_gap, rule: str = PairSettings.rule,
+                max_pairs: int = PairSettings.max_pairs) -> tuple[list[dict], dict]:
+    """Pairs from judged rows (one per prompt id that gives one, in first-appearance order, at most max_pairs
+    when it is not 0) and statistics."""
     by_prompt: dict = {}
     for row in rows:
         by_prompt.setdefault(row["id"], []).append(row)
     pairs, dropped = [], Counter()
     for candidates in by_prompt.values():
         pair, reason = select_pair(candidates, min_gap, rule)
+        if pair is not None and max_pairs and len(pairs) == max_pairs:
+            pair, reason = None, "over max_pairs"
         if pair is None:
             dropped[reason] += 1
         else:
@@ -146,10 +154,12 @@ def build_pairs(rows: list[dict], min_gap: float = PairSettings.min_gap,
         "candidates": len(rows),
         "scored": sum(r["score"] is not None for r in rows),
         "pairs": len(pairs),
-        "pairs_per_prompt": len(pairs) / len(by_prompt) if by_prompt else None,  # the yield: at most 1
+        # the yield, max_pairs aside: how many prompts an iteration needs for the pairs it wants
+        "pairs_per_prompt": (len(pairs) + dropped["over max_pairs"]) / len(by_prompt) if by_prompt else None,
         "dropped": {**{reason: 0 for reason in DROP_REASONS}, **dropped},
         "rule": rule,
         "min_gap": min_gap,
+        "max_pairs": max_pairs,
         "neutralised": len(neutralised),
         "neutralised_chosen": sum((p["id"], p["chosen_sample"]) in neutralised for p in pairs),
         **length_balance(pairs),
@@ -176,7 +186,8 @@ def length_balance(pairs: list[dict]) -> dict:
 def summary_lines(stats: dict) -> list[str]:
     s = stats
     lines = [f"{s['candidates']} candidates for {s['prompts']} prompts, {s['scored']} with a score",
-             f"{s['pairs']} pairs from {s['prompts']} prompts ({s['pairs_per_prompt'] or 0:.2f} a prompt); no pair: " +
+             f"{s['pairs']} pairs from {s['prompts']} prompts (a yield of {s['pairs_per_prompt'] or 0:.2f} pairs a "
+             "prompt); no pair: " +
              ", ".join(f"{n} {reason}" for reason, n in s["dropped"].items())
              + (f" (min gap {s['min_gap']:g})" if s["min_gap"] else "")]
     if s["pairs"]:
@@ -198,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop pairs whose score_chosen - score_rejected is below this (default 0: only ties)")
     parser.add_argument("--rule", default=PairSettings.rule, choices=sorted(RULES),
                         help="how a prompt's chosen and rejected answers are picked (default %(default)s, the paper's)")
+    parser.add_argument("--max-pairs", type=int, default=PairSettings.max_pairs,
+                        help="keep the first this many pairs, in prompt order (default 0: all)")
     parser.add_argument("--summary", help="also write the statistics as JSON to this file")
     return parser
 
@@ -207,11 +220,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not (math.isfinite(args.min_gap) and args.min_gap >= 0):
         parser.error(f"--min-gap must be a number >= 0, got {args.min_gap}")
+    if args.max_pairs < 0:
+        parser.error(f"--max-pairs must be 0 or more, got {args.max_pairs}")
     try:
         check_output(args.out, {"--judged": args.judged})
         if args.summary:
             check_output(args.summary, {"--judged": args.judged, "--out": args.out}, flag="--summary")
-        pairs, stats = build_pairs(read_judged(args.judged), args.min_gap, args.rule)
+        pairs, stats = build_pairs(read_judged(args.judged), args.min_gap, args.rule, args.max_pairs)
         write_jsonl_atomic(args.out, pairs)
         if args.summary:
             with open(args.summary, "w") as f:

@@ -235,7 +235,10 @@ def test_build_pairs_counts_and_length_report():
     assert [p["id"] for p in pairs] == ["a", "b", "e"]
     assert stats["prompts"] == 5 and stats["candidates"] == 10 and stats["scored"] == 9 and stats["pairs"] == 3
     assert stats["pairs_per_prompt"] == 3 / 5
-    assert stats["dropped"] == {"fewer than 2 scored": 1, "tie": 1, "gap below min": 0}
+    assert stats["dropped"] == {"fewer than 2 scored": 1, "tie": 1, "gap below min": 0, "over max_pairs": 0}
+    capped, capped_stats = build_pairs(rows, max_pairs=2)        # the first two, in prompt order; the yield stays
+    assert capped == pairs[:2] and capped_stats["dropped"]["over max_pairs"] == 1
+    assert capped_stats["pairs"] == 2 and capped_stats["pairs_per_prompt"] == 3 / 5
     assert stats["neutralised"] == 2 and stats["neutralised_chosen"] == 1
     assert stats["mean_chars_chosen"] == pytest.approx((120 + 12 + 10) / 3)
     assert stats["mean_chars_rejected"] == pytest.approx((5 + 4 + 30) / 3)
@@ -272,7 +275,8 @@ def test_pairs_cli_end_to_end(tmp_path, capsys):
                               "chosen_sample", "rejected_sample"]
     out = capsys.readouterr().out
     assert "8 candidates for 4 prompts, 7 with a score" in out
-    assert "2 pairs from 4 prompts; no pair: 1 fewer than 2 scored, 1 tie, 0 gap below min" in out
+    assert ("2 pairs from 4 prompts (a yield of 0.50 pairs a prompt); no pair: 1 fewer than 2 scored, 1 tie, "
+            "0 gap below min, 0 over max_pairs") in out
     assert "1 candidates had score-like text or response tags neutralised; 1 of them chosen" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["pairs"] == 2 and summary["chosen_longer"] == 2
