@@ -86,6 +86,10 @@ include $(R)/config.mk
 SELECT ?= $(SELECT_ENABLED)
 endif
 
+# the head-to-head comparisons of M_N (head_to_head.against): with M_{N-1} (for N >= 2) and with the SFT baseline
+H2H_FILES = $(if $(and $(filter previous both,$(H2H_AGAINST)),$(filter-out 1,$(N))),$(I)/eval/head_to_head.json) \
+	$(if $(filter baseline both,$(H2H_AGAINST)),$(I)/eval/head_to_head_baseline.json)
+
 # Under torchrun when NPROC > 1 (sampling, evaluation included: data parallel, or with tp: true tensor parallel;
 # training: FSDP).
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
@@ -136,7 +140,7 @@ $(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(RANKED) $(S)/re
 $(R)/baseline/summary.json: $(R)/baseline/model/params.json $(R)/baseline/eval/reward_metrics.json $(S)/summary
 	$(PY) eval/summary.py --iter $(@D) --out $@
 $(R)/iter1/summary.json: $(R)/iter1/model/params.json $(R)/iter1/eval/reward_metrics.json \
-		$(R)/iter0/eval/reward_metrics.json $(S)/summary
+		$(R)/iter0/eval/reward_metrics.json $(filter %baseline.json,$(H2H_FILES)) $(S)/summary
 	$(PY) eval/summary.py --iter $(@D) --out $@
 
 # ---- the judge's quality (the paper's reward-model metrics) for M1, the baseline and every later model
@@ -144,6 +148,13 @@ $(R)/%/eval/reward_metrics.json: $(R)/%/model/params.json $(RANKED) $(S)/reward_
 	mkdir -p $(@D)
 	$(LAUNCH) eval/reward_metrics.py --model $(R)/$*/model --ranked $(RANKED) --out $@ --seed $(SEED) \
 		$(RM_ARGS) $(TP_FLAG)
+
+# ---- M_N against the SFT baseline (head_to_head.against: baseline or both), judged as against M_{N-1} (below)
+$(I)/eval/head_to_head_baseline.json: $(I)/model/params.json $(R)/baseline/model/params.json $(HELDOUT) \
+		$(SN)/head_to_head
+	mkdir -p $(I)/eval
+	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(R)/baseline/model --judge $(or $(H2H_JUDGE),$(I)/model) \
+		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
 # ---- M_N for N >= 2: M_{N-1} builds its own preference data, then DPO
 ifneq ($(N),1)
@@ -186,14 +197,15 @@ $(I)/model/params.json: $(I)/dpo/params.json $(or $(SELECT_PROMPTS),$(HELDOUT)) 
 		--judge $(or $(SELECT_JUDGE),$(PREV)/model) --seed $(SEED) $(SELECT_ARGS) $(TP_FLAG)
 endif
 
-# 6. evaluation: M_N as a judge (above), and M_N against M_{N-1} head to head, judged by head_to_head.judge (the
-#    paper: GPT-4), or by M_N itself (self-judged, and flagged so) when the config names none
+# 6. evaluation: M_N as a judge (above), and M_N against M_{N-1} head to head (and the SFT baseline, above), judged
+#    by head_to_head.judge (the paper: GPT-4), or by M_N itself (self-judged, and flagged so) when the config names
+#    none
 $(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(SN)/head_to_head
 	mkdir -p $(I)/eval
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(or $(H2H_JUDGE),$(I)/model) \
 		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
-$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(I)/eval/head_to_head.json $(S)/summary
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(H2H_FILES) $(S)/summary
 	$(PY) eval/summary.py --iter $(I) --out $@
 else
 prompts candidates judged pairs:

@@ -69,10 +69,16 @@ class DPOTrainer:
     set: dict = field(default_factory=dict)
 
 
+H2H_AGAINST = ("previous", "baseline", "both")
+
+
 @dataclass
 class HeadToHead(HeadToHeadSettings):
-    """M_N against M_{N-1} on the held-out prompts. The field past HeadToHeadSettings' is the Makefile's."""
+    """M_N against M_{N-1} and/or the SFT baseline on the held-out prompts. The fields past HeadToHeadSettings'
+    are the Makefile's."""
     judge: str = ""             # the judge's checkpoint (the paper: GPT-4); empty = M_N, self-judged (flagged)
+    against: str = "previous"   # M_N's opponents, one of H2H_AGAINST: M_{N-1}, the SFT baseline (runs/RUN/baseline,
+                                # made if missing; M1 too is compared with it), or both, as the paper did
 
 
 @dataclass
@@ -119,7 +125,8 @@ PER_ITERATION = ("self_instruct", "generate", "judge", "pairs", "dpo", "select",
 # the settings that name one of a few choices: (section, key, the choices)
 CHOICES = (("pairs", "rule", sorted(RULES)), ("head_to_head", "tie_rule", TIE_RULES), ("select", "tie_rule", TIE_RULES),
            ("head_to_head", "judge_prompt", JUDGE_PROMPTS), ("select", "judge_prompt", JUDGE_PROMPTS),
-           ("select", "against", AGAINST), ("self_instruct", "template", TEMPLATES))
+           ("select", "against", AGAINST), ("head_to_head", "against", H2H_AGAINST),
+           ("self_instruct", "template", TEMPLATES))
 
 
 def unsafe_text(settings, where: str) -> None:
@@ -244,7 +251,7 @@ def variables(cfg: Iteration) -> dict:
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
         "RM_ARGS": flags(cfg.reward_metrics), "H2H_ARGS": flags(cfg.head_to_head, HeadToHeadSettings),
-        "H2H_JUDGE": cfg.head_to_head.judge,
+        "H2H_JUDGE": cfg.head_to_head.judge, "H2H_AGAINST": cfg.head_to_head.against,
         "SELECT_ENABLED": int(cfg.select.enabled), "SELECT_JUDGE": cfg.select.judge,
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
         "SELECT_ARGS": flags(cfg.select, SelectSettings),

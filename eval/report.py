@@ -15,7 +15,7 @@ Reads, for every runs/R/iterN/ (N a number; any file may be missing, and so may 
                                "reward_metrics"); iter0's is the base model M0's, and runs/R/baseline/'s
                                the IFT-only SFT baseline's, shown when there
   eval/head_to_head.json       eval/head_to_head.py --out, with A = M_N and B = M_{N-1} (else summary.json's
-                               "head_to_head")
+                               "head_to_head"); eval/head_to_head_baseline.json, B = the SFT baseline
   selection.json               eval/select_checkpoint.py: the DPO checkpoint chosen as M_N
   model.train/metrics.jsonl    DPO's steps (train/loop.py; dpo.train/ when M_N was selected from a DPO run)
 and writes runs/R/report.md: a table per concern with a row per iteration (the loop's own statistics;
@@ -61,13 +61,16 @@ def read_json(path: Path) -> dict:
 
 
 def read_iteration(n: int | str, d: Path) -> dict:
-    """{"iter", "summary", "reward", "h2h", "selection"} of one iteration directory (each {} when absent)."""
+    """{"iter", "summary", "reward", "h2h", "h2h_baseline", "selection", "training"} of one iteration directory
+    (each {} or [] when absent)."""
     summary = read_json(d / "summary.json")
     reward = read_json(d / "eval" / "reward_metrics.json") or summary.get("reward_metrics")
     h2h = read_json(d / "eval" / "head_to_head.json") or summary.get("head_to_head")
+    h2h_baseline = read_json(d / "eval" / "head_to_head_baseline.json") or summary.get("head_to_head_baseline")
     selection = read_json(d / "selection.json")
     return {"iter": n, "summary": summary, "reward": reward if isinstance(reward, dict) else {},
-            "h2h": h2h if isinstance(h2h, dict) else {}, "selection": selection,
+            "h2h": h2h if isinstance(h2h, dict) else {},
+            "h2h_baseline": h2h_baseline if isinstance(h2h_baseline, dict) else {}, "selection": selection,
             "training": read_dpo_steps(d / ("dpo.train" if selection.get("promoted") else "model.train"))}
 
 
@@ -156,14 +159,20 @@ def judged_by(h: dict) -> str:
     return "/".join(Path(str(h.get("judge", "-"))).parts[-2:])
 
 
+# the opponents of M_N: the key read_iteration keeps each comparison under, and how a table names it
+OPPONENTS = (("h2h", "M{previous}"), ("h2h_baseline", "SFT baseline"))
+
+
 def head_to_head_table(iters: list[dict], self_judged: bool) -> list[str]:
-    """The head-to-head rows whose judge is (self_judged) or is not one of the contestants; the paper's GPT-4
-    row only beside the external judges' rows, the only ones it can be compared with."""
+    """The head-to-head rows, against M_{N-1} and against the SFT baseline, whose judge is (self_judged) or is
+    not one of the contestants; the paper's GPT-4 row only beside the external judges' rows, the only ones it
+    can be compared with."""
     rows = []
-    for it in (it for it in iters if it["h2h"] and bool(it["h2h"].get("self_judged")) == self_judged):
-        h = it["h2h"]
+    for it, key, opponent in ((it, key, opponent) for it in iters for key, opponent in OPPONENTS
+                              if it[key] and bool(it[key].get("self_judged")) == self_judged):
+        h = it[key]
         intervals = h.get("intervals") or {}
-        rows.append([it["iter"], f"M{it['iter']} vs M{it['iter'] - 1}",
+        rows.append([it["iter"], f"M{it['iter']} vs {opponent.format(previous=it['iter'] - 1)}",
                      *(with_interval(h.get(k), intervals.get(k)) for k in ("win", "tie", "loss")),
                      number(h.get("no_verdict")), number(h.get("n_compared")),
                      f"{number(h.get('mean_chars_a'))} / {number(h.get('mean_chars_b'))}",
@@ -241,19 +250,23 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
                xticks=[n for n, _ in rm])
         ax.legend()
         save(fig, "reward_model.png")
-    h2h = [(it["iter"], it["h2h"]) for it in iters if is_number(it["h2h"].get("win"))]
-    if h2h:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for k, (key, color) in enumerate((("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red"))):
-            points = [(n, h[key], (h.get("intervals") or {}).get(key)) for n, h in h2h if is_number(h.get(key))]
-            ax.errorbar([n + 0.06 * (k - 1) for n, _, _ in points], [v for _, v, _ in points],
-                        yerr=error_bars(points), color=color, marker="o", capsize=3, label=key)
-        for n, h in h2h:
-            if h.get("self_judged"):
-                ax.annotate("self-judged", (n, 1.02), ha="center", fontsize=8)
-        ax.set(ylim=(0, 1.08), xlabel="iteration", ylabel="fraction of prompts", xticks=[n for n, _ in h2h],
-               title="M_N against M_{N-1}, head to head (95% intervals)")
-        ax.legend()
+    contests = [(title, [(it["iter"], it[key]) for it in iters if is_number(it[key].get("win"))])
+                for key, title in (("h2h", "M_N against M_{N-1}"), ("h2h_baseline", "M_N against the SFT baseline"))]
+    contests = [(title, h2h) for title, h2h in contests if h2h]
+    if contests:
+        fig, axes = plt.subplots(1, len(contests), figsize=(7 * len(contests), 4), squeeze=False)
+        for ax, (title, h2h) in zip(axes[0], contests):
+            for k, (key, color) in enumerate((("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red"))):
+                points = [(n, h[key], (h.get("intervals") or {}).get(key)) for n, h in h2h if is_number(h.get(key))]
+                ax.errorbar([n + 0.06 * (k - 1) for n, _, _ in points], [v for _, v, _ in points],
+                            yerr=error_bars(points), color=color, marker="o", capsize=3, label=key)
+            for n, h in h2h:
+                if h.get("self_judged"):
+                    ax.annotate("self-judged", (n, 1.02), ha="center", fontsize=8)
+            ax.set(ylim=(0, 1.08), xlim=(min(n for n, _ in h2h) - 0.5, max(n for n, _ in h2h) + 0.5),
+                   xlabel="iteration", ylabel="fraction of prompts", xticks=[n for n, _ in h2h],
+                   title=f"{title} (95% intervals)")
+            ax.legend()
         save(fig, "head_to_head.png")
     curves = [(it["iter"], it["training"]) for it in iters if it["training"]]
     if curves:
@@ -301,8 +314,9 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
              "Against human rankings. Tied scores count as wrong in pairwise accuracy; correlations are "
              "averaged over prompts (eval/metrics.py). The paper's rows: Llama-2-70B on Open Assistant (Table 4).", "",
              *reward_table(iters, baseline), "",
-             "## Instruction following: head to head with the previous model (eval/head_to_head.py)", "",
-             "Win / tie / loss of M_N, in % of the prompts with a verdict, each prompt judged in both orders. "
+             "## Instruction following: head to head (eval/head_to_head.py)", "",
+             "Win / tie / loss of M_N against the previous model and (head_to_head.against) the SFT baseline, in % "
+             "of the prompts with a verdict, each prompt judged in both orders. "
              "\"judge picks 1st\": the judge's share of decisive verdicts for the answer shown first (50% = no "
              "position bias). Length ratio above 1: M_N answers longer.", ""]
     external, own = head_to_head_table(iters, self_judged=False), head_to_head_table(iters, self_judged=True)

@@ -10,7 +10,8 @@ summary) and writes, with the keys eval/report.py reads:
   "neutralised", "pairs", "pairs_per_prompt" (the yield: pairs / prompts judged), "pairs_dropped"
   ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
   "chosen_longer", "train" (the trainer's last metrics line), "dpo_reward_accuracy", "final_loss",
-  "reward_metrics" and "head_to_head" (copied from eval/, each with its "intervals": 95% bootstrap
+  "reward_metrics", "head_to_head" and "head_to_head_baseline" (M_N against the SFT baseline, with
+  head_to_head.against: baseline or both) (copied from eval/, each with its "intervals": 95% bootstrap
   intervals over the prompts, and its number of prompts), and, for iteration 1, "base_reward_metrics"
   (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training; with
   checkpoint selection (SELECT=1), "selected" (the snapshot promoted to M_N) and "selection" (each
@@ -75,6 +76,7 @@ def summarise(it: Path) -> dict:
             s["dpo_reward_accuracy"] = train["accuracy"]
     for key, path in (("reward_metrics", it / "eval/reward_metrics.json"),
                       ("head_to_head", it / "eval/head_to_head.json"),
+                      ("head_to_head_baseline", it / "eval/head_to_head_baseline.json"),
                       ("base_reward_metrics", it.parent / "iter0/eval/reward_metrics.json")):
         if key == "base_reward_metrics" and it.name != "iter1":
             continue
@@ -106,12 +108,13 @@ def describe(s: dict) -> list[str]:
     if "selected" in s:
         lines.append(f"selected as M_N: {s['selected']} of {json.dumps(s['selection'])[:300]}")
     for key, shown in (("base_reward_metrics", ("pairwise_accuracy", "spearman")),
-                       ("reward_metrics", ("pairwise_accuracy", "spearman")), ("head_to_head", ("win", "tie", "loss"))):
+                       ("reward_metrics", ("pairwise_accuracy", "spearman")), ("head_to_head", ("win", "tie", "loss")),
+                       ("head_to_head_baseline", ("win", "tie", "loss"))):
         if key in s:
             short = {k: v for k, v in s[key].items() if not isinstance(v, (dict, list))}
             lines.append(f"{key.replace('_', ' ')}: {json.dumps(short)[:400]}")
             intervals = s[key].get("intervals") or {}
-            n = s[key].get("n_prompts" if key != "head_to_head" else "n_compared")
+            n = s[key].get("n_compared" if key.startswith("head_to_head") else "n_prompts")
             lines.append(f"  95% intervals over {n} prompts: " + ", ".join(
                 f"{k} {with_interval(s[key].get(k), intervals.get(k), as_percent=k != 'spearman')}" for k in shown))
     return lines

@@ -42,6 +42,9 @@ def fake_run(tmp_path) -> Path:
            "self_judged": None, "win": 0.5, "tie": 0.3, "loss": 0.2, "no_verdict": 3, "n_compared": 50,
            "intervals": {"win": [0.36, 0.64], "tie": [0.18, 0.44], "loss": [0.1, 0.32]},
            "mean_chars_a": 1000.0, "mean_chars_b": 800.0, "position_1_rate": 0.55})
+    write(run / "iter2" / "eval" / "head_to_head_baseline.json",
+          {"judge": "checkpoints/big-judge", "self_judged": None, "win": 0.6, "tie": 0.3, "loss": 0.1, "n_compared": 50,
+           "intervals": {"win": [0.46, 0.74]}})
     # M2 was selected from a DPO run: its steps are in dpo.train/ (the last line cut short by a crash)
     (run / "iter2" / "dpo.train").mkdir()
     (run / "iter2" / "dpo.train" / "metrics.jsonl").write_text(
@@ -90,6 +93,8 @@ def test_report_rows_per_iteration(tmp_path):
     rows = [line for line in external.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
     assert rows == ["| 2 | M2 vs M1 | 50.0% [36.0, 64.0] | 30.0% [18.0, 44.0] | 20.0% [10.0, 32.0] | 3 | 50 | "
                     "1000 / 800 | 1.25 | 55.0% | checkpoints/big-judge |",
+                    "| 2 | M2 vs SFT baseline | 60.0% [46.0, 74.0] | 30.0% | 10.0% | - | 50 | - / - | - | - | "
+                    "checkpoints/big-judge |",
                     "| *paper M2 vs M1* |  | 55.5% | 32.8% | 11.7% |  | 256 |  |  |  | GPT-4 |"]
     own = text.split("### Self-judged: not comparable with the paper's numbers")[1].split("\n## ")[0]
     rows = [line for line in own.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
