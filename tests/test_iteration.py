@@ -301,3 +301,37 @@ def test_settings_per_iteration(tmp_path):
     assert f"--n-prompts {base} " in (stamps / "iter2" / "self_instruct").read_text()
     assert (stamps / "iter2" / "self_instruct").stat().st_mtime == 0        # never changed: dated 1970
     assert (stamps / "sft").is_file() and (stamps / "reward_metrics").is_file()
+
+
+def test_the_papers_setting_shows_in_a_dry_run(tmp_path):
+    """`make -n` on configs/llama2-70b.yaml, iteration 3 (its own sizes): the fixed prompt writer with Self-Instruct's
+    template and filters, the paper's pair count, DPO long enough for several checkpoints, selection against the
+    previous checkpoint by a named judge with the AlpacaEval prompt on its own validation prompts, and the head to
+    head against both opponents, judged alike, every sampling stage tensor parallel."""
+    base = tmp_path / "m0"
+    for model in (base, tmp_path / "t" / "iter2" / "model"):
+        model.mkdir(parents=True)
+        (model / "params.json").write_text("{}")
+    proc = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", "N=3", f"RUNS={tmp_path}", "RUN=t",
+                           "CONFIG=configs/llama2-70b.yaml", f"PY={sys.executable}",
+                           f"SET=base_model={base} ift=data/seed/ift.jsonl ranked=data/seed/ranked.trees.jsonl "
+                           "heldout=data/seed/heldout.jsonl select.prompts=data/seed/eft.jsonl"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.replace("\\\n", " ")
+    line = {script: next(x for x in out.splitlines() if script in x) for script in
+            ("self_instruct.py", "pairs.py", "dpo.py", "select_checkpoint.py", "head_to_head_baseline.json")}
+    assert "--model checkpoints/llama2-70b-chat" in line["self_instruct.py"]
+    assert all(f in line["self_instruct.py"] for f in ("--template self-instruct", "--min-words 4", "--max-words 150",
+                                                        "--n-prompts 8700", "--temperature 0.6", "--top-p 0.9"))
+    assert "--max-pairs 6942" in line["pairs.py"] and "--set epochs=3" in line["dpo.py"]
+    assert all(f in line["select_checkpoint.py"] for f in (
+        "--against previous-checkpoint", "--judge checkpoints/llama2-70b-chat", "--judge-prompt alpacaeval",
+        "--prompts data/seed/eft.jsonl", "--tie-rule both-orders"))
+    vs_previous = next(x for x in out.splitlines() if "head_to_head.json" in x)
+    for h2h in (vs_previous, line["head_to_head_baseline.json"]):
+        assert "--judge checkpoints/llama2-70b-chat" in h2h and "--judge-prompt alpacaeval" in h2h
+    assert f"--b {tmp_path}/t/baseline/model" in line["head_to_head_baseline.json"]
+    sampling = [x for x in out.splitlines() if any(s in x for s in ("generate.py", "score.py", "reward_metrics.py",
+                                                                     "head_to_head.py", "select_checkpoint.py"))]
+    assert sampling and all("--nproc_per_node=8" in x and x.rstrip().endswith("--tp") for x in sampling)
