@@ -17,6 +17,7 @@ Reads, for every runs/R/iterN/ (N a number; any file may be missing, and so may 
   eval/head_to_head.json       eval/head_to_head.py --out, with A = M_N and B = M_{N-1} (else summary.json's
                                "head_to_head"); eval/head_to_head_baseline.json, B = the SFT baseline
   selection.json               eval/select_checkpoint.py: the DPO checkpoint chosen as M_N
+  eval/outside.json            eval/outside.py: AlpacaEval 2.0 and MT-Bench as their own tools scored them
   model.train/metrics.jsonl    DPO's steps (train/loop.py; dpo.train/ when M_N was selected from a DPO run)
 and writes runs/R/report.md: a table per concern with a row per iteration (the loop's own statistics;
 reward-model metrics; head to head against the previous model, in two tables: judged by an outside model,
@@ -36,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from eval.outside import PAPER_ALPACAEVAL, PAPER_MT_BENCH
 from eval.reward_metrics import COLUMNS as RM_COLUMNS, CORRELATIONS, PAPER as PAPER_REWARD
 from eval.stages import is_number, number, percent, with_interval
 from judge import parse
@@ -61,8 +63,8 @@ def read_json(path: Path) -> dict:
 
 
 def read_iteration(n: int | str, d: Path) -> dict:
-    """{"iter", "summary", "reward", "h2h", "h2h_baseline", "selection", "training"} of one iteration directory
-    (each {} or [] when absent)."""
+    """{"iter", "summary", "reward", "h2h", "h2h_baseline", "selection", "outside", "training"} of one iteration
+    directory (each {} or [] when absent)."""
     summary = read_json(d / "summary.json")
     reward = read_json(d / "eval" / "reward_metrics.json") or summary.get("reward_metrics")
     h2h = read_json(d / "eval" / "head_to_head.json") or summary.get("head_to_head")
@@ -71,6 +73,7 @@ def read_iteration(n: int | str, d: Path) -> dict:
     return {"iter": n, "summary": summary, "reward": reward if isinstance(reward, dict) else {},
             "h2h": h2h if isinstance(h2h, dict) else {},
             "h2h_baseline": h2h_baseline if isinstance(h2h_baseline, dict) else {}, "selection": selection,
+            "outside": read_json(d / "eval" / "outside.json"),
             "training": read_dpo_steps(d / ("dpo.train" if selection.get("promoted") else "model.train"))}
 
 
@@ -185,6 +188,28 @@ def head_to_head_table(iters: list[dict], self_judged: bool) -> list[str]:
                  for name, wtl in PAPER_HEAD_TO_HEAD.items()]
     return _table(["iter", "A vs B", "win", "tie", "loss", "no verdict", "prompts", "answer chars A / B",
                    "ratio", "judge picks 1st", "judge"], rows)
+
+
+def outside_table(iters: list[dict], baseline: dict | None) -> list[str]:
+    """The outside benchmarks' scores (eval/outside.py) of each model that has them, beside the paper's."""
+    def label(it):
+        return "SFT baseline" if it["iter"] == "SFT baseline" else f"M{it['iter']}"
+    rows = []
+    for it in ([baseline] if baseline else []) + iters:
+        a, m = it["outside"].get("alpacaeval") or {}, it["outside"].get("mt_bench") or {}
+        if not (a or m):
+            continue
+        name = label(it)
+        paper_a, paper_m = PAPER_ALPACAEVAL.get(name), PAPER_MT_BENCH.get(name)
+        rows.append([it["iter"], f"{number(a.get('win_rate'), '.2f')}% ± {number(a.get('standard_error'), '.2f')}"
+                     if a else "-", number(a.get("length_controlled_winrate"), ".2f"), number(a.get("avg_length")),
+                     "-" if paper_a is None else f"{paper_a:.2f}%", number(m.get("score"), ".2f"),
+                     "-" if paper_m is None else f"{paper_m:.2f}"])
+    if not rows:
+        return ["(none read yet: score eval/export.py's answer files with alpaca_eval and FastChat's llm_judge, "
+                "then `python eval/outside.py --iter runs/RUN/iterN ...`)"]
+    return _table(["iter", "AlpacaEval 2.0 win rate ± s.e.", "length-controlled", "mean chars",
+                   "paper (Llama-2-70B)", "MT-Bench", "paper (Llama-2-70B)"], rows)
 
 
 def selection_table(iters: list[dict]) -> list[str]:
@@ -328,7 +353,11 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
                   "not an independent evaluation, and they are not to be read beside the paper's GPT-4 win rates. "
                   "Name an outside judge (head_to_head.judge in the config) for numbers that can be.", "",
                   *own, ""]
-    lines += ["## Checkpoint selection (eval/select_checkpoint.py)", "", *selection_table(iters), ""]
+    lines += ["## Outside benchmarks (eval/outside.py)", "",
+              "AlpacaEval 2.0: win rate against GPT-4 Turbo, judged by GPT-4 Turbo, with the tool's standard error "
+              "(the paper's predates length control); MT-Bench: GPT-4's mean single-answer score of 10.", "",
+              *outside_table(iters, baseline), "",
+              "## Checkpoint selection (eval/select_checkpoint.py)", "", *selection_table(iters), ""]
     if pngs:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(run).as_posix()})" for p in pngs] + [""]
     elif plots:
