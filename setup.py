@@ -27,7 +27,7 @@ setup(
         "flash": ["flash-attn"],
         "plots": ["matplotlib"],
         # transformers is only a reference implementation for the tests, never imported by the project.
-        "dev": ["pytest", "transformers>=4.45", "accelerate", "protobuf",  # transformers needs them for GGUF and tokenizer.model
+        "dev": ["pytest", "pytest-xdist", "transformers>=4.45", "accelerate", "protobuf",  # transformers needs them for GGUF and tokenizer.model
                 "gguf>=0.10", "tokenizers>=0.19", "scipy"],
     },
 )

@@ -113,19 +113,22 @@ def _export(path: Path, n: int) -> Path:
     return path
 
 
-def test_the_papers_data_path_in_make(tmp_path, tiny_checkpoint):
-    """make seed: IFT, the held-out ranked set and the EFT pool from an Open Assistant export, disjoint and of
-    the sizes asked for; with eft_pool in the config, M1's EFT data is the SFT baseline's judgements of the pool
-    (judge/eft.py), and M1 trains on IFT + that."""
+def test_the_papers_data_path_in_make(tmp_path, tiny_checkpoint, score_writer):
+    """make seed: IFT, the held-out ranked set, validation and test prompts and the EFT pool from an Open
+    Assistant export, disjoint and of the sizes asked for; with eft_pool in the config, M1's EFT data is the SFT
+    baseline's judgements of the pool (judge/eft.py), and M1 trains on IFT + that: planned, then run, from a
+    base model that judges (conftest.py's score_writer)."""
     export = _export(tmp_path / "oasst.trees.jsonl", 30)
     seed_dir = tmp_path / "oasst"
     made = subprocess.run(["make", "-C", str(ROOT), "seed", f"OASST={export}", f"SEED_DIR={seed_dir}",
-                           "SEED_ARGS=--n-ift 12 --n-ranked 5", f"PY={sys.executable}"], capture_output=True, text=True)
+                           "SEED_ARGS=--n-ift 12 --n-ranked 5 --n-valid 2 --n-heldout 3", f"PY={sys.executable}"],
+                          capture_output=True, text=True)
     assert made.returncode == 0, made.stdout + made.stderr
-    sets = {name: rows(seed_dir / f"{name}.jsonl") for name in ("ift", "ranked", "eft_pool")}
+    sets = {name: rows(seed_dir / f"{name}.jsonl") for name in ("ift", "ranked", "eft_pool", "valid", "heldout")}
     ids = {name: {r["id"] for r in rows_} for name, rows_ in sets.items()}
-    assert len(ids["ift"]) == 12 and len(ids["ranked"]) == 5 and len(ids["eft_pool"]) == 30 - 12 - 5
-    assert not (ids["ift"] & ids["ranked"] or ids["ift"] & ids["eft_pool"] or ids["ranked"] & ids["eft_pool"])
+    assert {name: len(v) for name, v in ids.items()} == {"ift": 12, "ranked": 5, "eft_pool": 30 - 12 - 5 - 2 - 3,
+                                                        "valid": 2, "heldout": 3}
+    assert len(set().union(*ids.values())) == 30                                   # no prompt in two sets
     assert all(r["response"].startswith("Answer 0 ") for r in sets["ift"])  # the rank-0 reply
 
     config = tmp_path / "paper.yaml"
@@ -144,6 +147,17 @@ def test_the_papers_data_path_in_make(tmp_path, tiny_checkpoint):
                 f"--data {run}/iter1/sft.jsonl --out {run}/iter1/model"]
     assert [next(i for i, line in enumerate(steps) if want in line) for want in expected] == [0, 1, 2, 3, 4], steps
     assert all(f"--ranked {seed_dir}/ranked.jsonl" in line for line in steps if "reward_metrics.py" in line)
+
+    # and run: the baseline, EFT by the baseline, M1 on IFT + EFT, M0 and M1 as judges with their intervals
+    done = make(tmp_path, score_writer, "N=1", f"CONFIG={config}", "RUN=p",
+                f"SET=base_model={score_writer} sft.set.max_steps=2 eft_judge.max_fraction=1.0")
+    eft = rows(run / "baseline" / "eft.jsonl")
+    assert eft and {r["id"].split("/")[0] for r in eft} <= ids["eft_pool"]          # "prompt id/reply id"
+    assert len(rows(run / "iter1" / "sft.jsonl")) == 12 + len(eft)
+    assert (run / "baseline" / "model" / "params.json").is_file() and "judge/eft.py" in done.stdout
+    summary = json.loads((run / "iter1" / "summary.json").read_text())
+    for key in ("base_reward_metrics", "reward_metrics"):
+        assert summary[key]["n_prompts"] == 3 and "pairwise_accuracy" in summary[key]["intervals"]
 
 
 def test_the_head_to_head_judge_is_a_setting(tmp_path):

@@ -2,11 +2,8 @@
 uninterrupted run gives; a corrupted stage output is reported, not used.
 
 For iteration 2 to build pairs, M1 must judge: its replies have to end in "Score: X" with X varying.
-A random model never writes that, so M1 here is built by hand: with every attention and feed-forward
-output projection zero, the residual stream is the current token's embedding, and the model is a
-bigram table we can write. Ours sends any token to "score", "score" to ":", ":" to " ", " " to a digit
-1-5 (equally likely) and a digit to end-of-text: every reply, answer or judgement, is "score: X" with
-X drawn from the sampler's seeded generator, and the judge's mean scores differ between candidates.
+A random model never writes that, so M1 here is conftest.py's score_writer, a bigram model built by hand
+whose every reply is "score: X".
 """
 import json
 import os
@@ -20,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import Transformer, load, save_model
+from model import load
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -29,43 +26,10 @@ SETTINGS = ["self_instruct.n_prompts=6", "self_instruct.batch_size=2", "generate
             "judge.samples=3", "judge.batch_size=2", "dpo.set.save_every=1", "dpo.set.epochs=2"]
 
 
-def score_writer(base: Path, out: Path) -> Path:
-    """A checkpoint with base's tokenizer whose every reply is "score: X", X uniform in 1..5."""
-    model, tok = load(base)
-    args = model.args
-    args.tie_embeddings = False
-    chain = tok.encode("score: 1")[:-1]                       # "▁score", ":", "▁" in the test vocabulary
-    digits = [tok.encode(f"score: {k}")[-1] for k in range(1, 6)]
-    assert all(tok.encode(f"score: {k}")[:-1] == chain for k in range(1, 6))
-    states = chain + digits + [tok.eos_id]
-    assert len(set(states)) == len(states) and len(states) < args.dim, "the bigram needs one direction a state"
-    net = Transformer(args)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        for layer in net.layers:  # wo and w2 stay zero: the blocks add nothing to the residual stream
-            layer.attention_norm.weight.fill_(1.0)
-            layer.ffn_norm.weight.fill_(1.0)
-        net.norm.weight.fill_(1.0)
-        emb, out_w = net.tok_embeddings.weight, net.output.weight
-        emb[:, 0] = 1.0                                       # direction 0: every other token
-        for j, t in enumerate(states, start=1):
-            emb[t] = 0.0
-            emb[t, j] = 1.0
-        # after RMSNorm a one-hot state is sqrt(dim) along its direction: logits of 25 vs 0 elsewhere
-        big = 25.0 / args.dim ** 0.5
-        nxt = {0: [chain[0]], **{j: [chain[j]] for j in range(1, len(chain))},
-               len(chain): digits, **{len(chain) + 1 + i: [tok.eos_id] for i in range(len(digits))}}
-        for direction, targets in nxt.items():
-            for t in targets:
-                out_w[t, direction] = big
-    save_model(out, net, tok)
-    return out
-
-
-def make(runs: Path, base: Path, *args, n: int = 2, goal: str = "iteration", **popen):
+def make(runs: Path, base: Path, *args, n: int = 2, goal: str = "iteration", settings: tuple = (), **popen):
     cmd = ["make", "-C", str(ROOT), goal, f"N={n}", f"RUNS={runs}", "RUN=r", "CONFIG=configs/tiny.yaml",
-           f"SET=base_model={base} self_instruct.model={base} " + " ".join(SETTINGS), f"PY={sys.executable}", *args]
+           f"SET=base_model={base} self_instruct.model={base} " + " ".join(SETTINGS + list(settings)),
+           f"PY={sys.executable}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if popen:
         return subprocess.Popen(cmd, text=True, env=env, **{"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen})
@@ -91,12 +55,11 @@ def kill_when(runs: Path, base: Path, ready, what: str):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_checkpoint):
+def runs(tmp_path_factory, tiny_checkpoint, score_writer):
     """Two runs of iteration 2 from the same M1: one uninterrupted, one killed twice."""
     root = tmp_path_factory.mktemp("runs")
-    m1 = score_writer(tiny_checkpoint, root / "m1")
     for name in ("whole", "killed"):
-        shutil.copytree(m1, root / name / "r" / "iter1" / "model")
+        shutil.copytree(score_writer, root / name / "r" / "iter1" / "model")
     # the uninterrupted run goes on beside the killed ones (each stage is one thread: OMP_NUM_THREADS=1)
     log = open(root / "whole.log", "w+")
     whole = make(root / "whole", tiny_checkpoint, stdout=log, start_new_session=True)
@@ -183,20 +146,32 @@ def test_half_written_checkpoint_is_reported(runs, tiny_checkpoint):
 
 
 def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
-    """SELECT=1: DPO into iter2/dpo with a snapshot each step, M2 = the one selection.json names."""
+    """SELECT=1 as the paper's config does it: DPO into iter2/dpo with a snapshot each step, each compared with
+    the one saved before it by a separately named judge (not a contestant) with the AlpacaEval prompt, M2 = the
+    one selection.json names; then M2 against M1 and against the SFT baseline (made here), judged alike, with
+    the paper's tie rule and intervals in the summary."""
     whole, _ = runs
     run = tmp_path / "r"
     shutil.copytree(whole / "iter1", run / "iter1")
     (run / "iter2").mkdir()
     for name in ("prompts.jsonl", "candidates.jsonl", "judged.jsonl", "pairs.jsonl", "pairs.summary.json"):
         shutil.copy2(whole / "iter2" / name, run / "iter2" / name)
-    proc = make(tmp_path, tiny_checkpoint, "SELECT=1")
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny_checkpoint, judge)
+    paper = ("sft.set.max_steps=2", "select.against=previous-checkpoint", f"select.judge={judge}",
+             "select.judge_prompt=alpacaeval", f"head_to_head.judge={judge}", "head_to_head.judge_prompt=alpacaeval",
+             "head_to_head.against=both")
+    proc = make(tmp_path, tiny_checkpoint, "SELECT=1", settings=paper)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sample/generate.py" not in proc.stdout and "judge/score.py" not in proc.stdout
     it = run / "iter2"
     sel = json.loads((it / "selection.json").read_text())
     steps = lines(it / "dpo.train/metrics.jsonl")
-    assert [c["name"] for c in sel["candidates"]] == [f"step-{k:06d}" for k in range(1, steps + 1)] + ["final"]
+    names = [f"step-{k:06d}" for k in range(1, steps + 1)] + ["final"]
+    assert steps >= 2 and [c["name"] for c in sel["candidates"]] == names
+    assert [c["baseline"] for c in sel["candidates"]] == ["previous"] + names[:-1]   # each against the one before
+    assert sel["against"] == "previous-checkpoint" and sel["judge"] == str(judge) and sel["self_judged"] is None
+    assert sel["judge_prompt"] == "alpacaeval" and sel["tie_rule"] == "both-orders"
     promoted = next(c for c in sel["candidates"] if c["name"] == sel["promoted"]["name"])
     assert sel["chosen"] is None or sel["chosen"]["name"] == promoted["name"]
     for f in Path(promoted["path"]).iterdir():
@@ -205,6 +180,16 @@ def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
     assert summary["selected"] == promoted["name"] and "dpo_reward_accuracy" in summary
     heldout = [json.loads(line)["id"] for line in (ROOT / "data/seed/heldout.jsonl").read_text().splitlines()]
     assert sel["last"] == 3 and sel["prompt_ids"] == heldout[-3:]  # the last select.limit held-out prompts
+    # the head to head against both opponents, by the named judge, with intervals over its prompts
+    assert (run / "baseline" / "model" / "params.json").is_file()
+    for key, opponent in (("head_to_head", run / "iter1" / "model"), ("head_to_head_baseline", run / "baseline" / "model")):
+        h = summary[key]
+        assert (h["b"], h["judge"], h["self_judged"], h["judge_prompt"], h["tie_rule"]) == (
+            str(opponent), str(judge), None, "alpacaeval", "both-orders")
+        assert set(h["intervals"]) == {"win", "tie", "loss"} and h["n_compared"] == 3
+    assert set(summary["reward_metrics"]["intervals"]) >= {"pairwise_accuracy", "spearman", "kendall_tau"}
+    report = (run / "report.md").read_text()
+    assert "M2 vs SFT baseline" in report and "M2 vs M1" in report and "Self-judged" not in report
 
 
 def test_third_iteration(runs, tiny_checkpoint, tmp_path):
