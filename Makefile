@@ -44,7 +44,9 @@ gpu-check:
 # The paper's seed data from an Open Assistant export (section 3.1): make seed OASST=2023-04-12_oasst_ready.trees.jsonl.gz
 # writes $(SEED_DIR)/ift.jsonl (3,200 first-turn English prompts with their rank-0 reply), ranked.jsonl (541 held-out
 # ranked prompts, the reward-model evaluation) and eft_pool.jsonl (the other ranked prompts, which the SFT baseline
-# judges into the EFT data), no prompt in two of them. SEED_ARGS passes judge/oasst.py's options (--n-ift, --seed, ...).
+# judges into the EFT data), and with SEED_ARGS="--n-valid 253 --n-heldout 256" valid.jsonl and heldout.jsonl
+# (checkpoint selection's and the head-to-head's prompts), no prompt in two of them. SEED_ARGS passes judge/oasst.py's
+# options (--n-ift, --seed, ...).
 SEED_DIR  ?= data/oasst
 SEED_ARGS ?=
 seed:
@@ -89,9 +91,9 @@ include $(R)/config.mk
 SELECT ?= $(SELECT_ENABLED)
 endif
 
-# the head-to-head comparisons of M_N (head_to_head.against): with M_{N-1} (for N >= 2) and with the SFT baseline
-H2H_FILES = $(if $(and $(filter previous both,$(H2H_AGAINST)),$(filter-out 1,$(N))),$(I)/eval/head_to_head.json) \
-	$(if $(filter baseline both,$(H2H_AGAINST)),$(I)/eval/head_to_head_baseline.json)
+# the head-to-head comparisons of M_N (head_to_head.opponents): with M_{N-1} (for N >= 2) and with the SFT baseline
+H2H_FILES = $(if $(and $(filter previous both,$(H2H_OPPONENTS)),$(filter-out 1,$(N))),$(I)/eval/head_to_head.json) \
+	$(if $(filter baseline both,$(H2H_OPPONENTS)),$(I)/eval/head_to_head_baseline.json)
 
 # Under torchrun when NPROC > 1 (sampling, evaluation included: data parallel, or with tp: true tensor parallel;
 # training: FSDP).
@@ -142,9 +144,10 @@ $(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(RANKED) $(S)/re
 
 $(R)/baseline/summary.json: $(R)/baseline/model/params.json $(R)/baseline/eval/reward_metrics.json $(S)/summary
 	$(PY) eval/summary.py --iter $(@D) --out $@
+ITER1_H2H = $(if $(filter baseline both,$(H2H_OPPONENTS)),$(R)/iter1/eval/head_to_head_baseline.json)
 $(R)/iter1/summary.json: $(R)/iter1/model/params.json $(R)/iter1/eval/reward_metrics.json \
-		$(R)/iter0/eval/reward_metrics.json $(filter %baseline.json,$(H2H_FILES)) $(S)/summary
-	$(PY) eval/summary.py --iter $(@D) --out $@
+		$(R)/iter0/eval/reward_metrics.json $(ITER1_H2H) $(S)/summary $(S)/iter1/opponents
+	$(PY) eval/summary.py --iter $(@D) --out $@ --head-to-head $(notdir $(ITER1_H2H))
 
 # ---- the judge's quality (the paper's reward-model metrics) for M1, the baseline and every later model
 $(R)/%/eval/reward_metrics.json: $(R)/%/model/params.json $(RANKED) $(S)/reward_metrics
@@ -152,7 +155,7 @@ $(R)/%/eval/reward_metrics.json: $(R)/%/model/params.json $(RANKED) $(S)/reward_
 	$(LAUNCH) eval/reward_metrics.py --model $(R)/$*/model --ranked $(RANKED) --out $@ --seed $(SEED) \
 		$(RM_ARGS) $(TP_FLAG)
 
-# ---- M_N against the SFT baseline (head_to_head.against: baseline or both), judged as against M_{N-1} (below)
+# ---- M_N against the SFT baseline (head_to_head.opponents: baseline or both), judged as against M_{N-1} (below)
 $(I)/eval/head_to_head_baseline.json: $(I)/model/params.json $(R)/baseline/model/params.json $(HELDOUT) \
 		$(SN)/head_to_head
 	mkdir -p $(I)/eval
@@ -208,8 +211,9 @@ $(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(SN)/head_to_hea
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(or $(H2H_JUDGE),$(I)/model) \
 		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
-$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(H2H_FILES) $(S)/summary
-	$(PY) eval/summary.py --iter $(I) --out $@
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(H2H_FILES) $(S)/summary \
+		$(SN)/opponents
+	$(PY) eval/summary.py --iter $(I) --out $@ --head-to-head $(notdir $(H2H_FILES))
 else
 prompts candidates judged pairs:
 	@echo "make $@ N=2 (or later): the stages by name are those of the DPO iterations"; exit 1

@@ -17,10 +17,10 @@ the file has them, as the paper sized each iteration's data:
     self_instruct: {n_prompts: 4000}
     iterations: {3: {self_instruct: {n_prompts: 7000}}, 4: {dpo: {set: {lr: 5.0e-7}}}}
 Only the sections of the iterations that build their own data may change (PER_ITERATION); the SFT stages and
-the reward-model evaluation are the run's. The values become Make variables, so nothing in them may be code for make or the shell: text may
-hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. With --stamps DIR it
+the reward-model evaluation are the run's. The values become Make variables, so nothing in them may be code for
+make or the shell: text may hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. With --stamps DIR it
 also writes DIR/<stage>, each stage's own settings and a digest of its code, touched only when they
-change, for the Makefile's stage targets to depend on (DIR/iterN/<stage> for the stages of PER_ITERATION).
+change, for the Makefile's stage targets to depend on (DIR/iterN/<stage> for those of ITERATION_STAMPS).
 """
 import copy
 import hashlib
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from eval.head_to_head import HeadToHeadSettings
-from eval.pairwise import JUDGE_PROMPTS
+from eval.pairwise import PAIRWISE_PROMPTS
 from eval.reward_metrics import RewardMetricsSettings
 from eval.select_checkpoint import AGAINST, SelectSettings
 from eval.stages import TIE_RULES
@@ -69,7 +69,7 @@ class DPOTrainer:
     set: dict = field(default_factory=dict)
 
 
-H2H_AGAINST = ("previous", "baseline", "both")
+OPPONENTS = ("previous", "baseline", "both")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class HeadToHead(HeadToHeadSettings):
     """M_N against M_{N-1} and/or the SFT baseline on the held-out prompts. The fields past HeadToHeadSettings'
     are the Makefile's."""
     judge: str = ""             # the judge's checkpoint (the paper: GPT-4); empty = M_N, self-judged (flagged)
-    against: str = "previous"   # M_N's opponents, one of H2H_AGAINST: M_{N-1}, the SFT baseline (runs/RUN/baseline,
+    opponents: str = "previous"  # one of OPPONENTS: M_{N-1}, the SFT baseline (runs/RUN/baseline,
                                 # made if missing; M1 too is compared with it), or both, as the paper did
 
 
@@ -122,10 +122,12 @@ class Iteration:
 # M0, M1, the SFT baseline and the reward-model evaluation are the run's, the same for every model. Their stamps
 # go to DIR/iterN/, a set per iteration, so that making iteration 3 with its own sizes leaves iteration 2 up to date.
 PER_ITERATION = ("self_instruct", "generate", "judge", "pairs", "dpo", "select", "head_to_head")
+# the stamps under DIR/iterN/: those sections' stages, and the choice of comparisons the iteration's summary holds
+ITERATION_STAMPS = PER_ITERATION + ("opponents",)
 # the settings that name one of a few choices: (section, key, the choices)
 CHOICES = (("pairs", "rule", sorted(RULES)), ("head_to_head", "tie_rule", TIE_RULES), ("select", "tie_rule", TIE_RULES),
-           ("head_to_head", "judge_prompt", JUDGE_PROMPTS), ("select", "judge_prompt", JUDGE_PROMPTS),
-           ("select", "against", AGAINST), ("head_to_head", "against", H2H_AGAINST),
+           ("head_to_head", "pairwise_prompt", PAIRWISE_PROMPTS), ("select", "pairwise_prompt", PAIRWISE_PROMPTS),
+           ("select", "against", AGAINST), ("head_to_head", "opponents", OPPONENTS),
            ("self_instruct", "template", TEMPLATES))
 
 
@@ -251,7 +253,7 @@ def variables(cfg: Iteration) -> dict:
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
         "RM_ARGS": flags(cfg.reward_metrics), "H2H_ARGS": flags(cfg.head_to_head, HeadToHeadSettings),
-        "H2H_JUDGE": cfg.head_to_head.judge, "H2H_AGAINST": cfg.head_to_head.against,
+        "H2H_JUDGE": cfg.head_to_head.judge, "H2H_OPPONENTS": cfg.head_to_head.opponents,
         "SELECT_ENABLED": int(cfg.select.enabled), "SELECT_JUDGE": cfg.select.judge,
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
         "SELECT_ARGS": flags(cfg.select, SelectSettings),
@@ -293,6 +295,7 @@ STAGE_SCRIPTS = {
     "reward_metrics": ("eval/reward_metrics.py",),
     "head_to_head": ("eval/head_to_head.py",),
     "summary": ("eval/summary.py",),
+    "opponents": ("eval/summary.py",),
 }
 
 
@@ -321,13 +324,16 @@ def stage_records(cfg: Iteration, trainers: dict[str, TrainConfig]) -> dict[str,
         "head_to_head": lines(heldout=cfg.heldout, seed=seed, judge=cfg.head_to_head.judge,
                               settings=flags(cfg.head_to_head, HeadToHeadSettings, outputs_only=True)),
         "summary": "",
+        "opponents": lines(opponents=cfg.head_to_head.opponents),  # which comparisons the summary holds
     }
     return {stage: text + f"code {code_digest(*STAGE_SCRIPTS[stage])}\n" for stage, text in records.items()}
 
 
-def write_stamps(directory: str, records: dict[str, str]) -> None:
+def write_stamps(directory: str, records: dict[str, str], legacy: str | None = None) -> None:
     """DIR/<stage> for every stage, rewritten only when its text changes: the Makefile's stage targets
-    depend on them, so a changed setting makes exactly the outputs it affects out of date."""
+    depend on them, so a changed setting makes exactly the outputs it affects out of date. A first record is
+    no change (dated 1970, it makes nothing out of date), unless `legacy`/<stage>, where a run made before the
+    stamps moved kept it, holds other settings or code: then it is dated now, and what it stamps is redone."""
     Path(directory).mkdir(parents=True, exist_ok=True)
     for stage, text in records.items():
         path = Path(directory) / stage
@@ -335,7 +341,8 @@ def write_stamps(directory: str, records: dict[str, str]) -> None:
             continue
         tmp = path.with_name(f".{stage}.tmp")
         tmp.write_text(text)
-        if not path.is_file():  # a first record is no change: dated 1970, it makes nothing out of date
+        old = Path(legacy) / stage if legacy else None
+        if not path.is_file() and not (old and old.is_file() and old.read_text() != text):
             os.utime(tmp, (0, 0))
         tmp.replace(path)
 
@@ -358,9 +365,9 @@ def main():
         trainers = trainer_configs(cfg)
         if stamps:
             records = stage_records(cfg, trainers)
-            write_stamps(stamps, {k: v for k, v in records.items() if k not in PER_ITERATION})
+            write_stamps(stamps, {k: v for k, v in records.items() if k not in ITERATION_STAMPS})
             write_stamps(f"{stamps}/iter{iteration or 0}", {k: v for k, v in records.items()
-                                                             if k in PER_ITERATION})
+                                                             if k in ITERATION_STAMPS}, legacy=stamps)
         print(make_variables(cfg), end="")
     except (OSError, FormatError) as e:
         sys.exit(f"error: {e}")

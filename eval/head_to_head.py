@@ -6,7 +6,7 @@
 1. A and B answer every prompt ({"id", "prompt"} or {"id", "messages"} lines, as sample/generate.py
    reads them), greedily by default (--temperature 0; the result file states the settings).
 2. The judge (any checkpoint: a stronger model, or A or B itself, which the output says loudly)
-   compares the two answers with a pairwise prompt of eval/pairwise.py (--judge-prompt: the project's,
+   compares the two answers with a pairwise prompt of eval/pairwise.py (--pairwise-prompt: the project's,
    or alpacaeval, the form the paper's evaluations used; a conversation's judge sees its earlier turns
    too, as the loop's judge does), twice: once with A's answer shown first, once
    with B's, to cancel the judge's position bias.
@@ -21,9 +21,10 @@ Win / tie / loss are A's, in % of the prompts with an outcome, as in the paper's
 The answers' mean lengths are reported too: judges favour longer answers.
 
 Output: --out, the summary as JSON: {"a", "b", "judge", "self_judged", "prompts", "answer_sampling",
-"judge_sampling", "judge_prompt", "tie_rule", "n_prompts", "n_too_long", "n_compared", "wins", "ties", "losses", "no_verdict",
-"win", "tie", "loss" (fractions of the prompts with an outcome), "intervals" ({"win", "tie", "loss"}: 95%
-bootstrap intervals over the compared prompts, seeded by --seed; eval/metrics.py), "verdict_parse_rate",
+"judge_sampling", "pairwise_prompt", "tie_rule", "n_prompts", "n_too_long", "n_compared", "wins", "ties",
+"losses", "no_verdict", "win", "tie", "loss" (fractions of the prompts with an outcome), "intervals" ({"win",
+"tie", "loss"}: 95% bootstrap intervals over the compared prompts, seeded by --seed; eval/metrics.py),
+"verdict_parse_rate",
 "position_1_rate" (of the decisive verdicts, the share for the answer shown first), "mean_chars_a", "mean_chars_b",
 "mean_tokens_a", "mean_tokens_b" (each in its own tokenizer), "length_limited_a", "length_limited_b"};
 and in OUT's work folder (eval/stages.py) answers_a.jsonl, answers_b.jsonl, judgements.jsonl (one line
@@ -91,7 +92,8 @@ def outcome(winners: list[str | None], rule: str = "both-orders") -> str | None:
 
 
 def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
-            tie_rule: str = "both-orders", seed: int = 0, judge_prompt: str = "project") -> tuple[list[dict], dict]:
+            tie_rule: str = "both-orders", seed: int = 0,
+            pairwise_prompt: str = ContestSettings.pairwise_prompt) -> tuple[list[dict], dict]:
     """Judge A's answers against B's (both dicts id -> answer row) in both orders, reading the verdicts as the
     judge's prompt asks for them: (one row per prompt, tally, its intervals drawn with `seed`). Prompts that
     either model found too long are not judged."""
@@ -102,7 +104,7 @@ def compare(prompts: list[dict], answers_a: dict, answers_b: dict, judge: Judge,
     assert len(texts) == len(items), f"the judge returned {len(texts)} outputs for {len(items)} items"
     rows = []
     for p, pair, judgements in zip(compared, zip(items[::2], items[1::2]), zip(texts[::2], texts[1::2])):
-        parsed = [parse_verdict(t, judge_prompt) if t is not None else None for t in judgements]
+        parsed = [parse_verdict(t, pairwise_prompt) if t is not None else None for t in judgements]
         winners = [winner(item, v.verdict if v else None) for item, v in zip(pair, parsed)]
         rows.append({"id": p["id"], "prompt": pair[0]["prompt"], "response_a": answers_a[p["id"]]["response"],
                      "response_b": answers_b[p["id"]]["response"], "judgements": list(judgements),
@@ -148,8 +150,8 @@ def tally(rows: list[dict], answers_a: list[dict], answers_b: list[dict], n_too_
     }
 
 
-def model_judge(config: StageConfig, judge_model, out, judge_prompt: str = "project") -> Judge:
-    """A Judge that samples checkpoint `judge_model` as `config` says, with the pairwise prompt `judge_prompt`,
+def model_judge(config: StageConfig, judge_model, out, pairwise_prompt: str = ContestSettings.pairwise_prompt) -> Judge:
+    """A Judge that samples checkpoint `judge_model` as `config` says, with the pairwise prompt `pairwise_prompt`,
     resumably into `out`."""
     def judged(request: Request, completions) -> list[dict]:
         c = completions[0]
@@ -159,7 +161,7 @@ def model_judge(config: StageConfig, judge_model, out, judge_prompt: str = "proj
         def requests(tokenizer):
             return [Request([it["id"], it["sample"]], it, tokenizer.encode_chat(
                 pairwise_messages(it.get("messages") or it["prompt"], it["response_1"], it["response_2"],
-                                  judge_prompt)),
+                                  pairwise_prompt)),
                 [(it["id"], it["sample"])])
                 for it in items]
 
@@ -188,8 +190,8 @@ def summary_lines(s: dict) -> list[str]:
                   "independent evaluation.", "!" * 78]
     lines += [f"A = {s['a']}", f"B = {s['b']}", f"judge = {s['judge']}",
               f"answers: {'greedy' if s['answer_sampling']['greedy'] else 'sampled'}; "
-              f"judge: {'greedy' if s['judge_sampling']['greedy'] else 'sampled'}, the {s.get('judge_prompt', 'project')} "
-              "prompt; both orders judged",
+              f"judge: {'greedy' if s['judge_sampling']['greedy'] else 'sampled'}, the "
+              f"{s.get('pairwise_prompt', ContestSettings.pairwise_prompt)} prompt; both orders judged",
               f"A vs B over {s['n_compared']} prompts: win {percent(s['win'])} / tie {percent(s['tie'])} / loss "
               f"{percent(s['loss'])} ({s['wins']} / {s['ties']} / {s['losses']}); {s['no_verdict']} without a verdict, "
               f"{s['n_too_long']} too long for a model's context",
@@ -205,18 +207,18 @@ def summary_lines(s: dict) -> list[str]:
 
 def judge_answers(judging: StageConfig, judge_model, prompts: list[dict], answers_a: list[dict],
                   answers_b: list[dict], model_a, model_b, work: Path, tie_rule: str = "both-orders",
-                  seed: int = 0, judge_prompt: str = "project") -> dict:
+                  seed: int = 0, pairwise_prompt: str = ContestSettings.pairwise_prompt) -> dict:
     """Judge two models' answers with checkpoint `judge_model` sampled as `judging` says, with the pairwise
-    prompt `judge_prompt` (judgements into `work`), write the outcomes there (rank 0), and return the tally with
+    prompt `pairwise_prompt` (judgements into `work`), write the outcomes there (rank 0), and return the tally with
     who played and who judged."""
     by_id = [{r["id"]: r for r in rows} for rows in (answers_a, answers_b)]
-    judge = model_judge(judging, judge_model, work / "judgements.jsonl", judge_prompt)
-    rows, tallied = compare(prompts, *by_id, judge, tie_rule, seed, judge_prompt)
+    judge = model_judge(judging, judge_model, work / "judgements.jsonl", pairwise_prompt)
+    rows, tallied = compare(prompts, *by_id, judge, tie_rule, seed, pairwise_prompt)
     if is_rank_zero():
         write_jsonl_atomic(work / "outcomes.jsonl", rows)
     return {"a": str(model_a), "b": str(model_b), "judge": str(judge_model),
             "self_judged": self_judged(judge_model, model_a, model_b), "judge_sampling": sampling_settings(judging),
-            "judge_prompt": judge_prompt, "tie_rule": tie_rule, **tallied}
+            "pairwise_prompt": pairwise_prompt, "tie_rule": tie_rule, **tallied}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,11 +246,11 @@ def main(argv=None):
                              "prompts": Path(args.prompts), "limit": args.limit, "last": args.last,
                              "answer_sampling": sampling_settings(answering),
                              "judge_sampling": sampling_settings(judging), "tie_rule": args.tie_rule,
-                             "judge_prompt": args.judge_prompt})
+                             "pairwise_prompt": args.pairwise_prompt})
     answers_a = answer(answering, args.a, prompts, work / "answers_a.jsonl", desc="answering (A)")
     answers_b = answer(answering, args.b, prompts, work / "answers_b.jsonl", desc="answering (B)")
     summary = judge_answers(judging, args.judge, prompts, answers_a, answers_b, args.a, args.b, work, args.tie_rule,
-                            args.seed, args.judge_prompt)
+                            args.seed, args.pairwise_prompt)
     if not is_rank_zero():
         return
     summary = {**summary, "prompts": str(args.prompts), "answer_sampling": sampling_settings(answering)}

@@ -131,7 +131,6 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
     correct = tied = missing = pairs = 0
     fives = fives_best = exact = 0
     rhos, taus = [], []
-    n_constant = 0
     excluded = {"missing score": 0, "constant scores": 0, "constant ranks": 0}
     for s, r in zip(scores, ranks):
         c, t, m, n = pairwise_counts(s, r)
@@ -148,7 +147,6 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
             excluded["constant ranks"] += 1
         elif len(set(s)) == 1:
             excluded["constant scores"] += 1
-            n_constant += 1
         else:
             preference = [-x for x in r]
             rhos.append(spearman(s, preference))
@@ -167,8 +165,8 @@ def reward_model_metrics(scores: Sequence[Scores], ranks: Sequence[Ranks]) -> di
         "kendall_tau": _ratio(sum(taus), len(taus)),
         "n_correlated": len(rhos),
         "n_correlation_excluded": excluded,
-        "spearman_constant_zero": _ratio(sum(rhos), len(rhos) + n_constant),
-        "kendall_tau_constant_zero": _ratio(sum(taus), len(taus) + n_constant),
+        "spearman_constant_zero": _ratio(sum(rhos), len(rhos) + excluded["constant scores"]),
+        "kendall_tau_constant_zero": _ratio(sum(taus), len(taus) + excluded["constant scores"]),
     }
 
 
@@ -191,9 +189,11 @@ def bootstrap_intervals(n_items: int, statistic: Callable[[list[int]], dict[str,
     drawn with replacement) to named values; for each name, [low, high] is the central `level` of its values
     over n_resamples resamples (those where it is not None), or None where it never had one. The resamples
     depend on `seed` only, so a rerun gives the same intervals."""
+    if not n_items:
+        return {name: None for name in statistic([])}
     rng = random.Random(seed)
     values: dict[str, list[float]] = {}
-    for _ in range(n_resamples if n_items else 0):
+    for _ in range(n_resamples):
         drawn = statistic([rng.randrange(n_items) for _ in range(n_items)])
         for name, value in drawn.items():
             values.setdefault(name, [])

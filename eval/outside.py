@@ -82,8 +82,9 @@ def read_alpacaeval(path, model: str | None = None) -> dict:
     cells = dict(zip(header, row))
     values = {key: _number(cells[key], f"{path}:{lineno}: {key}") if key in cells else None
               for key in ALPACAEVAL_COLUMNS}
-    if values["win_rate"] is None:
-        raise FormatError(f"{path}:{lineno}: no win_rate for model {row[0]!r}")
+    for key in ("win_rate", "n_total"):
+        if values[key] is None:
+            raise FormatError(f"{path}:{lineno}: no {key} for model {row[0]!r}")
     return {"file": str(path), "model": row[0], **values}
 
 

@@ -4,9 +4,10 @@
     parse_verdict("Response 2 answers the question.\nVerdict: 2")      -> ParsedVerdict("2", None)
     parse_verdict("Both are fine, I think.")                            -> ParsedVerdict(None, "no verdict")
     messages = pairwise_messages(instruction, r1, r2, "alpacaeval")     # the paper's evaluations' form
-    parse_verdict("[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]", "alpacaeval") -> "2"
+    parse_verdict("[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]", "alpacaeval")
+                                                                        -> ParsedVerdict("2", None)
 
-Two prompts (JUDGE_PROMPTS; --judge-prompt in the evaluation CLIs):
+Two prompts (PAIRWISE_PROMPTS; --pairwise-prompt in the evaluation CLIs):
   project     (the default) written for this project, below;
   alpacaeval  the form of AlpacaEval's pairwise annotator prompt (alpaca_eval_gpt4), which the paper used
               for checkpoint selection (Claude 2) and its head-to-head results (GPT-4): a system turn, a
@@ -15,10 +16,11 @@ Two prompts (JUDGE_PROMPTS; --judge-prompt in the evaluation CLIs):
               asked for as a ranking, [{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}].
               Our wording, its form; for AlpacaEval's own prompt and judge, score eval/export.py's answer
               file with the alpaca_eval tool. The reply is read without evaluating it (never eval): the
-              last entry naming each model gives its rank; the lower rank wins, equal ranks are a tie,
-              an entry for one model only decides by its rank (1: it wins). In an answer, a rank entry's
-              colon is replaced by " -" ('rank' - 1) and triple quotes are escaped, so an answer can
-              neither hand the judge a ranking nor end its string early.
+              last entry naming each model gives its rank, 1 or 2 (any other rank: no verdict); the lower
+              rank wins, equal ranks are a tie, an entry for one model only decides by its rank (1: it
+              wins). In an answer, a rank entry's colon is replaced by " -" ('rank' - 1); the instruction
+              and the answers are written as the inside of Python strings, backslashes and double quotes
+              escaped (\\ and \"), so no text can end its string early or hand the judge a ranking.
 
 The project's prompt is written for this project, in the spirit of the paper's judge prompt (judge/prompt.py):
 it asks which of two answers to the user's question is better, warns against preferring an answer
@@ -45,7 +47,7 @@ from typing import NamedTuple
 from judge.prompt import instruction_text, neutralise_text
 
 REASONS = ("no verdict", "conflicting verdicts", "not text")
-JUDGE_PROMPTS = ("project", "alpacaeval")
+PAIRWISE_PROMPTS = ("project", "alpacaeval")  # the first is the default
 
 PAIRWISE_TEMPLATE = """Compare two responses to the user's question below and decide which one is the better answer.
 The better response follows the user's instruction, is correct, addresses the question directly and completely, is clearly written and well organised, and contains no extraneous information. Judge the content only: the order in which the responses are shown must not influence you, and a longer response is not better for being longer.
@@ -83,11 +85,12 @@ Rank the models by the quality of their answers, rank 1 for the model with the b
 ]
 
 Reply with the list alone: it is read by a program. Give the ranking that most people would give."""
-# one entry of a ranking: {'model': 'model_1', 'rank': 1}, either key first, either quotes, "model_" optional
+# one entry of a ranking: {'model': 'model_1', 'rank': 1}, either key first, either quotes, "model_" optional,
+# other keys after them allowed
 _MODEL = r"""(?P<q1>['"])model(?P=q1)\s*:\s*['"]?(?:model_)?(?P<model>[12])['"]?"""
 _RANK = r"""(?P<q2>['"])rank(?P=q2)\s*:\s*['"]?(?P<rank>\d+)['"]?"""
 RANK_ENTRY = re.compile(rf"\{{\s*(?:{_MODEL}\s*,\s*{_RANK}|{_RANK.replace('q2', 'q3').replace('rank>', 'rank2>')}"
-                        rf"\s*,\s*{_MODEL.replace('q1', 'q4').replace('model>', 'model2>')})\s*,?\s*\}}")
+                        rf"\s*,\s*{_MODEL.replace('q1', 'q4').replace('model>', 'model2>')})(?:\s*,[^{{}}]*)?\s*\}}")
 # what neutralising breaks in an answer: a rank key and its value ('rank': 1 -> 'rank' - 1)
 _RANK_KEY = re.compile(r"""['"]rank['"](?P<colon>\s*:)(?P<gap>\s*)['"]?\d""", re.IGNORECASE)
 
@@ -124,20 +127,26 @@ def parse_ranking(text: str) -> ParsedVerdict:
     ranks = {}
     for m in RANK_ENTRY.finditer(text):
         ranks[m.group("model") or m.group("model2")] = int(m.group("rank") or m.group("rank2"))
-    if not ranks:
-        return ParsedVerdict(None, "no verdict")
+    if not ranks or not set(ranks.values()) <= {1, 2}:
+        return ParsedVerdict(None, "no verdict")   # nothing read, or a rank two models cannot have
     if len(ranks) == 1:
         [(model, rank)] = ranks.items()
         return ParsedVerdict(model if rank == 1 else {"1": "2", "2": "1"}[model], None)
     return ParsedVerdict("tie" if ranks["1"] == ranks["2"] else "1" if ranks["1"] < ranks["2"] else "2", None)
 
 
-def parse_verdict(text, judge_prompt: str = "project") -> ParsedVerdict:
-    """The judge's final verdict in `text` as the prompt `judge_prompt` asks for it, or None with a reason (see
+def python_string_text(text: str) -> str:
+    """`text` as the inside of a Python string literal: backslashes and double quotes escaped, so that no
+    quote in it can end the triple-quoted string it is written into."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def parse_verdict(text, pairwise_prompt: str = PAIRWISE_PROMPTS[0]) -> ParsedVerdict:
+    """The judge's final verdict in `text` as the prompt `pairwise_prompt` asks for it, or None with a reason (see
     the module doc). Never raises."""
     if not isinstance(text, str):
         return ParsedVerdict(None, f"not text: {type(text).__name__}")
-    if judge_prompt == "alpacaeval":
+    if pairwise_prompt == "alpacaeval":
         return parse_ranking(text)
     verdicts = find_verdicts(text)
     if not verdicts:
@@ -151,23 +160,25 @@ def parse_verdict(text, judge_prompt: str = "project") -> ParsedVerdict:
     return ParsedVerdict(values.pop(), None)
 
 
-def neutralise(response: str, judge_prompt: str = "project") -> str:
+def neutralise(response: str, pairwise_prompt: str) -> str:
     """`response` with response tags escaped and verdicts broken (see the module doc), as the single judge
-    does it (judge/prompt.py), with this prompt's verdict and tags; for the alpacaeval form, rank entries broken
-    and triple quotes escaped."""
-    if judge_prompt == "alpacaeval":
-        return neutralise_text(response.replace('"""', '\\"\\"\\"'), _RANK_KEY, _RESPONSE_TAG)
+    does it (judge/prompt.py), with this prompt's verdict and tags; for the alpacaeval form, rank entries broken,
+    then written as a Python string's inside (python_string_text)."""
+    if pairwise_prompt == "alpacaeval":
+        return python_string_text(neutralise_text(response, _RANK_KEY, _RESPONSE_TAG))
     return neutralise_text(response, VERDICT, _RESPONSE_TAG)
 
 
 def pairwise_messages(instruction: str | list[dict], response_1: str, response_2: str,
-                      judge_prompt: str = "project") -> list[dict]:
-    """The pairwise judge prompt `judge_prompt` as a chat: a single user turn (alpacaeval: after its system
+                      pairwise_prompt: str = PAIRWISE_PROMPTS[0]) -> list[dict]:
+    """The pairwise judge prompt `pairwise_prompt` as a chat: a single user turn (alpacaeval: after its system
     turn). A conversation (chat messages ending with the user turn answered) fills the instruction as it does
     for the single judge (judge/prompt.py instruction_text)."""
-    template = ALPACAEVAL_TEMPLATE if judge_prompt == "alpacaeval" else PAIRWISE_TEMPLATE
-    content = template.format(instruction=instruction_text(instruction),
-                              response_1=neutralise(response_1, judge_prompt),
-                              response_2=neutralise(response_2, judge_prompt))
-    system = [{"role": "system", "content": ALPACAEVAL_SYSTEM}] if judge_prompt == "alpacaeval" else []
+    alpacaeval = pairwise_prompt == "alpacaeval"
+    template = ALPACAEVAL_TEMPLATE if alpacaeval else PAIRWISE_TEMPLATE
+    instruction = instruction_text(instruction)
+    content = template.format(instruction=python_string_text(instruction) if alpacaeval else instruction,
+                              response_1=neutralise(response_1, pairwise_prompt),
+                              response_2=neutralise(response_2, pairwise_prompt))
+    system = [{"role": "system", "content": ALPACAEVAL_SYSTEM}] if alpacaeval else []
     return system + [{"role": "user", "content": content}]

@@ -14,8 +14,9 @@ Reads, for every runs/R/iterN/ (N a number; any file may be missing, and so may 
   eval/reward_metrics.json     eval/reward_metrics.py --out: M_N as a reward model (else summary.json's
                                "reward_metrics"); iter0's is the base model M0's, and runs/R/baseline/'s
                                the IFT-only SFT baseline's, shown when there
-  eval/head_to_head.json       eval/head_to_head.py --out, with A = M_N and B = M_{N-1} (else summary.json's
-                               "head_to_head"); eval/head_to_head_baseline.json, B = the SFT baseline
+  eval/head_to_head.json       eval/head_to_head.py --out, with A = M_N and B = M_{N-1}, and
+  eval/head_to_head_baseline.json   B = the SFT baseline: summary.json's copies once it exists (it holds the
+                               comparisons head_to_head.opponents asks for), else these files
   selection.json               eval/select_checkpoint.py: the DPO checkpoint chosen as M_N
   eval/outside.json            eval/outside.py: AlpacaEval 2.0 and MT-Bench as their own tools scored them
   model.train/metrics.jsonl    DPO's steps (train/loop.py; dpo.train/ when M_N was selected from a DPO run)
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from eval.outside import PAPER_ALPACAEVAL, PAPER_MT_BENCH
 from eval.reward_metrics import COLUMNS as RM_COLUMNS, CORRELATIONS, PAPER as PAPER_REWARD
-from eval.stages import is_number, number, percent, with_interval
+from eval.stages import is_interval, is_number, number, percent, with_interval
 from judge import parse
 
 # The paper's head-to-head result for M2 against M1 (Llama-2-70B, GPT-4 as the judge): win / tie / loss.
@@ -67,8 +68,9 @@ def read_iteration(n: int | str, d: Path) -> dict:
     directory (each {} or [] when absent)."""
     summary = read_json(d / "summary.json")
     reward = read_json(d / "eval" / "reward_metrics.json") or summary.get("reward_metrics")
-    h2h = read_json(d / "eval" / "head_to_head.json") or summary.get("head_to_head")
-    h2h_baseline = read_json(d / "eval" / "head_to_head_baseline.json") or summary.get("head_to_head_baseline")
+    # the summary, once made, says which comparisons are current (a file left from other settings is not shown)
+    h2h, h2h_baseline = ((summary.get("head_to_head"), summary.get("head_to_head_baseline")) if summary else
+                         (read_json(d / "eval" / name) for name in ("head_to_head.json", "head_to_head_baseline.json")))
     selection = read_json(d / "selection.json")
     return {"iter": n, "summary": summary, "reward": reward if isinstance(reward, dict) else {},
             "h2h": h2h if isinstance(h2h, dict) else {},
@@ -134,7 +136,8 @@ def _length_limited(finish_reasons) -> str:
 
 def loop_table(iters: list[dict]) -> list[str]:
     rows = [[it["iter"], number(s.get("prompts")), _length_limited(s.get("finish_reasons")), number(s.get("pairs")),
-             number(s.get("pairs_per_prompt"), ".2f"), percent(s.get("judge_parse_rate")), _histogram(s.get("score_histogram")),
+             number(s.get("pairs_per_prompt"), ".2f"), percent(s.get("judge_parse_rate")),
+             _histogram(s.get("score_histogram")),
              percent(s.get("dpo_reward_accuracy")),
              f"{number(s.get('mean_chars_chosen'))} / {number(s.get('mean_chars_rejected'))}",
              _ratio(s.get("mean_chars_chosen"), s.get("mean_chars_rejected"))]
@@ -229,9 +232,8 @@ def error_bars(points: list[tuple]) -> list[list[float]]:
     """matplotlib's yerr ([below], [above]) for (x, value, interval) points; 0 where there is no interval."""
     below, above = [], []
     for _, value, interval in points:
-        ok = isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)
-        below.append(max(value - interval[0], 0) if ok else 0)
-        above.append(max(interval[1] - value, 0) if ok else 0)
+        below.append(max(value - interval[0], 0) if is_interval(interval) else 0)
+        above.append(max(interval[1] - value, 0) if is_interval(interval) else 0)
     return [below, above]
 
 
@@ -330,8 +332,8 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
     lines = [f"# Run `{run.name}`", "",
              f"{len([it for it in iters if it['iter'] != 0])} iterations, from `{run}/iter*/` (eval/report.py, "
              f"{time.strftime('%Y-%m-%d %H:%M')}). \"-\": not recorded.", "",
-             "Every rate and correlation measured here comes with its 95% interval, `value [low, high]`: a seeded "
-             "bootstrap over the prompts (eval/metrics.py), whose number is in the table. Two numbers whose "
+             "Every reward-model metric and win / tie / loss rate comes with its 95% interval, `value [low, high]`: "
+             "a seeded bootstrap over the prompts (eval/metrics.py), whose number is in the table. Two numbers whose "
              "intervals overlap may differ by chance alone: on 16 prompts a win rate's interval is about 50 points "
              "wide, so a 10-point difference there is noise.", "",
              "## The self-rewarding loop", "", *loop_table(iters), "",
@@ -340,13 +342,13 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
              "averaged over prompts (eval/metrics.py). The paper's rows: Llama-2-70B on Open Assistant (Table 4).", "",
              *reward_table(iters, baseline), "",
              "## Instruction following: head to head (eval/head_to_head.py)", "",
-             "Win / tie / loss of M_N against the previous model and (head_to_head.against) the SFT baseline, in % "
+             "Win / tie / loss of M_N against the previous model and (head_to_head.opponents) the SFT baseline, in % "
              "of the prompts with a verdict, each prompt judged in both orders. "
              "\"judge picks 1st\": the judge's share of decisive verdicts for the answer shown first (50% = no "
              "position bias). Length ratio above 1: M_N answers longer.", ""]
     external, own = head_to_head_table(iters, self_judged=False), head_to_head_table(iters, self_judged=True)
     lines += ["### Judged by a model that is not a contestant", "",
-              *(external or ["(none: every head to head of this run was self-judged)"]), ""]
+              *(external or ["(none" + (": every head to head of this run was self-judged)" if own else ")")]), ""]
     if own:
         lines += ["### Self-judged: not comparable with the paper's numbers", "",
                   "> The judge was one of the contestants, so these win rates are the model's opinion of itself, "

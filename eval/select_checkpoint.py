@@ -52,7 +52,8 @@ from sample.generate import read_prompts
 from sample.stage import StageConfig, is_rank_zero
 
 RULE = "highest win %, then lowest loss %, then the earliest checkpoint"
-SHARED = ("a", "b", "judge", "judge_sampling", "judge_prompt", "tie_rule")  # judge_answers' keys that are the same for every candidate
+# judge_answers' keys that are the same for every candidate
+SHARED = ("a", "b", "judge", "judge_sampling", "pairwise_prompt", "tie_rule")
 _STEP = re.compile(r"step-(\d+)")
 AGAINST = ("previous-model", "previous-checkpoint")
 
@@ -100,7 +101,7 @@ def choose(candidates: list[dict]) -> dict | None:
 
 def compare_candidates(answering: StageConfig, judging: StageConfig, judge, prompts: list[dict], previous: Path,
                        candidates: list[dict], against: str, work: Path, tie_rule: str, seed: int = 0,
-                       judge_prompt: str = "project") -> None:
+                       pairwise_prompt: str = ContestSettings.pairwise_prompt) -> None:
     """Every candidate answers the prompts and is judged against its baseline (M_{N-1}, or with
     previous-checkpoint the candidate before it); each candidate gets its baseline's name and the tally."""
     answers = {"previous": answer(answering, previous, prompts, work / "answers" / "previous.jsonl",
@@ -111,7 +112,7 @@ def compare_candidates(answering: StageConfig, judging: StageConfig, judge, prom
                                     desc=f"answering ({c['name']})")
         summary = judge_answers(judging, judge, prompts, answers[c["name"]], answers[baseline["name"]], c["path"],
                                 baseline["path"], work / f"{c['name']}-vs-{baseline['name']}", tie_rule, seed,
-                                judge_prompt)
+                                pairwise_prompt)
         c.update(baseline=baseline["name"], **{k: v for k, v in summary.items() if k not in SHARED})
         if is_rank_zero():
             print(f"{c['name']} vs {baseline['name']}: win {percent(c['win'])} / tie {percent(c['tie'])} / loss "
@@ -163,12 +164,12 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     settings = {"judge": str(args.judge), "prompts": str(args.prompts), "limit": args.limit, "last": args.last,
                 "answer_sampling": sampling_settings(answering), "judge_sampling": sampling_settings(judging),
-                "tie_rule": args.tie_rule, "judge_prompt": args.judge_prompt}
+                "tie_rule": args.tie_rule, "pairwise_prompt": args.pairwise_prompt}
     work = prepare_work_dir(iter_dir / "selection.json", "eval/select_checkpoint.py",
                             {**settings, "previous": previous, "judge": Path(args.judge), "prompts": Path(args.prompts)})
 
     compare_candidates(answering, judging, args.judge, prompts, previous, candidates, args.against, work,
-                       args.tie_rule, args.seed, args.judge_prompt)
+                       args.tie_rule, args.seed, args.pairwise_prompt)
     chosen = choose(candidates)
     if not is_rank_zero():
         return  # rank 0 promotes and writes

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import torch.distributed as dist
 
-from eval.pairwise import JUDGE_PROMPTS
+from eval.pairwise import PAIRWISE_PROMPTS
 from model.errors import FormatError
 from model.jsonl import write_json_atomic as write_json
 from sample.generate import (add_decoding_args, add_running_args, chat_ids, non_negative_float, non_negative_int,
@@ -46,7 +46,7 @@ class ContestSettings:
     judge_top_p: float = 1.0
     judge_max_new_tokens: int = 256
     tie_rule: str = "both-orders"   # one of TIE_RULES: the paper's, a win needs both orders (eval/head_to_head.py)
-    judge_prompt: str = "project"   # one of eval/pairwise.py's JUDGE_PROMPTS (alpacaeval: the paper's evaluations')
+    pairwise_prompt: str = PAIRWISE_PROMPTS[0]  # one of eval/pairwise.py's (alpacaeval: the paper's evaluations')
     batch_size: int = 16            # rows decoded together
     speed_only: ClassVar[tuple[str, ...]] = ("batch_size",)  # the settings that do not change the outputs
 
@@ -88,6 +88,11 @@ def percent(x, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}%" if is_number(x) else "-"
 
 
+def is_interval(x) -> bool:
+    """Is x an interval as the result files hold one, [low, high] of numbers?"""
+    return isinstance(x, list) and len(x) == 2 and all(is_number(v) for v in x)
+
+
 def with_interval(x, interval, digits: int = 1, as_percent: bool = True) -> str:
     """A value and its 95% interval for people: "46.7% [30.0, 63.3]" (or "0.253 [0.101, 0.388]")."""
     def show(v):
@@ -95,7 +100,7 @@ def with_interval(x, interval, digits: int = 1, as_percent: bool = True) -> str:
     if not is_number(x):
         return "-"
     value = f"{show(x)}%" if as_percent else show(x)
-    if not (isinstance(interval, list) and len(interval) == 2 and all(is_number(v) for v in interval)):
+    if not is_interval(interval):
         return value
     return f"{value} [{show(interval[0])}, {show(interval[1])}]"
 
@@ -147,7 +152,7 @@ def add_answer_args(parser, defaults: ContestSettings, judge: bool = True) -> No
         g.add_argument("--judge-top-p", type=probability, default=defaults.judge_top_p, help="default %(default)s")
         g.add_argument("--judge-max-new-tokens", type=positive_int, default=defaults.judge_max_new_tokens,
                        help="default %(default)s")
-        g.add_argument("--judge-prompt", choices=JUDGE_PROMPTS, default=defaults.judge_prompt,
+        g.add_argument("--pairwise-prompt", choices=PAIRWISE_PROMPTS, default=defaults.pairwise_prompt,
                        help="the pairwise judge's prompt (default %(default)s; alpacaeval: the form of AlpacaEval's, "
                             "which the paper's evaluations used; eval/pairwise.py)")
         g.add_argument("--tie-rule", choices=TIE_RULES, default=defaults.tie_rule,

@@ -11,7 +11,7 @@ summary) and writes, with the keys eval/report.py reads:
   ({reason: count}), "mean_chars_chosen", "mean_chars_rejected",
   "chosen_longer", "train" (the trainer's last metrics line), "dpo_reward_accuracy", "final_loss",
   "reward_metrics", "head_to_head" and "head_to_head_baseline" (M_N against the SFT baseline, with
-  head_to_head.against: baseline or both) (copied from eval/, each with its "intervals": 95% bootstrap
+  head_to_head.opponents: baseline or both) (copied from eval/, each with its "intervals": 95% bootstrap
   intervals over the prompts, and its number of prompts), and, for iteration 1, "base_reward_metrics"
   (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training; with
   checkpoint selection (SELECT=1), "selected" (the snapshot promoted to M_N) and "selection" (each
@@ -38,7 +38,13 @@ def last_line(path: Path) -> dict | None:
     return json.loads(lines[-1]) if lines else None
 
 
-def summarise(it: Path) -> dict:
+# the head-to-head result files an iteration may hold, and their keys in the summary
+HEAD_TO_HEAD = {"head_to_head.json": "head_to_head", "head_to_head_baseline.json": "head_to_head_baseline"}
+
+
+def summarise(it: Path, head_to_head: list[str] | None = None) -> dict:
+    """The summary of iteration directory `it` (see the module doc); `head_to_head` names the comparisons to
+    take from eval/ (file names of HEAD_TO_HEAD; None: every one there)."""
     s: dict = {}
     if (it / "prompts.jsonl").is_file():
         s["prompts"] = len(read_jsonl(it / "prompts.jsonl"))
@@ -74,9 +80,9 @@ def summarise(it: Path) -> dict:
         s["final_loss"] = train.get("loss")
         if "accuracy" in train:  # DPO's reward accuracy: the implicit reward prefers the chosen answer
             s["dpo_reward_accuracy"] = train["accuracy"]
-    for key, path in (("reward_metrics", it / "eval/reward_metrics.json"),
-                      ("head_to_head", it / "eval/head_to_head.json"),
-                      ("head_to_head_baseline", it / "eval/head_to_head_baseline.json"),
+    compared = [(HEAD_TO_HEAD[name], it / "eval" / name) for name in (HEAD_TO_HEAD if head_to_head is None
+                                                                       else head_to_head)]
+    for key, path in (("reward_metrics", it / "eval/reward_metrics.json"), *compared,
                       ("base_reward_metrics", it.parent / "iter0/eval/reward_metrics.json")):
         if key == "base_reward_metrics" and it.name != "iter1":
             continue
@@ -124,8 +130,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iter", required=True, help="the iteration directory, runs/RUN/iterN")
     parser.add_argument("--out", required=True, help="summary JSON to write (atomically)")
+    parser.add_argument("--head-to-head", nargs="*", choices=sorted(HEAD_TO_HEAD), metavar="FILE",
+                        help="the head-to-head results of eval/ to include, by file name (make passes the ones "
+                             "head_to_head.opponents asks for; default: every one there)")
     args = parser.parse_args(argv)
-    summary = summarise(Path(args.iter))
+    summary = summarise(Path(args.iter), args.head_to_head)
     write_json(args.out, summary)
     print("\n".join([f"{args.iter}:"] + ["  " + line for line in describe(summary)]), file=sys.stderr)
 

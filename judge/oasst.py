@@ -213,8 +213,10 @@ def build_sets(messages: list[Message], lang: str = "en", n_ift: int = N_IFT, n_
     ift, ift_able = _drawn(has_best, n_ift, seed, "ift"), {r["id"] for r in has_best}
     rankable = [r for r in rows if len(r["replies"]) >= 2 and r["id"] not in ift]
     ranked = _drawn(rankable, n_ranked, seed, "ranked")
-    valid = _drawn([r for r in rows if r["id"] not in ift | ranked], n_valid, seed, "valid")
-    heldout = _drawn([r for r in rows if r["id"] not in ift | ranked | valid], n_heldout, seed, "heldout")
+    taken = ift | ranked
+    valid = _drawn([r for r in rows if r["id"] not in taken], n_valid, seed, "valid")
+    taken |= valid
+    heldout = _drawn([r for r in rows if r["id"] not in taken], n_heldout, seed, "heldout")
     sets = {name: [] for name in SETS}
     for row in rows:
         if row["id"] in ift:

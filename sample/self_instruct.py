@@ -117,11 +117,11 @@ def encode_request(tokenizer, template: str, examples: list[str]) -> list[int]:
         ANSWER_START)
 
 
-def extract_task(completion: str, template: str = "demo") -> str:
+def extract_task(completion: str, template: str = SelfInstructSettings.template) -> str:
     """The task a completion writes: after "Task 9:", up to the end of its line or the next "Task N:" (demo);
     after "9.", up to the next numbered item or blank line, whitespace collapsed (self-instruct)."""
     if template == "self-instruct":
-        return " ".join(re.split(r"\n\s*\d+\s*\.|\n\s*\n", completion, maxsplit=1)[0].split())
+        return " ".join(re.split(r"\n\s*\d+\s?\. |\n\s*\n", completion, maxsplit=1)[0].split())
     text = re.split(r"\n|\btask\s*\d+\s*:", completion.strip(), maxsplit=1, flags=re.I)[0].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -150,7 +150,8 @@ def rouge_l(candidate: list[str], reference: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def drop_reason(task: str, known: list[list[str]], min_words: int, max_words: int, template: str = "demo",
+def drop_reason(task: str, known: list[list[str]], min_words: int, max_words: int,
+                template: str = SelfInstructSettings.template,
                 threshold: float = 0.7) -> str | None:
     """Why a generated task is dropped under `template`'s filters (see the module doc), or None to keep it;
     `known` holds the tokens of the seed prompts and of every prompt kept so far."""

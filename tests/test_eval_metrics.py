@@ -137,7 +137,7 @@ def test_bootstrap_hand_computed_cases():
     assert bootstrap_intervals(30, lambda d: {"m": sum(d) / 30}, seed=5) == bootstrap_intervals(
         30, lambda d: {"m": sum(d) / 30}, seed=5)
     assert bootstrap_intervals(3, lambda d: {"never": None}, seed=0) == {"never": None}
-    assert bootstrap_intervals(0, lambda d: {"m": 1.0}, seed=0) == {}
+    assert bootstrap_intervals(0, lambda d: {"m": 1.0 if d else None}, seed=0) == {"m": None}  # no prompts
 
 
 def test_reward_model_intervals_over_prompts():

@@ -37,14 +37,17 @@ def fake_run(tmp_path) -> Path:
           {"pairwise_accuracy": 0.7, "pairwise_tie_rate": 0.1, "five_best": 0.5, "exact_match": 0.12,
            "spearman": 0.3, "kendall_tau": 0.25, "parse_rate": 0.97, "n_prompts": 59,
            "intervals": {"pairwise_accuracy": [0.6, 0.8], "spearman": [0.1, 0.45], "five_best": None}})
-    write(run / "iter2" / "eval" / "head_to_head.json",
-          {"a": "runs/demo/iter2/model", "b": "runs/demo/iter1/model", "judge": "checkpoints/big-judge",
+    # the comparisons: their files, and the summary's copies, which say which are current
+    h2h = {"a": "runs/demo/iter2/model", "b": "runs/demo/iter1/model", "judge": "checkpoints/big-judge",
            "self_judged": None, "win": 0.5, "tie": 0.3, "loss": 0.2, "no_verdict": 3, "n_compared": 50,
            "intervals": {"win": [0.36, 0.64], "tie": [0.18, 0.44], "loss": [0.1, 0.32]},
-           "mean_chars_a": 1000.0, "mean_chars_b": 800.0, "position_1_rate": 0.55})
-    write(run / "iter2" / "eval" / "head_to_head_baseline.json",
-          {"judge": "checkpoints/big-judge", "self_judged": None, "win": 0.6, "tie": 0.3, "loss": 0.1, "n_compared": 50,
-           "intervals": {"win": [0.46, 0.74]}})
+           "mean_chars_a": 1000.0, "mean_chars_b": 800.0, "position_1_rate": 0.55}
+    h2h_baseline = {"judge": "checkpoints/big-judge", "self_judged": None, "win": 0.6, "tie": 0.3, "loss": 0.1,
+                    "n_compared": 50, "intervals": {"win": [0.46, 0.74]}}
+    write(run / "iter2" / "eval" / "head_to_head.json", h2h)
+    write(run / "iter2" / "eval" / "head_to_head_baseline.json", h2h_baseline)
+    summary2 = json.loads((run / "iter2" / "summary.json").read_text())
+    write(run / "iter2" / "summary.json", {**summary2, "head_to_head": h2h, "head_to_head_baseline": h2h_baseline})
     # M2 was selected from a DPO run: its steps are in dpo.train/ (the last line cut short by a crash)
     (run / "iter2" / "dpo.train").mkdir()
     (run / "iter2" / "dpo.train" / "metrics.jsonl").write_text(
@@ -60,6 +63,8 @@ def fake_run(tmp_path) -> Path:
     write(run / "iter10" / "summary.json", {"pairs": 12, "judge_parse_rate": "n/a", "score_histogram": {"4": 3},
                                             "head_to_head": {"judge": "runs/demo/iter10/model", "self_judged": "a",
                                                              "win": 0.6, "tie": 0.3, "loss": 0.1}})
+    # a comparison left from other settings (head_to_head.opponents changed): its summary does not hold it
+    write(run / "iter10" / "eval" / "head_to_head_baseline.json", h2h_baseline)
     (run / "iter3").mkdir()            # an iteration still running: nothing yet
     (run / "iterations.txt").write_text("not an iteration")
     return run

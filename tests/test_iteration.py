@@ -315,6 +315,15 @@ def test_settings_per_iteration(tmp_path):
     assert f"--n-prompts {base} " in (stamps / "iter2" / "self_instruct").read_text()
     assert (stamps / "iter2" / "self_instruct").stat().st_mtime == 0        # never changed: dated 1970
     assert (stamps / "sft").is_file() and (stamps / "reward_metrics").is_file()
+    # a run from before the stamps moved to iterN/: a stage whose old stamp holds other settings is redone
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "generate").write_text("settings --samples 9\n")
+    (legacy / "judge").write_text((stamps / "iter2" / "judge").read_text())
+    proc = subprocess.run([sys.executable, str(ROOT / "configs/iteration.py"), "--stamps", str(legacy), "--iter", "2",
+                           str(config)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (legacy / "iter2" / "generate").stat().st_mtime > 0 and (legacy / "iter2" / "judge").stat().st_mtime == 0
 
 
 def test_the_papers_setting_shows_in_a_dry_run(tmp_path):
@@ -340,11 +349,11 @@ def test_the_papers_setting_shows_in_a_dry_run(tmp_path):
                                                         "--n-prompts 8700", "--temperature 0.6", "--top-p 0.9"))
     assert "--max-pairs 6942" in line["pairs.py"] and "--set epochs=3" in line["dpo.py"]
     assert all(f in line["select_checkpoint.py"] for f in (
-        "--against previous-checkpoint", "--judge checkpoints/llama2-70b-chat", "--judge-prompt alpacaeval",
+        "--against previous-checkpoint", "--judge checkpoints/llama2-70b-chat", "--pairwise-prompt alpacaeval",
         "--prompts data/seed/eft.jsonl", "--tie-rule both-orders"))
     vs_previous = next(x for x in out.splitlines() if "head_to_head.json" in x)
     for h2h in (vs_previous, line["head_to_head_baseline.json"]):
-        assert "--judge checkpoints/llama2-70b-chat" in h2h and "--judge-prompt alpacaeval" in h2h
+        assert "--judge checkpoints/llama2-70b-chat" in h2h and "--pairwise-prompt alpacaeval" in h2h
     assert f"--b {tmp_path}/t/baseline/model" in line["head_to_head_baseline.json"]
     sampling = [x for x in out.splitlines() if any(s in x for s in ("generate.py", "score.py", "reward_metrics.py",
                                                                      "head_to_head.py", "select_checkpoint.py"))]

@@ -159,8 +159,8 @@ def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
     judge = tmp_path / "judge"
     shutil.copytree(tiny_checkpoint, judge)
     paper = ("sft.set.max_steps=2", "select.against=previous-checkpoint", f"select.judge={judge}",
-             "select.judge_prompt=alpacaeval", f"head_to_head.judge={judge}", "head_to_head.judge_prompt=alpacaeval",
-             "head_to_head.against=both")
+             "select.pairwise_prompt=alpacaeval", f"head_to_head.judge={judge}", "head_to_head.pairwise_prompt=alpacaeval",
+             "head_to_head.opponents=both")
     proc = make(tmp_path, tiny_checkpoint, "SELECT=1", settings=paper)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "sample/generate.py" not in proc.stdout and "judge/score.py" not in proc.stdout
@@ -171,7 +171,7 @@ def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
     assert steps >= 2 and [c["name"] for c in sel["candidates"]] == names
     assert [c["baseline"] for c in sel["candidates"]] == ["previous"] + names[:-1]   # each against the one before
     assert sel["against"] == "previous-checkpoint" and sel["judge"] == str(judge) and sel["self_judged"] is None
-    assert sel["judge_prompt"] == "alpacaeval" and sel["tie_rule"] == "both-orders"
+    assert sel["pairwise_prompt"] == "alpacaeval" and sel["tie_rule"] == "both-orders"
     promoted = next(c for c in sel["candidates"] if c["name"] == sel["promoted"]["name"])
     assert sel["chosen"] is None or sel["chosen"]["name"] == promoted["name"]
     for f in Path(promoted["path"]).iterdir():
@@ -184,7 +184,7 @@ def test_checkpoint_selection(runs, tiny_checkpoint, tmp_path):
     assert (run / "baseline" / "model" / "params.json").is_file()
     for key, opponent in (("head_to_head", run / "iter1" / "model"), ("head_to_head_baseline", run / "baseline" / "model")):
         h = summary[key]
-        assert (h["b"], h["judge"], h["self_judged"], h["judge_prompt"], h["tie_rule"]) == (
+        assert (h["b"], h["judge"], h["self_judged"], h["pairwise_prompt"], h["tie_rule"]) == (
             str(opponent), str(judge), None, "alpacaeval", "both-orders")
         assert set(h["intervals"]) == {"win", "tie", "loss"} and h["n_compared"] == 3
     assert set(summary["reward_metrics"]["intervals"]) >= {"pairwise_accuracy", "spearman", "kendall_tau"}
