@@ -151,7 +151,7 @@ def reward_table(iters: list[dict], baseline: dict | None) -> list[str]:
         intervals = m.get("intervals") or {}
         return [with_interval(m.get(k), intervals.get(k), as_percent=k not in CORRELATIONS) for k, _ in RM_COLUMNS]
 
-    labelled = ([(baseline["iter"], baseline)] if baseline else []) + [
+    labelled = ([(baseline["iter"], baseline)] if baseline and baseline["reward"] else []) + [
         ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters if it["iter"] != 0 or it["reward"]]
     rows = [[label, *cells(m), percent(m.get("pairwise_tie_rate")), percent(m.get("parse_rate")),
              number(m.get("n_prompts"))] for label, it in labelled for m in [it["reward"]]]
@@ -243,6 +243,7 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,7 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
                 ax.errorbar([n + 0.04 * (k - 2) for n, _, _ in points], [v for _, v, _ in points],
                             yerr=error_bars(points), marker="o", capsize=3, label=title)
         ax.set(xlabel="iteration", ylabel="fraction / correlation", title="Reward-model metrics (95% intervals)",
-               xticks=[n for n, _ in rm])
+               xticks=[n for n, _ in rm], xlim=(min(n for n, _ in rm) - 0.5, max(n for n, _ in rm) + 0.5))
         ax.legend()
         save(fig, "reward_model.png")
     contests = [(title, [(it["iter"], it[key]) for it in iters if is_number(it[key].get("win"))])
@@ -305,6 +306,7 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
                 if points:
                     ax.plot(*zip(*points), label=f"iter {n}")
             ax.set(xlabel="optimizer step", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.legend()
         save(fig, "dpo_training.png")
     series = {"answers, M_N (head to head)": [(it["iter"], it["h2h"].get("mean_chars_a")) for it in iters],
@@ -316,11 +318,15 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
         for label, points in series.items():
             if points:
                 ax.plot(*zip(*points), marker="o", label=label)
-        ax.plot(list(PAPER_LENGTHS), list(PAPER_LENGTHS.values()), linestyle="--", color="black",
-                label="paper, M1-M3 (Llama-2-70B, AlpacaEval)")
-        ax.set(xlabel="iteration", ylabel="mean characters", title="Answer lengths",
+        # the paper's drift on its own scale (right), so that a small model's short answers stay readable
+        paper = ax.twinx()
+        paper.plot(list(PAPER_LENGTHS), list(PAPER_LENGTHS.values()), linestyle="--", color="black",
+                   label="paper, M1-M3 (Llama-2-70B, AlpacaEval; right axis)")
+        paper.set(ylabel="paper: mean characters", ylim=(0, None))
+        ax.set(xlabel="iteration", ylabel="mean characters", title="Answer lengths", ylim=(0, None),
                xticks=sorted({n for points in series.values() for n, _ in points} | set(PAPER_LENGTHS)))
-        ax.legend()
+        handles = [h for axis in (ax, paper) for h in axis.get_legend_handles_labels()[0]]
+        ax.legend(handles, [h.get_label() for h in handles], loc="upper left")
         save(fig, "lengths.png")
     return written
 
