@@ -129,6 +129,12 @@ def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+# Hugging Face's rope_type "llama3" parameters and the ModelArgs fields they become
+LLAMA3_ROPE = {"factor": "rope_scaling_factor", "low_freq_factor": "rope_low_freq_factor",
+               "high_freq_factor": "rope_high_freq_factor",
+               "original_max_position_embeddings": "rope_original_max_seq_len"}
+
+
 def args_from_hf_config(path: Path) -> ModelArgs:
     try:
         cfg = json.loads(path.read_text())
@@ -139,8 +145,17 @@ def args_from_hf_config(path: Path) -> ModelArgs:
     if cfg.get("model_type") != "llama":
         raise FormatError(f"{path}: model_type {cfg.get('model_type')!r}, this converter reads 'llama'")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise FormatError(f"{path}: rope scaling {rope} is not supported")
+    if not isinstance(rope, dict):
+        raise FormatError(f"{path}: rope_parameters / rope_scaling must be a mapping, got {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise FormatError(f"{path}: rope scaling {rope} is not supported (only Llama 3.1's, rope_type llama3)")
+    scaling = {}
+    if rope_type == "llama3":  # Llama 3.1 and later: every parameter must be given, as transformers requires
+        missing = [k for k in LLAMA3_ROPE if k not in rope]
+        if missing:
+            raise FormatError(f"{path}: rope_type llama3 without {missing}")
+        scaling = {ours: rope[theirs] for theirs, ours in LLAMA3_ROPE.items()}
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise FormatError(f"{path}: biases in attention or MLP are not part of Llama-2")
     try:
@@ -150,7 +165,7 @@ def args_from_hf_config(path: Path) -> ModelArgs:
                           norm_eps=cfg.get("rms_norm_eps", 1e-6),
                           rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
                           max_seq_len=cfg.get("max_position_embeddings", 4096),
-                          tie_embeddings=cfg.get("tie_word_embeddings", False))
+                          tie_embeddings=cfg.get("tie_word_embeddings", False), **scaling)
     except KeyError as e:
         raise FormatError(f"{path}: key {e.args[0]!r} is missing") from None
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
@@ -222,6 +237,9 @@ def export_hf(src, out):
               "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
               "attention_bias": False, "mlp_bias": False, "bos_token_id": tokenizer.bos_id,
               "eos_token_id": tokenizer.stop_ids, "pad_token_id": tokenizer.pad_id}
+    if args.rope_scaling_factor is not None:  # written in both spellings: transformers 4.x and 5 read one each
+        rope = {"rope_type": "llama3", **{theirs: getattr(args, ours) for theirs, ours in LLAMA3_ROPE.items()}}
+        config.update(rope_scaling=rope, rope_parameters={**rope, "rope_theta": args.rope_theta})
     sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
     template = LLAMA2_CHAT_TEMPLATE if sentencepiece else chatml_template(tokenizer.default_system)
     tok_config = {"bos_token": tokens[0], "eos_token": tokens[1], "pad_token": tokens[2],

@@ -1,4 +1,4 @@
-"""The Llama-2 network, written out in one file.
+"""The Llama-2 network (and Llama 3.1's rope scaling), written out in one file.
 
 It follows Meta's original `model.py` (parameter names included, so Meta
 checkpoints load without renaming) with three additions the rest of the
@@ -65,6 +65,13 @@ class ModelArgs:
     ffn_hidden_dim: Optional[int] = None  # explicit FFN size (HF configs give it); overrides the rule above
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # Llama 3.1's rope scaling (Hugging Face's rope_type "llama3", Meta's use_scaled_rope): the rotary frequencies
+    # whose wavelength is beyond the original context are divided by the factor, those under it / high_freq_factor
+    # kept, those between blended. None: no scaling (Llama-2, Llama 3.0).
+    rope_scaling_factor: Optional[float] = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
     max_seq_len: int = 4096
     tie_embeddings: bool = False  # output head shares the token embedding matrix
     dropout: float = 0.0  # on each residual branch, training only (the paper fine-tunes with 0.1)
@@ -81,6 +88,14 @@ class ModelArgs:
             _check_int("ffn_hidden_dim", self.ffn_hidden_dim, MAX_FFN_WIDTH)
         self.norm_eps = _positive_float("norm_eps", self.norm_eps)
         self.rope_theta = _positive_float("rope_theta", self.rope_theta)
+        if self.rope_scaling_factor is not None:
+            self.rope_scaling_factor = _positive_float("rope_scaling_factor", self.rope_scaling_factor)
+        self.rope_low_freq_factor = _positive_float("rope_low_freq_factor", self.rope_low_freq_factor)
+        self.rope_high_freq_factor = _positive_float("rope_high_freq_factor", self.rope_high_freq_factor)
+        if self.rope_high_freq_factor <= self.rope_low_freq_factor:
+            raise ValueError(f"rope_high_freq_factor {self.rope_high_freq_factor} must be above rope_low_freq_factor "
+                             f"{self.rope_low_freq_factor}")
+        _check_int("rope_original_max_seq_len", self.rope_original_max_seq_len, INT_LIMITS["max_seq_len"])
         if self.ffn_dim_multiplier is not None:
             self.ffn_dim_multiplier = _positive_float("ffn_dim_multiplier", self.ffn_dim_multiplier)
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
@@ -143,14 +158,27 @@ class RMSNorm(nn.Module):
         return xf.type_as(x) * self.weight
 
 
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
-    """cos and sin of the rotary angles, (B, T, head_dim/2) in fp32, for integer positions (B, T).
+def rotary_frequencies(args: ModelArgs, device=None) -> torch.Tensor:
+    """The rotary angle per position of each pair of a head's dimensions, (head_dim/2,) in fp32: theta^(-2i/d),
+    with Llama 3.1's scaling when args.rope_scaling_factor is set (Meta's apply_scaling)."""
+    d = args.head_dim
+    inv_freq = 1.0 / args.rope_theta ** (torch.arange(0, d, 2, device=device).float() / d)
+    if args.rope_scaling_factor is None:
+        return inv_freq
+    original, low, high = args.rope_original_max_seq_len, args.rope_low_freq_factor, args.rope_high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    smooth = ((original / wavelength - low) / (high - low)).clamp(0, 1)  # 0: beyond original / low, 1: under / high
+    return (1 - smooth) * inv_freq / args.rope_scaling_factor + smooth * inv_freq
+
+
+def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor):
+    """cos and sin of the rotary angles, (B, T, head_dim/2) in fp32, for integer positions (B, T) and the
+    frequencies of rotary_frequencies.
 
     Computed per forward from the positions instead of read from a precomputed
     table: it is cheap, has no length limit, and leaves the model without
     buffers that would need re-initialising after building it on the meta device.
     """
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
     angles = positions.float()[..., None] * inv_freq  # (B, T, head_dim/2)
     return angles.cos(), angles.sin()
 
@@ -343,7 +371,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = slots if slots is not None else torch.arange(T, device=tokens.device)
             positions = positions.expand(B, T)
-        cos, sin = rotary_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        cos, sin = rotary_cos_sin(positions, rotary_frequencies(self.args, tokens.device))
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, mask, None if cache is None else cache[i], slots)

@@ -17,11 +17,17 @@ def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def hf_model(n_kv_heads, tie, rope_theta=10000.0, seed=0):
+# Llama 3.1's rope scaling, with an original context of 64 so that the tiny head's 8 frequencies fall in all three
+# bands (wavelengths 2 pi 500000^(k/8): 6.3 under 64 / 4, kept; 32.5 between, blended; the rest beyond 64, scaled)
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+
+
+def hf_model(n_kv_heads, tie, rope_theta=10000.0, seed=0, rope=None):
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=n_kv_heads, vocab_size=400,
-                                   max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=tie,
-                                   rope_parameters={"rope_type": "default", "rope_theta": rope_theta})
+                                   max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+                                   rope_parameters={"rope_type": "default", **(rope or {}), "rope_theta": rope_theta})
     torch.manual_seed(seed)
     m = transformers.LlamaForCausalLM(cfg).float().eval()
     with torch.no_grad():  # larger than the default init, so logits are far from uniform
@@ -30,22 +36,62 @@ def hf_model(n_kv_heads, tie, rope_theta=10000.0, seed=0):
     return m
 
 
-@pytest.mark.parametrize("n_kv_heads,tie,theta", [(2, False, 10000.0), (4, True, 100000.0)],
-                         ids=["gqa-untied", "mha-tied"])
-def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, theta):
-    ref = hf_model(n_kv_heads, tie, theta)
+@pytest.mark.parametrize("n_kv_heads,tie,theta,rope", [(2, False, 10000.0, None), (4, True, 100000.0, None),
+                                                        (2, True, 500000.0, LLAMA3_ROPE)],
+                         ids=["gqa-untied", "mha-tied", "llama3.1-rope"])
+def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, theta, rope):
+    ref = hf_model(n_kv_heads, tie, theta, rope=rope)
     ref.save_pretrained(tmp_path / "hf")
     shutil.copy(sp_model_file, tmp_path / "hf" / "tokenizer.model")
     convert_hf(tmp_path / "hf", tmp_path / "ours")
     ours, _ = model.load(tmp_path / "ours")
     assert ours.args.tie_embeddings == tie and ours.args.n_kv_heads == n_kv_heads
 
-    tokens = torch.randint(0, 256, (3, 29))
+    assert ours.args.rope_scaling_factor == (rope and rope["factor"])
+    T = 150 if rope else 29  # past the scaled model's original context
+    tokens = torch.randint(0, 256, (3, T))
     with torch.no_grad():
         expected = ref(tokens).logits
         got = ours(tokens)
-    assert got.shape == expected.shape == (3, 29, 400)
+    assert got.shape == expected.shape == (3, T, 400)
     assert rel_err(got, expected) < 1e-4
+    if rope:  # and through the KV cache, a token at a time after a prefill, and exported back to transformers
+        with torch.no_grad():
+            cache = ours.make_cache(batch_size=3, max_len=T)
+            steps = [ours(tokens[:, :100], cache=cache, slots=torch.arange(100))]
+            steps += [ours(tokens[:, t:t + 1], cache=cache, slots=torch.tensor([t])) for t in range(100, T)]
+        assert rel_err(torch.cat(steps, dim=1), expected) < 1e-4
+        export_hf(tmp_path / "ours", tmp_path / "exported")
+        again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "exported", dtype=torch.float32).eval()
+        with torch.no_grad():
+            assert rel_err(again(tokens).logits, expected) < 1e-4
+
+
+def test_llama3_rope_frequencies_by_hand():
+    """Meta's apply_scaling, computed here frequency by frequency: kept above the high-frequency wavelength,
+    divided by the factor beyond the low one, blended between."""
+    import math
+    from model.llama import rotary_frequencies
+    args = ModelArgs(dim=64, n_heads=4, n_kv_heads=4, rope_theta=500000.0, rope_scaling_factor=8.0,
+                     rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_seq_len=64)
+    expected = []
+    for i in range(0, 16, 2):
+        freq = 1 / 500000.0 ** (i / 16)
+        wavelength = 2 * math.pi / freq
+        if wavelength < 64 / 4:
+            expected.append(freq)
+        elif wavelength > 64 / 1:
+            expected.append(freq / 8)
+        else:
+            smooth = (64 / wavelength - 1) / (4 - 1)
+            expected.append((1 - smooth) * freq / 8 + smooth * freq)
+    assert rotary_frequencies(args).tolist() == pytest.approx(expected, rel=1e-6)
+    assert 0 < sum(e != pytest.approx(f, rel=1e-3) and e != pytest.approx(f / 8, rel=1e-3) for e, f in
+                   zip(expected, [1 / 500000.0 ** (i / 16) for i in range(0, 16, 2)]))   # one is blended
+    plain = ModelArgs(dim=64, n_heads=4, n_kv_heads=4, rope_theta=500000.0)
+    assert rotary_frequencies(plain).tolist() == pytest.approx([1 / 500000.0 ** (i / 16) for i in range(0, 16, 2)])
+    with pytest.raises(ValueError, match="rope_high_freq_factor 1.0 must be above rope_low_freq_factor 2.0"):
+        ModelArgs(rope_low_freq_factor=2.0, rope_high_freq_factor=1.0)
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import model
-from model.llama import rotary_cos_sin
+from model.llama import rotary_cos_sin, rotary_frequencies
 from train import plan
 
 SMALL = model.ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=400, multiple_of=16)
@@ -35,7 +35,7 @@ def test_block_activations_are_what_autograd_keeps(dtype, dropout):
     net = model.Transformer(args).init_weights(seed=0).to(dtype).train()
     B, T = 2, 32
     x = torch.randn(B, T, args.dim, dtype=dtype, requires_grad=True)
-    cos, sin = rotary_cos_sin(torch.arange(T).expand(B, T), args.head_dim, args.rope_theta)
+    cos, sin = rotary_cos_sin(torch.arange(T).expand(B, T), rotary_frequencies(args))
     shared = {p.untyped_storage().data_ptr() for p in net.parameters()} | {cos.data_ptr(), sin.data_ptr()}
     kept = {}
 
