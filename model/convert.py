@@ -113,22 +113,25 @@ HF_LAYER_NAMES = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn
 def meta_to_hf_name(name: str) -> str:
     if name in HF_NAMES:
         return HF_NAMES[name]
-    _, i, rest = name.split(".", 2)  # layers.{i}.attention.wq.weight
-    module = rest.rsplit(".", 1)[0]
-    return f"model.layers.{i}.{HF_LAYER_NAMES[module]}.weight"
+    _, i, rest = name.split(".", 2)  # layers.{i}.attention.wq.weight (or .bias)
+    module, kind = rest.rsplit(".", 1)
+    return f"model.layers.{i}.{HF_LAYER_NAMES[module]}.{kind}"
 
 
 def meta_to_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Reorder each head's rows from pairs (0,1),(2,3).. to halves (0,2,4..,1,3,5..)."""
-    rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    """Reorder each head's rows (a weight's, or a bias's entries) from pairs (0,1),(2,3).. to halves
+    (0,2,4..,1,3,5..)."""
+    rows, cols = w.shape[0], w[0].numel()
+    return w.reshape(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(w.shape)
 
 
 def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    rows, cols = w.shape
-    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+    rows, cols = w.shape[0], w[0].numel()
+    return w.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(w.shape)
 
 
+# the Hugging Face architectures this model is: Llama (2, 3.x) and Qwen2 (Qwen2.5: biases on q, k and v)
+HF_MODEL_TYPES = ("llama", "qwen2")
 # Hugging Face's rope_type "llama3" parameters and the ModelArgs fields they become
 LLAMA3_ROPE = {"factor": "rope_scaling_factor", "low_freq_factor": "rope_low_freq_factor",
                "high_freq_factor": "rope_high_freq_factor",
@@ -142,8 +145,12 @@ def args_from_hf_config(path: Path) -> ModelArgs:
         raise FormatError(f"{path}: {e}") from None
     if not isinstance(cfg, dict):
         raise FormatError(f"{path}: not a JSON object")
-    if cfg.get("model_type") != "llama":
-        raise FormatError(f"{path}: model_type {cfg.get('model_type')!r}, this converter reads 'llama'")
+    if cfg.get("model_type") not in HF_MODEL_TYPES:
+        raise FormatError(f"{path}: model_type {cfg.get('model_type')!r}, this converter reads "
+                          f"{', '.join(map(repr, HF_MODEL_TYPES))}")
+    qwen2 = cfg["model_type"] == "qwen2"
+    if qwen2 and cfg.get("use_sliding_window"):
+        raise FormatError(f"{path}: use_sliding_window is true: sliding-window attention is not implemented")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if not isinstance(rope, dict):
         raise FormatError(f"{path}: rope_parameters / rope_scaling must be a mapping, got {rope!r}")
@@ -165,7 +172,7 @@ def args_from_hf_config(path: Path) -> ModelArgs:
                           norm_eps=cfg.get("rms_norm_eps", 1e-6),
                           rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
                           max_seq_len=cfg.get("max_position_embeddings", 4096),
-                          tie_embeddings=cfg.get("tie_word_embeddings", False), **scaling)
+                          tie_embeddings=cfg.get("tie_word_embeddings", False), qkv_bias=qwen2, **scaling)
     except KeyError as e:
         raise FormatError(f"{path}: key {e.args[0]!r} is missing") from None
     if cfg.get("head_dim", args.head_dim) != args.head_dim:
@@ -189,9 +196,9 @@ def convert_hf(src, out):
                     continue  # some tied checkpoints store the shared matrix twice
                 raise FormatError(f"{src}: unexpected tensor {hf_name} for a Llama model")
             name = from_hf[hf_name]
-            if name.endswith("attention.wq.weight"):
+            if ".attention.wq." in name:
                 tensor = hf_to_meta_rows(tensor, args.n_heads)
-            elif name.endswith("attention.wk.weight"):
+            elif ".attention.wk." in name:
                 tensor = hf_to_meta_rows(tensor, args.n_kv_heads)
             yield name, tensor
 
@@ -224,18 +231,21 @@ def chatml_template(default_system: str | None) -> str:
 
 
 def export_hf(src, out):
-    """Write a Hugging Face LlamaForCausalLM directory that transformers, vLLM and lm-eval load."""
+    """Write a Hugging Face LlamaForCausalLM (Qwen2ForCausalLM with q, k, v biases) directory that transformers,
+    vLLM and lm-eval load."""
     src = Path(src)
     args = read_params(src)
     tokenizer = load_tokenizer(src)
     tokens = [tokenizer.decode_token(i) for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)]
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+    config = {"architectures": ["Qwen2ForCausalLM" if args.qkv_bias else "LlamaForCausalLM"],
+              "model_type": "qwen2" if args.qkv_bias else "llama", "hidden_act": "silu",
               "hidden_size": args.dim, "intermediate_size": args.hidden_dim,
               "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
               "num_key_value_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
               "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
               "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
-              "attention_bias": False, "mlp_bias": False, "bos_token_id": tokenizer.bos_id,
+              **({"use_sliding_window": False} if args.qkv_bias else {"attention_bias": False, "mlp_bias": False}),
+              "bos_token_id": tokenizer.bos_id,
               "eos_token_id": tokenizer.stop_ids, "pad_token_id": tokenizer.pad_id}
     if args.rope_scaling_factor is not None:  # written in both spellings: transformers 4.x and 5 read one each
         rope = {"rope_type": "llama3", **{theirs: getattr(args, ours) for theirs, ours in LLAMA3_ROPE.items()}}
@@ -250,9 +260,9 @@ def export_hf(src, out):
     with atomic_directory(out, sources=[src]) as tmp:
         writer = ShardWriter(tmp)
         for name, tensor in read_tensors(src):
-            if name.endswith("attention.wq.weight"):
+            if ".attention.wq." in name:
                 tensor = meta_to_hf_rows(tensor, args.n_heads)
-            elif name.endswith("attention.wk.weight"):
+            elif ".attention.wk." in name:
                 tensor = meta_to_hf_rows(tensor, args.n_kv_heads)
             writer.add(meta_to_hf_name(name), tensor)
         writer.close()

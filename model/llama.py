@@ -1,4 +1,4 @@
-"""The Llama-2 network (and Llama 3.1's rope scaling), written out in one file.
+"""The Llama-2 network (with Llama 3.1's rope scaling and Qwen2's q, k, v biases), written out in one file.
 
 It follows Meta's original `model.py` (parameter names included, so Meta
 checkpoints load without renaming) with three additions the rest of the
@@ -74,6 +74,7 @@ class ModelArgs:
     rope_original_max_seq_len: int = 8192
     max_seq_len: int = 4096
     tie_embeddings: bool = False  # output head shares the token embedding matrix
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2 / Qwen2.5)
     dropout: float = 0.0  # on each residual branch, training only (the paper fine-tunes with 0.1)
 
     def __post_init__(self):
@@ -101,8 +102,9 @@ class ModelArgs:
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout = {reprlib.repr(self.dropout)}: must be a number in [0, 1)")
         self.dropout = float(self.dropout)
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings = {reprlib.repr(self.tie_embeddings)}: must be true or false")
+        for name in ("tie_embeddings", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} = {reprlib.repr(getattr(self, name))}: must be true or false")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim {self.dim}, n_heads {self.n_heads}, n_kv_heads {self.n_kv_heads}: "
                              "dim must divide by n_heads and n_heads by n_kv_heads")
@@ -266,9 +268,9 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=args.qkv_bias)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(self, x, cos, sin, mask=None, cache: Optional[KVCache] = None, slots=None):

@@ -57,6 +57,9 @@ def apply_tensor_parallel(model: Transformer, world: int) -> Transformer:
             shape[dim] //= world
             linear.weight = nn.Parameter(torch.empty(shape, device=linear.weight.device,
                                                      dtype=linear.weight.dtype), requires_grad=False)
+            if linear.bias is not None:  # the q, k, v biases of Qwen2: split with their output rows
+                linear.bias = nn.Parameter(torch.empty(shape[0], device=linear.bias.device, dtype=linear.bias.dtype),
+                                           requires_grad=False)
         attn.wo.register_forward_hook(_all_reduce_output)
         ff.w2.register_forward_hook(_all_reduce_output)
     return model

@@ -1,5 +1,6 @@
 """The hand-written Llama against transformers' LlamaForCausalLM, and its cache and masks against itself
 recomputed from scratch."""
+import json
 import shutil
 
 import pytest
@@ -65,6 +66,44 @@ def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, the
         again = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "exported", dtype=torch.float32).eval()
         with torch.no_grad():
             assert rel_err(again(tokens).logits, expected) < 1e-4
+
+
+def test_qwen2_logits_match_transformers(tmp_path, sp_model_file):
+    """Qwen2 / Qwen2.5 (biases on q, k and v, rope theta 1e6, tied embeddings): converted from transformers' own
+    Qwen2ForCausalLM, the logits of a padded batch match; exported back, transformers gives them again."""
+    cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=400, max_position_embeddings=128,
+                                   rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    torch.manual_seed(0)
+    ref = transformers.Qwen2ForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+    assert ref.model.layers[0].self_attn.q_proj.bias is not None
+    ref.save_pretrained(tmp_path / "hf")
+    shutil.copy(sp_model_file, tmp_path / "hf" / "tokenizer.model")
+    convert_hf(tmp_path / "hf", tmp_path / "ours")
+    ours, _ = model.load(tmp_path / "ours")
+    assert ours.args.qkv_bias and ours.args.tie_embeddings and ours.args.rope_theta == 1e6
+    tokens = torch.randint(0, 256, (3, 31))
+    pad = torch.ones(3, 31, dtype=torch.bool)
+    pad[1, :7] = False                                   # a left-padded row
+    positions = (pad.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = ref(tokens, attention_mask=pad.long(), position_ids=positions).logits
+        got = ours(tokens, positions=positions, mask=attention_mask(pad, torch.arange(31)))
+    assert rel_err(got[pad], expected[pad]) < 1e-4
+    export_hf(tmp_path / "ours", tmp_path / "exported")
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["model_type"] == "qwen2"
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert rel_err(again(tokens).logits, ref(tokens).logits) < 1e-4
+    cfg.use_sliding_window = True
+    (tmp_path / "sliding").mkdir()
+    cfg.save_pretrained(tmp_path / "sliding")
+    with pytest.raises(model.FormatError, match="sliding-window attention is not implemented"):
+        convert_hf(tmp_path / "sliding", tmp_path / "no")
 
 
 def test_llama3_rope_frequencies_by_hand():

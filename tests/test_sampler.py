@@ -314,3 +314,19 @@ def test_tensor_parallel_ranks_take_rank_zeros_tokens(tmp_path, tiny_checkpoint)
     one_process = [[c.token_ids for c in row] for row in outs]
     assert results[0] == one_process
     assert len({len(t) for row in one_process for t in row}) > 1  # rows did stop at different steps
+
+
+def test_tensor_parallel_splits_the_qkv_biases_with_their_rows():
+    """Qwen2's q, k, v biases are split over the ranks as their projections' output rows are (the forward over
+    ranks is the slow test above, on the bias-free tiny model)."""
+    import model
+    from sample.tp import apply_tensor_parallel, shard_plan
+    args = model.ModelArgs(**{**vars(model.PRESETS["tiny"]), "qkv_bias": True})
+    with torch.device("meta"):
+        net = model.Transformer(args)
+    plan = shard_plan(net)
+    assert plan["layers.0.attention.wq.bias"] == plan["layers.0.attention.wq.weight"] == 0
+    assert "layers.0.attention.wo.bias" not in plan
+    attn = apply_tensor_parallel(net, 2).layers[0].attention
+    assert attn.wq.bias.shape == (args.n_heads * args.head_dim // 2,) == (attn.wq.weight.shape[0],)
+    assert attn.wk.bias.shape == attn.wv.bias.shape == (args.n_kv_heads * args.head_dim // 2,)

@@ -89,9 +89,22 @@ def sequence_logp(net, seq) -> float:
     return picked[seq.n_prompt - 1:].sum().item()
 
 
-def test_trainer_loss_matches_an_independent_computation(tmp_path, tiny_checkpoint, capsys):
+@pytest.fixture(scope="module")
+def qwen2_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """The tiny model with Qwen2's biases on q, k and v (random, like the rest of it)."""
+    from dataclasses import replace
+    net, tok = model.load(tiny_checkpoint)
+    out = tmp_path_factory.mktemp("qwen2") / "model"
+    model.save_model(out, model.Transformer(replace(net.args, qkv_bias=True)).init_weights(std=0.3, seed=0), tok)
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_trainer_loss_matches_an_independent_computation(tmp_path, tiny_checkpoint, qwen2_checkpoint, capsys, family):
     """Step 2's logged loss and rewards, recomputed from the step-1 snapshot (policy) and the input model
-    (reference) with log_softmax/gather and the DPO formula written out here."""
+    (reference) with log_softmax/gather and the DPO formula written out here; for Llama and for Qwen2's biased
+    projections, whose biases are trained too."""
+    tiny_checkpoint = qwen2_checkpoint if family == "qwen2" else tiny_checkpoint
     pairs_file = write_pairs(tmp_path / "pairs.jsonl", 8)
     code, err = run_dpo(capsys, tiny_checkpoint, pairs_file, tmp_path / "m2", "max_steps=2", "save_every=1",
                         "dropout=0", "lr=1e-2")
@@ -110,6 +123,9 @@ def test_trainer_loss_matches_an_independent_computation(tmp_path, tiny_checkpoi
     assert logged["loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
     assert logged["margins"] == pytest.approx(sum(margins) / 4, rel=1e-4)
     assert logged["accuracy"] == sum(accurate) / 4
+    if family == "qwen2":
+        assert policy.args.qkv_bias and not torch.equal(policy.layers[0].attention.wq.bias,
+                                                        ref.layers[0].attention.wq.bias)
 
 
 def test_reward_accuracy_rises_on_a_clear_preference_set(tmp_path, tiny_checkpoint, capsys):
