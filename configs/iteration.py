@@ -18,9 +18,9 @@ the file has them, as the paper sized each iteration's data:
     iterations: {3: {self_instruct: {n_prompts: 7000}}, 4: {dpo: {set: {lr: 5.0e-7}}}}
 Only the sections of the iterations that build their own data may change (PER_ITERATION); the SFT stages and
 the reward-model evaluation are the run's. The values become Make variables, so nothing in them may be code for
-make or the shell: text may hold only letters, digits and `_ . / + @ -`, and every value is escaped for make. With --stamps DIR it
-also writes DIR/<stage>, each stage's own settings and a digest of its code, touched only when they
-change, for the Makefile's stage targets to depend on (DIR/iterN/<stage> for those of ITERATION_STAMPS).
+make or the shell: text may hold only letters, digits and `_ . / + @ -`, and every value is escaped for make.
+With --stamps DIR it also writes DIR/<stage>, each stage's own settings and a digest of its code, touched only
+when they change, for the Makefile's stage targets to depend on (DIR/iterN/<stage> for those of ITERATION_STAMPS).
 """
 import copy
 import hashlib

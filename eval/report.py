@@ -165,8 +165,8 @@ def judged_by(h: dict) -> str:
     return "/".join(Path(str(h.get("judge", "-"))).parts[-2:])
 
 
-# the opponents of M_N: the key read_iteration keeps each comparison under, and how a table names it
-OPPONENTS = (("h2h", "M{previous}"), ("h2h_baseline", "SFT baseline"))
+# M_N's head-to-head comparisons: the key read_iteration keeps each under, and how the report names its opponent
+COMPARISONS = (("h2h", "M{previous}"), ("h2h_baseline", "SFT baseline"))
 
 
 def head_to_head_table(iters: list[dict], self_judged: bool) -> list[str]:
@@ -174,7 +174,7 @@ def head_to_head_table(iters: list[dict], self_judged: bool) -> list[str]:
     not one of the contestants; the paper's GPT-4 row only beside the external judges' rows, the only ones it
     can be compared with."""
     rows = []
-    for it, key, opponent in ((it, key, opponent) for it in iters for key, opponent in OPPONENTS
+    for it, key, opponent in ((it, key, opponent) for it in iters for key, opponent in COMPARISONS
                               if it[key] and bool(it[key].get("self_judged")) == self_judged):
         h = it[key]
         intervals = h.get("intervals") or {}
@@ -278,8 +278,9 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
                xticks=[n for n, _ in rm], xlim=(min(n for n, _ in rm) - 0.5, max(n for n, _ in rm) + 0.5))
         ax.legend()
         save(fig, "reward_model.png")
-    contests = [(title, [(it["iter"], it[key]) for it in iters if is_number(it[key].get("win"))])
-                for key, title in (("h2h", "M_N against M_{N-1}"), ("h2h_baseline", "M_N against the SFT baseline"))]
+    contests = [(f"M_N against {opponent.format(previous='_{N-1}')}",
+                 [(it["iter"], it[key]) for it in iters if is_number(it[key].get("win"))])
+                for key, opponent in COMPARISONS]
     contests = [(title, h2h) for title, h2h in contests if h2h]
     if contests:
         fig, axes = plt.subplots(1, len(contests), figsize=(7 * len(contests), 4), squeeze=False)

@@ -178,8 +178,8 @@ def drop_reason(task: str, known: list[list[str]], min_words: int, max_words: in
         if not task[0].isascii():
             return "non-ASCII start"
     tokens = rouge_tokens(task)
-    similar = (lambda score: score > threshold) if template == "self-instruct" else (lambda score: score >= threshold)
-    if any(similar(rouge_l(tokens, k)) for k in known):
+    at_threshold_too = template == "demo"  # Self-Instruct's rule is strictly above
+    if any(s > threshold or (at_threshold_too and s == threshold) for s in (rouge_l(tokens, k) for k in known)):
         return "near-duplicate"
     return None
 
