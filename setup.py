@@ -28,6 +28,7 @@ setup(
         "plots": ["matplotlib"],
         # transformers is only a reference implementation for the tests, never imported by the project.
         "dev": ["pytest", "pytest-xdist", "transformers>=4.45", "accelerate", "protobuf",  # transformers needs them for GGUF and tokenizer.model
-                "gguf>=0.10", "tokenizers>=0.19", "scipy"],
+                "gguf>=0.10", "tokenizers>=0.19", "scipy",
+                "tiktoken"],  # Meta's Llama 3 tokenizer runs on it: the reference for reading its tokenizer.model
     },
 )

@@ -1,9 +1,11 @@
 """Convert checkpoints into the project's format, and back out to Hugging Face.
 
-  python model/convert.py meta      SRC OUT   Meta's release: params.json, consolidated.NN.pth, tokenizer.model
-  python model/convert.py hf        SRC OUT   a Hugging Face Llama directory (config.json + safetensors)
+  python model/convert.py meta      SRC OUT   Meta's release of Llama-2 or Llama 3.x: params.json, consolidated.NN.pth,
+                                              tokenizer.model (sentencepiece, or Llama 3's tiktoken file)
+  python model/convert.py hf        SRC OUT   a Hugging Face directory (config.json + safetensors) of a Llama (2, 3.x),
+                                              Qwen2 / Qwen2.5 or Mistral (v0.3) model
   python model/convert.py gguf      SRC OUT   a llama-architecture GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1)
-  python model/convert.py export-hf SRC OUT   our checkpoint -> a Hugging Face Llama directory
+  python model/convert.py export-hf SRC OUT   our checkpoint -> a Hugging Face directory of its family
   python model/convert.py random PRESET OUT   random weights in a preset's shape (model/llama.py's PRESETS) and a
                                               byte-level BPE tokenizer, nothing downloaded: `make tiny-model`
 
@@ -28,20 +30,34 @@ from model.checkpoint import ShardWriter, atomic_directory, read_params, read_te
 from model.errors import FormatError
 from model.gguf_file import read_gguf
 from model.llama import PRESETS, ModelArgs, Transformer
-from model.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
+from model.tokenizer import BPETokenizer, SentencePieceTokenizer, is_tiktoken, load_tokenizer
 
 # ---------------------------------------------------------------- Meta's release
 
-# How Meta's model-parallel shards split each tensor: the dimension to concatenate along
-# (None: replicated, take shard 0). Llama-2 splits the embedding along dim 1, unlike Llama-3.
-META_SPLIT_DIM = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1,
+# How Meta's model-parallel shards split each tensor: the dimension to concatenate along (None: replicated, take
+# shard 0). The embedding is the exception: Llama-2 splits it along dim 1 (ParallelEmbedding), Llama 3 along
+# dim 0 (VocabParallelEmbedding), so its shards' shape decides (embedding_split_dim).
+META_SPLIT_DIM = {"output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1,
                   "w1": 0, "w3": 0, "w2": 1, "attention_norm": None, "ffn_norm": None, "norm": None}
-META_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-               "ffn_dim_multiplier", "norm_eps", "rope_theta", "max_seq_len", "max_batch_size"}
+META_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+               "norm_eps", "rope_theta", "max_seq_len", "max_batch_size", "use_scaled_rope", "rope_scaling_factor"}
+# Meta's apply_scaling for use_scaled_rope (Llama 3.1 and later): the factor unless params.json gives one
+META_SCALED_ROPE = {"rope_scaling_factor": 8.0, "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0,
+                    "rope_original_max_seq_len": 8192}
 
 
 def meta_split_dim(name: str):
     return META_SPLIT_DIM[name.split(".")[-2]]
+
+
+def embedding_split_dim(shard_shape, n_shards: int, args: ModelArgs, where) -> int:
+    rows, cols = shard_shape
+    if (rows, cols * n_shards) == (args.vocab_size, args.dim):
+        return 1
+    if (rows * n_shards, cols) == (args.vocab_size, args.dim):
+        return 0
+    raise FormatError(f"{where}: tok_embeddings shards of {list(shard_shape)} do not make a "
+                      f"{args.vocab_size} x {args.dim} embedding from {n_shards} shards along either dimension")
 
 
 def model_args(source, **fields) -> ModelArgs:
@@ -75,25 +91,35 @@ def convert_meta(src, out):
         raise FormatError(f"{params_path}: not a JSON object")
     unknown = sorted(set(params) - META_PARAMS)
     if unknown:
-        raise FormatError(f"{params_path}: unknown keys {unknown} (this converter reads Llama-2 releases)")
+        raise FormatError(f"{params_path}: unknown keys {unknown} (this converter reads Llama-2 and Llama 3.x releases)")
     params.pop("max_batch_size", None)
     shard_paths = sorted(src.glob("consolidated.*.pth"))
     if not shard_paths:
         raise FormatError(f"{src}: no consolidated.*.pth files")
-    tokenizer = SentencePieceTokenizer(src / "tokenizer.model")
+    llama3 = is_tiktoken(src / "tokenizer.model")
+    tokenizer = (BPETokenizer.from_tiktoken if llama3 else SentencePieceTokenizer)(src / "tokenizer.model")
+    if params.pop("use_scaled_rope", False):
+        params = {**META_SCALED_ROPE, **params}
+    elif "rope_scaling_factor" in params:
+        raise FormatError(f"{params_path}: rope_scaling_factor without use_scaled_rope")
+    # the released context lengths, which params.json leaves out: Llama-2 4096, Llama 3.0 8192, 3.1 and later 128k
+    context = 131072 if "rope_scaling_factor" in params else 8192 if llama3 else 4096
     shards = [load_pth(p) for p in shard_paths]
     for p, s in zip(shard_paths[1:], shards[1:]):
         if s.keys() != shards[0].keys():
             raise FormatError(f"{p}: holds different tensors from {shard_paths[0]}")
     if params.get("vocab_size", -1) == -1:  # Meta's releases say -1: the tokenizer's size
         params["vocab_size"] = tokenizer.vocab_size
-    args = model_args(params_path, **{"max_seq_len": 4096, **params})
+    args = model_args(params_path, **{"max_seq_len": context, **params})
+    if "tok_embeddings.weight" not in shards[0]:
+        raise FormatError(f"{shard_paths[0]}: no tok_embeddings.weight")
+    embedding_dim = embedding_split_dim(shards[0]["tok_embeddings.weight"].shape, len(shards), args, shard_paths[0])
 
     def merged():
         for name in shards[0]:
             if name == "rope.freqs":  # a precomputed table; we compute rotary angles on the fly
                 continue
-            dim = meta_split_dim(name)
+            dim = embedding_dim if name == "tok_embeddings.weight" else meta_split_dim(name)
             yield name, shards[0][name] if dim is None else torch.cat([s[name] for s in shards], dim=dim)
 
     save(out, args, merged(), tokenizer, sources=[src])
@@ -130,8 +156,8 @@ def hf_to_meta_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(w.shape)
 
 
-# the Hugging Face architectures this model is: Llama (2, 3.x) and Qwen2 (Qwen2.5: biases on q, k and v)
-HF_MODEL_TYPES = ("llama", "qwen2")
+# the Hugging Face architectures this model is: Llama (2, 3.x), Qwen2 (Qwen2.5: biases on q, k and v), Mistral
+HF_MODEL_TYPES = ("llama", "qwen2", "mistral")
 # Hugging Face's rope_type "llama3" parameters and the ModelArgs fields they become
 LLAMA3_ROPE = {"factor": "rope_scaling_factor", "low_freq_factor": "rope_low_freq_factor",
                "high_freq_factor": "rope_high_freq_factor",
@@ -151,6 +177,10 @@ def args_from_hf_config(path: Path) -> ModelArgs:
     qwen2 = cfg["model_type"] == "qwen2"
     if qwen2 and cfg.get("use_sliding_window"):
         raise FormatError(f"{path}: use_sliding_window is true: sliding-window attention is not implemented")
+    window, context = cfg.get("sliding_window"), cfg.get("max_position_embeddings", 4096)
+    if cfg["model_type"] == "mistral" and window is not None and not (isinstance(window, int) and window >= context):
+        raise FormatError(f"{path}: sliding_window {window} is shorter than the context of {context}: sliding-window "
+                          "attention (Mistral v0.1) is not implemented; v0.2 and v0.3 have none")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if not isinstance(rope, dict):
         raise FormatError(f"{path}: rope_parameters / rope_scaling must be a mapping, got {rope!r}")
@@ -171,22 +201,40 @@ def args_from_hf_config(path: Path) -> ModelArgs:
                           vocab_size=cfg["vocab_size"], ffn_hidden_dim=cfg["intermediate_size"],
                           norm_eps=cfg.get("rms_norm_eps", 1e-6),
                           rope_theta=rope.get("rope_theta", cfg.get("rope_theta", 10000.0)),
-                          max_seq_len=cfg.get("max_position_embeddings", 4096),
+                          max_seq_len=context,
                           tie_embeddings=cfg.get("tie_word_embeddings", False), qkv_bias=qwen2, **scaling)
     except KeyError as e:
         raise FormatError(f"{path}: key {e.args[0]!r} is missing") from None
-    if cfg.get("head_dim", args.head_dim) != args.head_dim:
+    if cfg.get("head_dim") not in (None, args.head_dim):
         raise FormatError(f"{path}: head_dim {cfg['head_dim']} is not hidden_size / num_attention_heads")
     return args
+
+
+def hf_tokenizer(src: Path) -> SentencePieceTokenizer | BPETokenizer:
+    """A Hugging Face directory's tokenizer: a sentencepiece tokenizer.model (Llama-2, Mistral), else tokenizer.json
+    (Llama 3.x, Qwen2.5, SmolLM2), else a tiktoken tokenizer.model (Meta's Llama 3 file). A sentencepiece model
+    without Mistral's [INST] control tokens is laid out as Llama-2, so a chat template that is not Llama-2's is
+    refused rather than silently replaced (Mistral v0.1 and v0.2 write [INST] as text, with other spacing)."""
+    spm = src / "tokenizer.model"
+    if spm.is_file() and not is_tiktoken(spm):
+        tokenizer = SentencePieceTokenizer(spm)
+        config = src / "tokenizer_config.json"
+        template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+        if tokenizer.chat_format == "llama2" and isinstance(template, str) and "<<SYS>>" not in template:
+            raise FormatError(f"{config}: chat_template is not Llama-2's (no <<SYS>>), and {spm} has no [INST] "
+                              "control tokens (Mistral v0.3's): this chat format is not supported")
+        return tokenizer
+    if (src / "tokenizer.json").is_file():
+        return BPETokenizer.from_hf(src)
+    if spm.is_file():
+        return BPETokenizer.from_tiktoken(spm)
+    raise FormatError(f"{src}: holds neither tokenizer.model nor tokenizer.json")
 
 
 def convert_hf(src, out):
     src = Path(src)
     args = args_from_hf_config(src / "config.json")
-    if (src / "tokenizer.model").is_file():
-        tokenizer = SentencePieceTokenizer(src / "tokenizer.model")
-    else:
-        tokenizer = BPETokenizer.from_hf(src)
+    tokenizer = hf_tokenizer(src)
     from_hf = {meta_to_hf_name(k): k for k in _our_names(args)}
 
     def renamed():
@@ -218,6 +266,18 @@ LLAMA2_CHAT_TEMPLATE = (
     "{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
     "{% else %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
 
+# model/chat.py's mistral layout: the system text before the last user message, whatever the dialog ends on
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system=none, last=0) %}"
+    "{% if messages[0]['role'] == 'system' %}{% set ns.system = messages[0]['content'] %}"
+    "{% set messages = messages[1:] %}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}"
+    "{% for m in messages %}{% if m['role'] == 'user' %}"
+    "{% if loop.index0 == ns.last and ns.system is not none %}"
+    "{{ '[INST] ' + ns.system + '\\n\\n' + m['content'] + '[/INST]' }}"
+    "{% else %}{{ '[INST] ' + m['content'] + '[/INST]' }}{% endif %}"
+    "{% else %}{{ ' ' + m['content'] | trim + eos_token }}{% endif %}{% endfor %}")
+
 
 def chatml_template(default_system: str | None) -> str:
     """SmolLM2's ChatML template, with its default system prompt written as a literal (which is
@@ -230,33 +290,74 @@ def chatml_template(default_system: str | None) -> str:
             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
+def llama3_template(system_preamble: str | None) -> str:
+    """The Llama 3 template; with a preamble, Llama 3.1's system turn, its cutoff and date written as the published
+    template writes them (which is how BPETokenizer.from_hf finds them again)."""
+    head = "{{ bos_token }}"
+    if system_preamble is not None:
+        found = re.fullmatch(r"Cutting Knowledge Date: ([^'\"{}\\\n]*)\nToday Date: ([^'\"{}\\\n]*)\n\n",
+                             system_preamble)
+        if found is None:
+            raise FormatError(f"system preamble {system_preamble!r} is not Llama 3.1's, 'Cutting Knowledge Date: "
+                              "...\\nToday Date: ...\\n\\n'; the export's template cannot write it")
+        head += ('{% set date_string = "' + found.group(2) + '" %}'
+                 "{% if messages and messages[0]['role'] == 'system' %}"
+                 "{% set system = messages[0]['content'] | trim %}{% set messages = messages[1:] %}"
+                 "{% else %}{% set system = '' %}{% endif %}"
+                 '{{ "<|start_header_id|>system<|end_header_id|>\\n\\n" }}'
+                 '{{ "Cutting Knowledge Date: ' + found.group(1) + '\\n" }}'
+                 '{{ "Today Date: " + date_string + "\\n\\n" }}{{ system + "<|eot_id|>" }}')
+    return head + ("{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + "
+                   "m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def chat_template(tokenizer) -> str:
+    """The jinja template that lays out chats as tokenizer.encode_chat does (model/chat.py)."""
+    if tokenizer.chat_format == "chatml":
+        return chatml_template(tokenizer.default_system)
+    if tokenizer.chat_format == "llama3":
+        return llama3_template(tokenizer.system_preamble)
+    return LLAMA2_CHAT_TEMPLATE if tokenizer.chat_format == "llama2" else MISTRAL_CHAT_TEMPLATE
+
+
+def hf_architecture(args: ModelArgs, tokenizer) -> tuple[str, dict]:
+    """(model_type, the config keys that family needs): Qwen2 when q, k and v have biases, Mistral for Mistral's
+    chat format (no sliding window: MistralConfig's default would turn one on), else Llama."""
+    if args.qkv_bias:
+        return "qwen2", {"use_sliding_window": False, "sliding_window": None}
+    if tokenizer.chat_format == "mistral":
+        return "mistral", {"sliding_window": None, "head_dim": args.head_dim}
+    return "llama", {"attention_bias": False, "mlp_bias": False}
+
+
 def export_hf(src, out):
-    """Write a Hugging Face LlamaForCausalLM (Qwen2ForCausalLM with q, k, v biases) directory that transformers,
-    vLLM and lm-eval load."""
+    """Write a Hugging Face directory of the checkpoint's family (LlamaForCausalLM, Qwen2ForCausalLM,
+    MistralForCausalLM) that transformers, vLLM and lm-eval load, with its chat template."""
     src = Path(src)
     args = read_params(src)
     tokenizer = load_tokenizer(src)
     tokens = [tokenizer.decode_token(i) for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)]
-    config = {"architectures": ["Qwen2ForCausalLM" if args.qkv_bias else "LlamaForCausalLM"],
-              "model_type": "qwen2" if args.qkv_bias else "llama", "hidden_act": "silu",
+    model_type, family = hf_architecture(args, tokenizer)
+    config = {"architectures": [{"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}[model_type] + "ForCausalLM"],
+              "model_type": model_type, "hidden_act": "silu",
               "hidden_size": args.dim, "intermediate_size": args.hidden_dim,
               "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
               "num_key_value_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
               "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
-              "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
-              **({"use_sliding_window": False} if args.qkv_bias else {"attention_bias": False, "mlp_bias": False}),
+              "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings, **family,
               "bos_token_id": tokenizer.bos_id,
               "eos_token_id": tokenizer.stop_ids, "pad_token_id": tokenizer.pad_id}
     if args.rope_scaling_factor is not None:  # written in both spellings: transformers 4.x and 5 read one each
         rope = {"rope_type": "llama3", **{theirs: getattr(args, ours) for theirs, ours in LLAMA3_ROPE.items()}}
         config.update(rope_scaling=rope, rope_parameters={**rope, "rope_theta": args.rope_theta})
     sentencepiece = isinstance(tokenizer, SentencePieceTokenizer)
-    template = LLAMA2_CHAT_TEMPLATE if sentencepiece else chatml_template(tokenizer.default_system)
     tok_config = {"bos_token": tokens[0], "eos_token": tokens[1], "pad_token": tokens[2],
-                  "chat_template": template, "model_max_length": args.max_seq_len,
+                  "chat_template": chat_template(tokenizer), "model_max_length": args.max_seq_len,
                   "tokenizer_class": "LlamaTokenizer" if sentencepiece else "PreTrainedTokenizerFast"}
-    if sentencepiece:  # a space-prefixed piece after <s>, as sentencepiece encodes Meta's layout itself
-        tok_config["legacy"] = True
+    if sentencepiece:  # Llama-2: a space-prefixed piece after <s>, as sentencepiece encodes Meta's layout itself;
+        # Mistral: none after a control token, as its template's "[INST] " and " " before an answer need
+        tok_config["legacy"] = tokenizer.chat_format == "llama2"
     with atomic_directory(out, sources=[src]) as tmp:
         writer = ShardWriter(tmp)
         for name, tensor in read_tensors(src):

@@ -1,10 +1,13 @@
 """The project's two tokenizers behind one small interface.
 
-* `SentencePieceTokenizer`: Llama-2's `tokenizer.model`, with the Llama-2 chat layout exactly as
-  Meta's `llama/generation.py` builds it (the model was fine-tuned on those ids, so any drift in
-  spaces or BOS/EOS placement is a distribution shift, not a cosmetic difference).
-* `BPETokenizer`: the GPT-2 style byte-level BPE of the CPU demo model (SmolLM2-135M-Instruct),
-  rebuilt from a GGUF file's metadata on top of HF `tokenizers`, with the ChatML layout.
+* `SentencePieceTokenizer`: a sentencepiece `tokenizer.model`: Llama-2's, with Meta's chat layout, or
+  Mistral v0.3's, with the [INST] control tokens.
+* `BPETokenizer`: byte-level BPE on top of HF `tokenizers`, with the ChatML layout (the CPU demo's
+  SmolLM2-135M-Instruct, Qwen2.5) or Llama 3's: from a GGUF file's metadata, a Hugging Face tokenizer.json,
+  or Meta's tiktoken tokenizer.model.
+
+The layouts themselves are in model/chat.py: each model was fine-tuned on its own ids, so any drift in spaces
+or BOS/EOS placement is a distribution shift, not a cosmetic difference.
 
 Both give: encode, decode, encode_chat, bos_id, eos_id, pad_id, stop_ids, vocab_size, save; and for
 the HF export in model/convert.py, decode_token (one token's text) and save_hf (HF's file only).
@@ -15,30 +18,14 @@ import re
 import shutil
 from pathlib import Path
 
+from model import chat
 from model.errors import FormatError
 
-ROLES = ("system", "user", "assistant")
-
-
-def _check_messages(messages: list[dict]) -> None:
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} must be {{'role': one of {ROLES}, 'content': str}}, got {m!r}")
-
-
 class SentencePieceTokenizer:
-    """Llama-2's sentencepiece model; chat turns laid out as in Meta's `chat_completion`.
-
-    Llama-2's chat markers are text ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"), so a message that
-    contains one would tokenize exactly like the template's own and could open or close a turn (a
-    judged answer writing the judge's reply). Meta's code refuses such dialogs; here the markers in
-    message content are broken visibly with a space ("[ /INST]", "< </SYS>>"), so that only the
-    template writes them. sentencepiece never turns text such as "</s>" into a control id.
+    """A sentencepiece model: Llama-2's (chat format "llama2") or Mistral v0.3's ("mistral", told apart by its
+    [INST] and [/INST] control pieces). See model/chat.py for the layouts; sentencepiece never turns text such as
+    "</s>" or "[INST]" into a control id.
     """
-
-    B_INST, E_INST = "[INST]", "[/INST]"
-    B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
-    TAGS = {"[INST]": "[ INST]", "[/INST]": "[ /INST]", "<<SYS>>": "< <SYS>>", "<</SYS>>": "< </SYS>>"}
 
     def __init__(self, model_path):
         path = Path(model_path)
@@ -61,62 +48,31 @@ class SentencePieceTokenizer:
         # Llama-2 has no pad piece (pad_id == -1); padded positions are masked anyway, EOS is a safe filler.
         self.pad_id: int = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
         self.stop_ids: list[int] = [self.eos_id]
+        self.controls = {name: self.sp.piece_to_id(name) for name in chat.CONTROLS["mistral"]}
+        mistral = all(self.sp.id_to_piece(i) == name and self.sp.is_control(i) for name, i in self.controls.items())
+        self.chat_format = "mistral" if mistral else "llama2"
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         ids = self.sp.encode(text)
         return [self.bos_id] * bos + ids + [self.eos_id] * eos
 
     def decode(self, ids: list[int]) -> str:
-        return self.sp.decode(list(ids))  # control pieces (BOS/EOS) decode to nothing
+        return self.sp.decode(list(ids))  # control pieces (BOS/EOS, [INST]) decode to nothing
 
     def decode_token(self, id: int) -> str:
         """One token's piece, control tokens included ("<s>")."""
         return self.sp.id_to_piece(id)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Llama-2 chat: every user turn is its own BOS ... [/INST] sequence, every answer ends in EOS.
-
-        A leading system message is folded into the first user turn, as Meta does. With
-        add_generation_prompt the dialog must end on a user turn (the model answers after
-        `[/INST]`); without it, it may also end on an assistant turn, closed by its EOS.
-        """
-        _check_messages(messages)
-        messages = [{**m, "content": self.plain(m["content"])} for m in messages]
-        if messages and messages[0]["role"] == "system":
-            if len(messages) < 2 or messages[1]["role"] != "user":
-                raise ValueError("a system message must be followed by a user message")
-            merged = self.B_SYS + messages[0]["content"] + self.E_SYS + messages[1]["content"]
-            messages = [{"role": "user", "content": merged}] + list(messages[2:])
-        if not messages:
-            raise ValueError("encode_chat needs at least one user message")
-        for i, m in enumerate(messages):
-            want = "user" if i % 2 == 0 else "assistant"
-            if m["role"] != want:
-                raise ValueError(f"Llama-2 chat roles must alternate user/assistant (after an optional "
-                                 f"first system message); message {i} is {m['role']!r}, expected {want!r}")
-        if messages[-1]["role"] == "assistant" and add_generation_prompt:
-            raise ValueError("the dialog ends on an assistant turn: there is nothing to prompt for; "
-                             "pass add_generation_prompt=False to encode it as a finished dialog")
-        ids: list[int] = []
-        for user, answer in zip(messages[::2], messages[1::2]):
-            text = f"{self.B_INST} {user['content'].strip()} {self.E_INST} {answer['content'].strip()} "
-            ids += self.encode(text, bos=True, eos=True)
-        if messages[-1]["role"] == "user":
-            ids += self.encode(f"{self.B_INST} {messages[-1]['content'].strip()} {self.E_INST}", bos=True)
-        return ids
-
-    @classmethod
-    def plain(cls, text: str) -> str:
-        """Message text with Llama-2's chat markers broken (see the class doc)."""
-        for tag, broken in cls.TAGS.items():
-            text = text.replace(tag, broken)
-        return text
+        """The conversation in the model's layout (model/chat.py). Llama-2 and Mistral alternate user and assistant
+        turns after an optional system message; with add_generation_prompt the dialog must end on a user turn."""
+        return chat.encode_chat(self, messages, add_generation_prompt)
 
     def save(self, directory) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.path, Path(directory) / "tokenizer.model")
 
-    save_hf = save  # an HF Llama directory holds the same tokenizer.model
+    save_hf = save  # an HF Llama or Mistral directory holds the same tokenizer.model
 
 
 # tokenizer.ggml.pre -> the HF pre-tokenizer that splits text the way the merges were learned.
@@ -125,6 +81,17 @@ class SentencePieceTokenizer:
 # second. Any other value (llama.cpp's "default" included, which has extra punctuation/number
 # splits) would tokenize differently from what the model was trained on, so it is refused.
 PRE_TOKENIZERS = ("gpt2", "smollm")
+# Llama 3's split pattern (Meta's tokenizer.py; tokenizer.json's Split pre-tokenizer holds the same)
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Meta's special tokens for Llama 3.1 and later, ids from the end of the BPE ranks on; 256 in all, the rest
+# reserved. Llama 3.0 has the same ids for the ones the chat layout uses.
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+LLAMA3_SPECIAL += [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + 256 - len(LLAMA3_SPECIAL))]
+# tokens that end a turn or a document in some family: each one the tokenizer has is a stop id
+END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
 
 
 def _pre_tokenizer(pre: str):
@@ -134,17 +101,39 @@ def _pre_tokenizer(pre: str):
 
 
 _CHATML_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)([^'\"{}]*?)<\|im_end\|>")
+_LLAMA3_CUTOFF = re.compile(r"Cutting Knowledge Date: ([^'\"{}\\]*)\\n")
+_LLAMA3_DATE = re.compile(r"set date_string = [\"']([^'\"{}\\]*)[\"']")
 
 
-def _chatml_default_system(template: str, where: str) -> str | None:
-    """The default system prompt a ChatML jinja template inserts, if it writes one as a literal."""
-    if "<|im_start|>" not in template:
-        raise FormatError(f"{where} is not a ChatML template (no <|im_start|>); only ChatML is supported")
-    found = _CHATML_SYSTEM.search(template)
-    return found.group(1) if found else None
+def _template_layout(template: str | None, tok, where: str) -> dict:
+    """The chat format a jinja template writes (ChatML or Llama 3), and what else it puts in: ChatML's default
+    system prompt, Llama 3.1's system preamble. Without a template (a base model), the format the tokenizer's
+    control tokens are for. Templates are read, never run."""
+    if template is None:
+        for chat_format in ("llama3", "chatml"):
+            if all(tok.token_to_id(name) is not None for name in chat.CONTROLS[chat_format]):
+                return {"chat_format": chat_format}
+        raise FormatError(f"{where}: no chat template, and the tokenizer has neither ChatML's nor Llama 3's "
+                          "control tokens")
+    if "<|im_start|>" in template:
+        found = _CHATML_SYSTEM.search(template)
+        return {"chat_format": "chatml", "default_system": found.group(1) if found else None}
+    if "<|start_header_id|>" in template:
+        cutoff = _LLAMA3_CUTOFF.search(template)
+        if cutoff is None:  # Llama 3.0: the system turn only when the conversation has one
+            return {"chat_format": "llama3"}
+        date = _LLAMA3_DATE.search(template)
+        if date is None:
+            raise FormatError(f"{where} writes a knowledge cutoff but sets no fixed date_string")
+        # the template's fixed date, also where transformers would write today's (3.2's strftime_now): a prompt
+        # that changed from day to day would change every judgement with it
+        return {"chat_format": "llama3",
+                "system_preamble": f"Cutting Knowledge Date: {cutoff.group(1)}\nToday Date: {date.group(1)}\n\n"}
+    raise FormatError(f"{where} is neither a ChatML (<|im_start|>) nor a Llama 3 (<|start_header_id|>) template; "
+                      "only those two byte-level BPE layouts are supported")
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -162,36 +151,86 @@ def _read_tokenizer_json(path: Path):
         raise FormatError(f"{path}: not a readable tokenizers file ({e})") from e
 
 
-class BPETokenizer:
-    """Byte-level BPE (GPT-2 style) with the ChatML chat layout, as SmolLM2-Instruct uses it.
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte, the alphabet byte-level BPE vocabularies are written in: printable
+    Latin-1 bytes stand for themselves, the other 68 for the characters from U+0100 on, in byte order."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in kept]
+    return {**{b: chr(b) for b in kept}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
 
-    Built from vocab + merges rather than taken from transformers, whose GGUF conversion ignores
-    `tokenizer.ggml.pre` for "smollm" (no digit splitting). Control tokens are special added tokens
-    that decode() drops. Text is always text: encode() spells "<|im_end|>" written in a message out in
-    ordinary pieces, and only encode_chat puts the control ids between the messages, so no message
-    can close its turn and write the next one (a judged answer forging the judge's reply).
+
+_TIKTOKEN_LINE = re.compile(r"([A-Za-z0-9+/]+={0,2}) (\d+)")
+
+
+def is_tiktoken(path: Path) -> bool:
+    """Whether a tokenizer.model is tiktoken's text format (Meta's Llama 3 release) rather than sentencepiece's."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return _TIKTOKEN_LINE.fullmatch(first) is not None
+
+
+def read_tiktoken(path: Path) -> dict[bytes, int]:
+    """A tiktoken BPE file: one "base64-of-the-token's-bytes rank" line per token, ranks 0, 1, 2, ..."""
+    import base64
+    ranks = {}
+    try:
+        lines = path.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(f"{path}: cannot read as a tiktoken file ({e})") from e
+    for n, line in enumerate(lines, 1):
+        found = _TIKTOKEN_LINE.fullmatch(line.strip())
+        if found is None or int(found.group(2)) != len(ranks):
+            raise FormatError(f"{path}: line {n} is not 'base64 {len(ranks)}' (a token and the next rank)")
+        token = base64.b64decode(found.group(1), validate=True)
+        if not token or token in ranks:
+            raise FormatError(f"{path}: line {n} holds an empty or repeated token")
+        ranks[token] = len(ranks)
+    if not all(bytes([b]) in ranks for b in range(256)):
+        raise FormatError(f"{path}: not every single byte is a token, so some text could not be encoded")
+    return ranks
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style) on top of HF `tokenizers`, with the ChatML or the Llama 3 chat layout.
+
+    Read from a GGUF file's metadata (the demo model: transformers' GGUF conversion ignores `tokenizer.ggml.pre` for
+    "smollm", no digit splitting), from a Hugging Face directory's tokenizer.json (Llama 3.x, Qwen2.5, SmolLM2), or
+    from Meta's tiktoken tokenizer.model (Llama 3). Control tokens are special added tokens that decode() drops.
+    Text is always text: encode() spells "<|im_end|>" or "<|eot_id|>" written in a message out in ordinary pieces,
+    and only the chat layout puts control ids in (model/chat.py).
     """
 
     CONFIG = "tokenizer_config.json"
 
     def __init__(self, tokenizer, *, bos_id: int, eos_id: int, pad_id: int, stop_ids: list[int],
-                 default_system: str | None = None, pre: str = "gpt2"):
+                 chat_format: str = "chatml", default_system: str | None = None, system_preamble: str | None = None,
+                 pre: str = "gpt2"):
         self.tok = tokenizer
         self.tok.encode_special_tokens = True  # see the class doc (a setting of the object, not saved)
-        self.im_start, self.im_end = tokenizer.token_to_id("<|im_start|>"), tokenizer.token_to_id("<|im_end|>")
-        if self.im_start is None or self.im_end is None:
-            raise FormatError("the tokenizer has no <|im_start|> / <|im_end|> tokens, which the ChatML layout needs")
+        if chat_format not in ("chatml", "llama3"):
+            raise FormatError(f"chat format {chat_format!r}: a byte-level BPE tokenizer has 'chatml' or 'llama3'")
+        self.chat_format = chat_format
+        self.controls = {name: tokenizer.token_to_id(name) for name in chat.CONTROLS[chat_format]}
+        missing = [name for name, i in self.controls.items() if i is None]
+        if missing:
+            raise FormatError(f"the tokenizer has no {' / '.join(missing)} tokens, which the {chat_format} layout needs")
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.stop_ids = list(stop_ids)
-        self.default_system = default_system  # used when a conversation does not start with one
+        self.default_system = default_system  # ChatML: used when a conversation does not start with a system turn
+        self.system_preamble = system_preamble  # Llama 3.1: opens the system turn, which is then always written
         self.pre = pre
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
 
     @staticmethod
     def _stop_ids(tok, eos_id: int) -> list[int]:
-        """EOS (<|im_end|> for SmolLM2) ends a turn; <|endoftext|> ends a document, so it stops too."""
-        eot = tok.token_to_id("<|endoftext|>")
-        return [eos_id] + ([eot] if eot is not None and eot != eos_id else [])
+        """EOS, then every other token of END_TOKENS the vocabulary has: <|im_end|> ends a ChatML turn and
+        <|endoftext|> a document; Llama 3 ends a turn with <|eot_id|>, a tool call with <|eom_id|> and a document
+        with <|end_of_text|>."""
+        ends = [tok.token_to_id(name) for name in END_TOKENS]
+        return [eos_id] + [i for i in ends if i is not None and i != eos_id]
 
     @classmethod
     def from_gguf(cls, metadata: dict, source: str = "GGUF metadata") -> "BPETokenizer":
@@ -228,9 +267,11 @@ class BPETokenizer:
             if not isinstance(value, int) or not 0 <= value < len(tokens):
                 raise FormatError(f"{source}: key 'tokenizer.ggml.{name}_token_id' = {value!r} "
                                   f"is not an id in the vocabulary of {len(tokens)}")
-        default_system = _chatml_default_system(get("tokenizer.chat_template", str),
-                                                f"{source}: key 'tokenizer.chat_template'")
-        for name in ("<|im_start|>", "<|im_end|>"):
+        template = get("tokenizer.chat_template", str)
+        if "<|im_start|>" not in template:
+            raise FormatError(f"{source}: key 'tokenizer.chat_template' is not a ChatML template (no <|im_start|>); "
+                              "GGUF files are read with ChatML only")
+        for name in chat.CONTROLS["chatml"]:
             if name not in vocab or types[vocab[name]] != 3:
                 raise FormatError(f"{source}: key 'tokenizer.ggml.tokens' has no control token {name}, "
                                   "which the ChatML template needs")
@@ -245,8 +286,9 @@ class BPETokenizer:
                                 for t, k in zip(tokens, types) if k == 3])
         tok.add_tokens([AddedToken(t, special=False, normalized=False)
                         for t, k in zip(tokens, types) if k == 4])
+        layout = _template_layout(template, tok, f"{source}: key 'tokenizer.chat_template'")
         return cls(tok, bos_id=ids["bos"], eos_id=ids["eos"], pad_id=ids["padding"],
-                   stop_ids=cls._stop_ids(tok, ids["eos"]), default_system=default_system, pre=pre)
+                   stop_ids=cls._stop_ids(tok, ids["eos"]), pre=pre, **layout)
 
     @classmethod
     def from_hf(cls, directory) -> "BPETokenizer":
@@ -254,7 +296,7 @@ class BPETokenizer:
         chat_template). The tokenizer.json brings its own pre-tokenizer, so it is used as is."""
         directory = Path(directory)
         tok, cfg_path = _read_tokenizer_json(directory / "tokenizer.json"), directory / "tokenizer_config.json"
-        cfg = _read_json(cfg_path)
+        cfg = read_json_object(cfg_path)
 
         def token_id(key, default=None):
             text = cfg.get(key)
@@ -268,38 +310,82 @@ class BPETokenizer:
         template = cfg.get("chat_template")
         if template is None and (directory / "chat_template.jinja").is_file():
             template = (directory / "chat_template.jinja").read_text()
-        if not isinstance(template, str):
-            raise FormatError(f"{cfg_path}: key 'chat_template' is missing or not a string")
-        default_system = _chatml_default_system(template, f"{cfg_path}: key 'chat_template'")
+        if template is not None and not isinstance(template, str):
+            raise FormatError(f"{cfg_path}: key 'chat_template' is not a string (a list of named templates, "
+                              "or another value)")
+        layout = _template_layout(template, tok, f"{cfg_path}: key 'chat_template'")
         eos = token_id("eos_token")
         return cls(tok, bos_id=token_id("bos_token", eos), eos_id=eos, pad_id=token_id("pad_token", eos),
-                   stop_ids=cls._stop_ids(tok, eos), default_system=default_system)
+                   stop_ids=cls._stop_ids(tok, eos), **layout)
+
+    @classmethod
+    def from_tiktoken(cls, path) -> "BPETokenizer":
+        """Meta's Llama 3 tokenizer.model: tiktoken's BPE ranks, Llama 3's split pattern, Meta's special tokens.
+
+        tiktoken merges, at each step, the adjacent pair whose joined bytes have the lowest rank, and takes a whole
+        pre-token that is itself a token at once. The same BPE in `tokenizers`: every split of a token into two
+        tokens is a merge, ordered by the joined token's rank, and ignore_merges for whole pre-tokens (the
+        conversion transformers uses for these files too).
+        """
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models
+        from tokenizers import pre_tokenizers as pt
+        path = Path(path)
+        ranks = read_tiktoken(path)
+        to_text = _byte_to_unicode()
+
+        def text(token: bytes) -> str:
+            return "".join(to_text[b] for b in token)
+
+        merges = []
+        for token, rank in ranks.items():
+            splits = [(token[:i], token[i:]) for i in range(1, len(token))
+                      if token[:i] in ranks and token[i:] in ranks]
+            splits.sort(key=lambda pair: (ranks[pair[0]], ranks[pair[1]]))
+            merges += [(text(left), text(right)) for left, right in splits]
+        tok = Tokenizer(models.BPE(vocab={text(t): r for t, r in ranks.items()}, merges=merges, fuse_unk=False,
+                                   byte_fallback=False, ignore_merges=True))
+        tok.pre_tokenizer = pt.Sequence([pt.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+                                         pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL])
+        eot = tok.token_to_id("<|eot_id|>")
+        return cls(tok, bos_id=tok.token_to_id("<|begin_of_text|>"), eos_id=eot, pad_id=eot,
+                   stop_ids=cls._stop_ids(tok, eot), chat_format="llama3")
 
     @classmethod
     def load(cls, directory) -> "BPETokenizer":
         """Read what save() wrote: tokenizer.json (HF format) + our tokenizer_config.json."""
         directory = Path(directory)
         tok, cfg_path = _read_tokenizer_json(directory / "tokenizer.json"), directory / cls.CONFIG
-        cfg = _read_json(cfg_path)
+        cfg = read_json_object(cfg_path)
         for key, kind in (("bos_id", int), ("eos_id", int), ("pad_id", int), ("stop_ids", list),
                           ("chat_format", str), ("pre", str)):
             if not isinstance(cfg.get(key), kind):
                 raise FormatError(f"{cfg_path}: key {key!r} is missing or not a {kind.__name__}")
-        if cfg["chat_format"] != "chatml":
-            raise FormatError(f"{cfg_path}: key 'chat_format' is {cfg['chat_format']!r}, expected 'chatml'")
+        if cfg["chat_format"] not in ("chatml", "llama3"):
+            raise FormatError(f"{cfg_path}: key 'chat_format' is {cfg['chat_format']!r}, expected 'chatml' or 'llama3'")
+        for key in ("default_system", "system_preamble"):
+            if cfg.get(key) is not None and not isinstance(cfg[key], str):
+                raise FormatError(f"{cfg_path}: key {key!r} is not a string or null")
         size = tok.get_vocab_size(with_added_tokens=True)
         for key in ("bos_id", "eos_id", "pad_id", "stop_ids"):
             ids = cfg[key] if key == "stop_ids" else [cfg[key]]
             if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < size for i in ids):
                 raise FormatError(f"{cfg_path}: key {key!r} = {cfg[key]!r}: not ids of the vocabulary of {size} "
                                   "(a non-empty list of them for stop_ids)")
-        return cls(tok, bos_id=cfg["bos_id"], eos_id=cfg["eos_id"], pad_id=cfg["pad_id"],
-                   stop_ids=cfg["stop_ids"], default_system=cfg.get("default_system"), pre=cfg["pre"])
+        try:
+            return cls(tok, bos_id=cfg["bos_id"], eos_id=cfg["eos_id"], pad_id=cfg["pad_id"],
+                       stop_ids=cfg["stop_ids"], chat_format=cfg["chat_format"],
+                       default_system=cfg.get("default_system"), system_preamble=cfg.get("system_preamble"),
+                       pre=cfg["pre"])
+        except FormatError as e:
+            raise FormatError(f"{cfg_path}: {e}") from None
 
     def save(self, directory) -> None:
         self.save_hf(directory)
         cfg = dict(bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id, stop_ids=self.stop_ids,
-                   chat_format="chatml", default_system=self.default_system, pre=self.pre)
+                   chat_format=self.chat_format, default_system=self.default_system,
+                   system_preamble=self.system_preamble, pre=self.pre)
         (Path(directory) / self.CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
 
     def save_hf(self, directory) -> None:
@@ -319,22 +405,10 @@ class BPETokenizer:
         return self.tok.decode([id], skip_special_tokens=False)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message.
-
-        Like SmolLM2's template, a conversation that does not open with a system message gets the
-        template's default system prompt. The control tokens are put in as ids and the text between
-        them encoded as text: the same ids as HF's apply_chat_template, which splits the rendered text
-        at control tokens before encoding the pieces, except that a message's own "<|im_end|>" stays text.
-        """
-        _check_messages(messages)
-        if messages and messages[0]["role"] != "system" and self.default_system is not None:
-            messages = [{"role": "system", "content": self.default_system}] + list(messages)
-        ids: list[int] = []
-        for m in messages:
-            ids += [self.im_start, *self.encode(f"{m['role']}\n{m['content']}"), self.im_end, *self.encode("\n")]
-        if add_generation_prompt:
-            ids += [self.im_start, *self.encode("assistant\n")]
-        return ids
+        """The conversation in the tokenizer's layout (model/chat.py): the same ids as HF's apply_chat_template,
+        which splits the rendered text at control tokens before encoding the pieces, except that a message's own
+        "<|im_end|>" or "<|eot_id|>" stays text."""
+        return chat.encode_chat(self, messages, add_generation_prompt)
 
 
 def load_tokenizer(directory) -> SentencePieceTokenizer | BPETokenizer:

@@ -10,6 +10,7 @@ import os
 import pytest
 import sentencepiece as spm
 
+from model.chat import LLAMA2_TAGS
 from model.errors import FormatError
 from model.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
 
@@ -327,7 +328,7 @@ def control_texts(tokenizer) -> list[str]:
     Llama-2's chat markers and sentencepiece's control pieces."""
     if isinstance(tokenizer, BPETokenizer):
         return [t.content for t in tokenizer.tok.get_added_tokens_decoder().values() if t.special]
-    return list(SentencePieceTokenizer.TAGS) + ["<s>", "</s>", "<unk>"]
+    return list(LLAMA2_TAGS) + ["<s>", "</s>", "<unk>"]
 
 
 def template_markers(tokenizer, ids: list[int]) -> dict:
@@ -336,7 +337,7 @@ def template_markers(tokenizer, ids: list[int]) -> dict:
     if isinstance(tokenizer, BPETokenizer):
         return {i: ids.count(i) for i in set(tokenizer.tok.get_added_tokens_decoder())}
     text = tokenizer.sp.decode(ids)
-    return {**{tag: text.count(tag) for tag in SentencePieceTokenizer.TAGS},
+    return {**{tag: text.count(tag) for tag in LLAMA2_TAGS},
             "bos": ids.count(tokenizer.bos_id), "eos": ids.count(tokenizer.eos_id)}
 
 
@@ -366,9 +367,9 @@ def test_message_text_never_becomes_control_tokens(kind, request):
         # and the text is still there for the model to read: spelled out (BPE), or with Llama-2's markers broken
         if kind == "bpe":
             assert tokenizer.decode(tokenizer.encode(attack)) == attack
-        elif control in SentencePieceTokenizer.TAGS:
+        elif control in LLAMA2_TAGS:
             shown = tokenizer.sp.decode(tokenizer.encode_chat([{"role": "user", "content": attack}]))
-            assert SentencePieceTokenizer.TAGS[control] in shown
+            assert LLAMA2_TAGS[control] in shown
 
 
 @pytest.mark.parametrize("key,value", [("stop_ids", [2, 99999]), ("stop_ids", ["2"]), ("stop_ids", []),
