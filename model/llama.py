@@ -134,6 +134,8 @@ class ModelArgs:
         return from_mapping(cls, d, where, check_types=False)
 
 
+LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, max_seq_len=131072)
+QWEN25 = dict(rope_theta=1e6, norm_eps=1e-6, max_seq_len=32768, qkv_bias=True)
 PRESETS = {
     "llama2-7b": ModelArgs(dim=4096, n_layers=32, n_heads=32, vocab_size=32000),
     "llama2-13b": ModelArgs(dim=5120, n_layers=40, n_heads=40, vocab_size=32000),
@@ -141,6 +143,25 @@ PRESETS = {
                             multiple_of=4096, ffn_dim_multiplier=1.3),
     "smollm2-135m": ModelArgs(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152,
                               rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True),
+    # Llama 3.x: 128k vocabulary, rope theta 500000 with Llama 3.1's scaling (3.2's small models: factor 32), a 128k
+    # context; 3.2-1B/3B tie their embeddings
+    "llama3.2-1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_hidden_dim=8192, tie_embeddings=True,
+                             rope_scaling_factor=32.0, **LLAMA3),
+    "llama3.2-3b": ModelArgs(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, ffn_hidden_dim=8192, tie_embeddings=True,
+                             rope_scaling_factor=32.0, **LLAMA3),
+    "llama3.1-8b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_hidden_dim=14336,
+                             rope_scaling_factor=8.0, **LLAMA3),
+    "llama3.1-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_hidden_dim=28672,
+                              rope_scaling_factor=8.0, **LLAMA3),
+    # Qwen2.5: biases on q, k and v, rope theta 1e6; the small ones tie their embeddings
+    "qwen2.5-0.5b": ModelArgs(dim=896, n_layers=24, n_heads=14, n_kv_heads=2, ffn_hidden_dim=4864, vocab_size=151936,
+                              tie_embeddings=True, **QWEN25),
+    "qwen2.5-1.5b": ModelArgs(dim=1536, n_layers=28, n_heads=12, n_kv_heads=2, ffn_hidden_dim=8960, vocab_size=151936,
+                              tie_embeddings=True, **QWEN25),
+    "qwen2.5-7b": ModelArgs(dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, ffn_hidden_dim=18944, vocab_size=152064,
+                            **QWEN25),
+    "mistral-7b-v0.3": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_hidden_dim=14336,
+                                 vocab_size=32768, rope_theta=1e6, max_seq_len=32768),
     # Random weights, for tests: GQA, an FFN that is not a power of two, a small vocabulary.
     "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=16,
                       max_seq_len=256),

@@ -17,12 +17,10 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def sp_model_file(tmp_path_factory) -> Path:
-    """A tiny SentencePiece model trained here with sentencepiece's own trainer, set up like Llama-2's
-    (unk 0, bos 1, eos 2, byte fallback so no text is unknown, no whitespace normalisation)."""
+def train_sentencepiece(d: Path, **options) -> Path:
+    """A tiny SentencePiece model trained here with sentencepiece's own trainer, set up like Llama-2's and
+    Mistral's (unk 0, bos 1, eos 2, byte fallback so no text is unknown, no whitespace normalisation)."""
     import sentencepiece as spm
-    d = tmp_path_factory.mktemp("sp")
     words = ["the", "model", "judges", "its", "own", "answers", "and", "learns", "from", "pairs", "of",
              "chosen", "rejected", "responses", "score", "points", "question", "helpful", "assistant"]
     rng = torch.Generator().manual_seed(0)
@@ -33,8 +31,20 @@ def sp_model_file(tmp_path_factory) -> Path:
                                    vocab_size=400, model_type="bpe", byte_fallback=True,
                                    character_coverage=1.0, normalization_rule_name="identity",
                                    remove_extra_whitespaces=False, add_dummy_prefix=True,
-                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, **options)
     return d / "tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def sp_model_file(tmp_path_factory) -> Path:
+    """Llama-2's kind: [INST] is text."""
+    return train_sentencepiece(tmp_path_factory.mktemp("sp"))
+
+
+@pytest.fixture(scope="session")
+def mistral_sp_model_file(tmp_path_factory) -> Path:
+    """Mistral v0.3's kind: [INST] and [/INST] are control pieces 3 and 4."""
+    return train_sentencepiece(tmp_path_factory.mktemp("mistral_sp"), control_symbols=["[INST]", "[/INST]"])
 
 
 @pytest.fixture(scope="session")

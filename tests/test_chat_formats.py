@@ -8,9 +8,9 @@ tools and tool calls, which the method never uses, are left out.
 import base64
 import json
 import os
+import shutil
 
 import pytest
-import sentencepiece as spm
 
 from model.chat import LLAMA2_TAGS
 from model.convert import export_hf, hf_tokenizer
@@ -198,15 +198,9 @@ def qwen(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mistral(tmp_path_factory):
-    """A sentencepiece model trained as Mistral's: byte fallback, [INST] and [/INST] as control pieces 3 and 4."""
+def mistral(tmp_path_factory, mistral_sp_model_file):
     path = tmp_path_factory.mktemp("mistral")
-    (path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
-    spm.SentencePieceTrainer.train(
-        input=str(path / "corpus.txt"), model_prefix=str(path / "tokenizer"), vocab_size=400, model_type="bpe",
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["[INST]", "[/INST]"],
-        character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        split_digits=True, allow_whitespace_only_pieces=True, minloglevel=2)
+    shutil.copy(mistral_sp_model_file, path / "tokenizer.model")
     (path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "bos_token": "<s>",
         "eos_token": "</s>", "unk_token": "<unk>", "chat_template": MISTRAL_V3_TEMPLATE}))

@@ -15,16 +15,17 @@ from model.tokenizer import SentencePieceTokenizer
 
 # How Meta's fairscale layers split each tensor over model-parallel ranks, written out independently
 # of model/convert.py: ColumnParallelLinear splits the output rows, RowParallelLinear the input
-# columns, ParallelEmbedding (Llama-2) the embedding columns; norms are replicated.
+# columns, ParallelEmbedding (Llama-2) the embedding columns, VocabParallelEmbedding (Llama 3) its rows;
+# norms are replicated.
 COLUMN_PARALLEL = ("wq", "wk", "wv", "w1", "w3", "output")
 ROW_PARALLEL = ("wo", "w2")
 
 
-def meta_shards(state: dict, mp: int) -> list[dict]:
+def meta_shards(state: dict, mp: int, vocab_parallel: bool = False) -> list[dict]:
     shards = [{} for _ in range(mp)]
     for name, t in state.items():
         kind = name.split(".")[-2]
-        if kind in COLUMN_PARALLEL:
+        if kind in COLUMN_PARALLEL or (kind == "tok_embeddings" and vocab_parallel):
             parts = t.chunk(mp, dim=0)
         elif kind in ROW_PARALLEL or kind == "tok_embeddings":
             parts = t.chunk(mp, dim=1)
@@ -61,6 +62,45 @@ def test_meta_release_with_two_shards_converts_back_exactly(tmp_path, sp_model_f
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+def write_tiktoken(path: pathlib.Path) -> int:
+    """A tiktoken BPE file as Meta's Llama 3 release has one: every byte, then "he", "ll", "hell", "hello"; the
+    number of ranks."""
+    import base64
+    tokens = [bytes([b]) for b in range(256)] + [b"he", b"ll", b"hell", b"hello"]
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {rank}\n" for rank, t in enumerate(tokens)))
+    return len(tokens)
+
+
+def test_meta_llama3_release_with_two_shards_merges_to_the_one_shard_model(tmp_path):
+    """Llama 3.1's layout: a tiktoken tokenizer.model with Meta's 256 special tokens after its ranks, use_scaled_rope,
+    the embedding split along the vocabulary; two shards and one convert to the same model."""
+    n_ranks = write_tiktoken(tmp_path / "tokenizer.model")
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=n_ranks + 256, multiple_of=16,
+                     ffn_dim_multiplier=1.3, rope_theta=500000.0)
+    net = Transformer(args).init_weights(seed=3)
+    params = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": n_ranks + 256, "multiple_of": 16,
+              "ffn_dim_multiplier": 1.3, "norm_eps": 1e-5, "rope_theta": 500000.0, "use_scaled_rope": True}
+    for mp in (1, 2):
+        release = tmp_path / f"meta-{mp}"
+        release.mkdir()
+        for i, shard in enumerate(meta_shards(net.state_dict(), mp, vocab_parallel=True)):
+            del shard["rope.freqs"]  # (Llama 3 releases have none)
+            torch.save(shard, release / f"consolidated.{i:02d}.pth")
+        (release / "params.json").write_text(json.dumps(params))
+        (release / "tokenizer.model").write_bytes((tmp_path / "tokenizer.model").read_bytes())
+        convert_meta(release, tmp_path / f"ours-{mp}")
+    one, tokenizer = model.load(tmp_path / "ours-1")
+    two, _ = model.load(tmp_path / "ours-2")
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(one.state_dict()[name], tensor) and torch.equal(two.state_dict()[name], tensor), name
+    scaling = [one.args.rope_scaling_factor, one.args.rope_low_freq_factor, one.args.rope_high_freq_factor,
+               one.args.rope_original_max_seq_len]
+    assert scaling == [8.0, 1.0, 4.0, 8192] and one.args.max_seq_len == 131072  # Meta's apply_scaling; 128k
+    assert tokenizer.chat_format == "llama3" and tokenizer.encode("hello") == [n_ranks - 1]
+    assert (tokenizer.bos_id, tokenizer.eos_id) == (n_ranks, n_ranks + 9)  # <|begin_of_text|>, <|eot_id|>
+    assert tokenizer.encode_chat([{"role": "user", "content": "hello"}])[:2] == [n_ranks, n_ranks + 6]
 
 
 # the tiny preset with the test tokenizer's 400 tokens (a checkpoint's tokenizer must fit its model)

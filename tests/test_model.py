@@ -106,6 +106,51 @@ def test_qwen2_logits_match_transformers(tmp_path, sp_model_file):
         convert_hf(tmp_path / "sliding", tmp_path / "no")
 
 
+def test_mistral_logits_match_transformers(tmp_path, mistral_sp_model_file):
+    """Mistral v0.3 (no sliding window, rope theta 1e6): converted from transformers' MistralForCausalLM with a
+    Mistral tokenizer, the logits of a padded batch and through the KV cache match; exported, it is a Mistral
+    directory again. v0.1's sliding window is refused."""
+    cfg = transformers.MistralConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=400, max_position_embeddings=128,
+                                     rms_norm_eps=1e-5, sliding_window=None, tie_word_embeddings=False,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    torch.manual_seed(0)
+    ref = transformers.MistralForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.08 * torch.randn_like(p))
+    ref.save_pretrained(tmp_path / "hf")
+    shutil.copy(mistral_sp_model_file, tmp_path / "hf" / "tokenizer.model")
+    convert_hf(tmp_path / "hf", tmp_path / "ours")
+    ours, tokenizer = model.load(tmp_path / "ours")
+    assert tokenizer.chat_format == "mistral" and ours.args.rope_theta == 1e6 and not ours.args.qkv_bias
+    tokens = torch.randint(0, 400, (3, 40))
+    pad = torch.ones(3, 40, dtype=torch.bool)
+    pad[2, :11] = False                                  # a left-padded row
+    positions = (pad.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        expected = ref(tokens, attention_mask=pad.long(), position_ids=positions).logits
+        got = ours(tokens, positions=positions, mask=attention_mask(pad, torch.arange(40)))
+        assert rel_err(got[pad], expected[pad]) < 1e-4
+        plain = ref(tokens).logits
+        cache = ours.make_cache(batch_size=3, max_len=40)
+        steps = [ours(tokens[:, :30], cache=cache, slots=torch.arange(30))]
+        steps += [ours(tokens[:, t:t + 1], cache=cache, slots=torch.tensor([t])) for t in range(30, 40)]
+    assert rel_err(torch.cat(steps, dim=1), plain) < 1e-4
+    export_hf(tmp_path / "ours", tmp_path / "exported")
+    exported = json.loads((tmp_path / "exported" / "config.json").read_text())
+    assert (exported["model_type"], exported["sliding_window"]) == ("mistral", None)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported", dtype=torch.float32).eval()
+    assert isinstance(again, transformers.MistralForCausalLM)
+    with torch.no_grad():
+        assert rel_err(again(tokens).logits, plain) < 1e-4
+    cfg.sliding_window = 64  # shorter than the context of 128
+    (tmp_path / "sliding").mkdir()
+    cfg.save_pretrained(tmp_path / "sliding")
+    with pytest.raises(model.FormatError, match="sliding_window 64 is shorter than the context of 128"):
+        convert_hf(tmp_path / "sliding", tmp_path / "no")
+
+
 def test_llama3_rope_frequencies_by_hand():
     """Meta's apply_scaling, computed here frequency by frequency: kept above the high-frequency wavelength,
     divided by the factor beyond the low one, blended between."""
@@ -265,11 +310,12 @@ def test_model_args_reject_unknown_keys_and_bad_shapes():
 
 def test_presets_have_the_published_sizes():
     with torch.device("meta"):
-        counts = {k: Transformer(PRESETS[k]).num_params() for k in ("llama2-7b", "llama2-13b", "llama2-70b",
-                                                                     "smollm2-135m")}
-    # Parameter counts of the released checkpoints (Meta's model cards; SmolLM2's 134,515,008).
-    assert counts == {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320,
-                      "llama2-70b": 68_976_648_192, "smollm2-135m": 134_515_008}
+        counts = {k: Transformer(PRESETS[k]).num_params() for k in PRESETS if k != "tiny"}
+    # Parameter counts of the released checkpoints (Meta's model cards; the others' safetensors totals)
+    assert counts == {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "llama2-70b": 68_976_648_192,
+                      "smollm2-135m": 134_515_008, "llama3.2-1b": 1_235_814_400, "llama3.2-3b": 3_212_749_824,
+                      "llama3.1-8b": 8_030_261_248, "llama3.1-70b": 70_553_706_496, "qwen2.5-0.5b": 494_032_768,
+                      "qwen2.5-1.5b": 1_543_714_304, "qwen2.5-7b": 7_615_616_512, "mistral-7b-v0.3": 7_248_023_552}
 
 
 def test_per_row_cache_slots_need_a_mask():

@@ -154,3 +154,16 @@ def test_stage_records_leave_out_the_speed_only_settings(tmp_path):
     # self-instruct's batch decides its requests (each shows the prompts kept in earlier batches)
     changed = records("self_instruct.batch_size=3", "judge.samples=5", "dpo.set.beta=0.2")
     assert {k for k in base if changed[k] != base[k]} == {"self_instruct", "judge", "dpo"}
+
+
+@pytest.mark.parametrize("name", ["tiny", "smollm2-135m", "llama2-7b", "llama2-70b", "llama3.1-8b"])
+def test_every_shipped_loop_config_reads_for_each_iteration(name):
+    """configs/*.yaml as `make iteration` reads them, N=1 to 3, their trainer configs with their `set:` keys too."""
+    path = str(ROOT / "configs" / f"{name}.yaml")
+    for n in (1, 2, 3):
+        cfg = iteration.load(path, [], n)
+        trainers = iteration.trainer_configs(cfg)
+        assert trainers["sft"].batch_size % trainers["sft"].micro_batch_size == 0
+    if name == "llama3.1-8b":  # the paper's batch of 16 over one node's 8 ranks, and the paper's sizes per iteration
+        assert trainers["dpo"].batch_size == 16 and trainers["dpo"].epochs == 3 and not cfg.tp and cfg.nproc == 8
+        assert (iteration.load(path, [], 2).pairs.max_pairs, cfg.pairs.max_pairs) == (3964, 6942)
