@@ -56,6 +56,13 @@ def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, the
         got = ours(tokens)
     assert got.shape == expected.shape == (3, T, 400)
     assert rel_err(got, expected) < 1e-4
+    pad = torch.ones(3, T, dtype=torch.bool)
+    pad[1, :T // 3] = False                              # a ragged batch: one row left-padded
+    positions = (pad.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        padded = ref(tokens, attention_mask=pad.long(), position_ids=positions).logits
+        got = ours(tokens, positions=positions, mask=attention_mask(pad, torch.arange(T)))
+    assert rel_err(got[pad], padded[pad]) < 1e-4
     if rope:  # and through the KV cache, a token at a time after a prefill, and exported back to transformers
         with torch.no_grad():
             cache = ours.make_cache(batch_size=3, max_len=T)
@@ -70,7 +77,8 @@ def test_logits_match_transformers(tmp_path, sp_model_file, n_kv_heads, tie, the
 
 def test_qwen2_logits_match_transformers(tmp_path, sp_model_file):
     """Qwen2 / Qwen2.5 (biases on q, k and v, rope theta 1e6, tied embeddings): converted from transformers' own
-    Qwen2ForCausalLM, the logits of a padded batch match; exported back, transformers gives them again."""
+    Qwen2ForCausalLM, the logits of a padded batch and through the KV cache match; exported back, transformers gives
+    them again."""
     cfg = transformers.Qwen2Config(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, vocab_size=400, max_position_embeddings=128,
                                    rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
@@ -94,6 +102,11 @@ def test_qwen2_logits_match_transformers(tmp_path, sp_model_file):
         expected = ref(tokens, attention_mask=pad.long(), position_ids=positions).logits
         got = ours(tokens, positions=positions, mask=attention_mask(pad, torch.arange(31)))
     assert rel_err(got[pad], expected[pad]) < 1e-4
+    with torch.no_grad():  # and through the KV cache, a token at a time after a prefill
+        cache = ours.make_cache(batch_size=3, max_len=31)
+        steps = [ours(tokens[:, :20], cache=cache, slots=torch.arange(20))]
+        steps += [ours(tokens[:, t:t + 1], cache=cache, slots=torch.tensor([t])) for t in range(20, 31)]
+        assert rel_err(torch.cat(steps, dim=1), ref(tokens).logits) < 1e-4
     export_hf(tmp_path / "ours", tmp_path / "exported")
     assert json.loads((tmp_path / "exported" / "config.json").read_text())["model_type"] == "qwen2"
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported", dtype=torch.float32).eval()

@@ -7,8 +7,8 @@ Input lines
 Which tokens carry loss. A response's tokens are those of the whole conversation,
 encode_chat(messages + [answer], add_generation_prompt=False), after the prompt's,
 encode_chat(messages), which must be a prefix of them. They end at the answer's end-of-turn token
-(EOS for Llama-2, <|im_end|> for ChatML), which carries loss so that the model learns to stop;
-whatever the template writes after it (ChatML's "\\n") is dropped.
+(EOS for Llama-2 and Mistral, <|im_end|> for ChatML, <|eot_id|> for Llama 3), which carries loss so that the model
+learns to stop; whatever the template writes after it (ChatML's "\\n") is dropped.
 
 Truncation. A sequence longer than max_seq_len keeps its whole prompt and loses the end of its
 response (which then has no end-of-turn token). An example whose prompt leaves no room for a
