@@ -30,7 +30,7 @@ from model.checkpoint import ShardWriter, atomic_directory, read_params, read_te
 from model.errors import FormatError
 from model.gguf_file import read_gguf
 from model.llama import PRESETS, ModelArgs, Transformer
-from model.tokenizer import BPETokenizer, SentencePieceTokenizer, is_tiktoken, load_tokenizer
+from model.tokenizer import BPETokenizer, SentencePieceTokenizer, is_tiktoken, load_tokenizer, read_json_object
 
 # ---------------------------------------------------------------- Meta's release
 
@@ -219,7 +219,7 @@ def hf_tokenizer(src: Path) -> SentencePieceTokenizer | BPETokenizer:
     if spm.is_file() and not is_tiktoken(spm):
         tokenizer = SentencePieceTokenizer(spm)
         config = src / "tokenizer_config.json"
-        template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+        template = read_json_object(config).get("chat_template") if config.is_file() else None
         if tokenizer.chat_format == "llama2" and isinstance(template, str) and "<<SYS>>" not in template:
             raise FormatError(f"{config}: chat_template is not Llama-2's (no <<SYS>>), and {spm} has no [INST] "
                               "control tokens (Mistral v0.3's): this chat format is not supported")

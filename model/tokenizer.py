@@ -315,8 +315,11 @@ class BPETokenizer:
                               "or another value)")
         layout = _template_layout(template, tok, f"{cfg_path}: key 'chat_template'")
         eos = token_id("eos_token")
-        return cls(tok, bos_id=token_id("bos_token", eos), eos_id=eos, pad_id=token_id("pad_token", eos),
-                   stop_ids=cls._stop_ids(tok, eos), **layout)
+        try:
+            return cls(tok, bos_id=token_id("bos_token", eos), eos_id=eos, pad_id=token_id("pad_token", eos),
+                       stop_ids=cls._stop_ids(tok, eos), **layout)
+        except FormatError as e:  # a control token the template's layout needs is not in the vocabulary
+            raise FormatError(f"{directory / 'tokenizer.json'}: {e}") from None
 
     @classmethod
     def from_tiktoken(cls, path) -> "BPETokenizer":
