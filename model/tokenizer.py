@@ -48,9 +48,10 @@ class SentencePieceTokenizer:
         # Llama-2 has no pad piece (pad_id == -1); padded positions are masked anyway, EOS is a safe filler.
         self.pad_id: int = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id
         self.stop_ids: list[int] = [self.eos_id]
-        self.controls = {name: self.sp.piece_to_id(name) for name in chat.CONTROLS["mistral"]}
-        mistral = all(self.sp.id_to_piece(i) == name and self.sp.is_control(i) for name, i in self.controls.items())
+        controls = {name: self.sp.piece_to_id(name) for name in chat.CONTROLS["mistral"]}
+        mistral = all(self.sp.id_to_piece(i) == name and self.sp.is_control(i) for name, i in controls.items())
         self.chat_format = "mistral" if mistral else "llama2"
+        self.controls = controls if mistral else {}  # Llama-2's markers are text
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         ids = self.sp.encode(text)
