@@ -41,9 +41,23 @@ META_SPLIT_DIM = {"output": 0, "wq": 0, "wk": 0, "wv": 0, "wo": 1,
                   "w1": 0, "w3": 0, "w2": 1, "attention_norm": None, "ffn_norm": None, "norm": None}
 META_PARAMS = {"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
                "norm_eps", "rope_theta", "max_seq_len", "max_batch_size", "use_scaled_rope", "rope_scaling_factor"}
-# Meta's apply_scaling for use_scaled_rope (Llama 3.1 and later): the factor unless params.json gives one
+# Meta's apply_scaling for use_scaled_rope (Llama 3.1 and later): the factor unless params.json gives one, which
+# Meta's 3.2 1B and 3B releases do not, though their factor is 32 (as in their config.json on Hugging Face); 3.1's is 8
 META_SCALED_ROPE = {"rope_scaling_factor": 8.0, "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0,
                     "rope_original_max_seq_len": 8192}
+META_SMALL_DIMS_FACTOR = ({2048, 3072}, 32.0)   # Llama 3.2 1B and 3B: their widths, and their factor
+
+
+def meta_rope_params(params: dict, where) -> dict:
+    """params.json's use_scaled_rope as our rope_* fields (META_SCALED_ROPE, and 3.2 1B/3B's factor 32)."""
+    params = dict(params)
+    if params.pop("use_scaled_rope", False):
+        dims, factor = META_SMALL_DIMS_FACTOR
+        implied = {"rope_scaling_factor": factor} if params.get("dim") in dims else {}
+        return {**META_SCALED_ROPE, **implied, **params}
+    if "rope_scaling_factor" in params:
+        raise FormatError(f"{where}: rope_scaling_factor without use_scaled_rope")
+    return params
 
 
 def meta_split_dim(name: str):
@@ -98,10 +112,7 @@ def convert_meta(src, out):
         raise FormatError(f"{src}: no consolidated.*.pth files")
     llama3 = is_tiktoken(src / "tokenizer.model")
     tokenizer = (BPETokenizer.from_tiktoken if llama3 else SentencePieceTokenizer)(src / "tokenizer.model")
-    if params.pop("use_scaled_rope", False):
-        params = {**META_SCALED_ROPE, **params}
-    elif "rope_scaling_factor" in params:
-        raise FormatError(f"{params_path}: rope_scaling_factor without use_scaled_rope")
+    params = meta_rope_params(params, params_path)
     # the released context lengths, which params.json leaves out: Llama-2 4096, Llama 3.0 8192, 3.1 and later 128k
     context = 131072 if "rope_scaling_factor" in params else 8192 if llama3 else 4096
     shards = [load_pth(p) for p in shard_paths]

@@ -12,7 +12,6 @@ import shutil
 
 import pytest
 
-from model.chat import LLAMA2_TAGS
 from model.convert import export_hf, hf_tokenizer
 from model.errors import FormatError
 from model.tokenizer import BPETokenizer, SentencePieceTokenizer, load_tokenizer
@@ -276,7 +275,7 @@ def test_meta_tiktoken_file_encodes_as_tiktoken(tmp_path, llama3_bpe, llama30):
         assert ours.encode(text) == reference.encode_ordinary(text), text
         assert ours.decode(ours.encode(text)) == text
     special = reference.encode("<|begin_of_text|><|eot_id|><|end_of_text|>", allowed_special="all")
-    assert [ours.bos_id, ours.eos_id] == special[:2] and ours.stop_ids[:1] == special[1:2]
+    assert [ours.bos_id, ours.eos_id] == special[:2]
     assert special[2] in ours.stop_ids and ours.vocab_size == len(ranks) + 256
     assert ours.system_preamble is None  # Meta's ChatFormat writes no date
     assert [ours.encode_chat(m) for m in CONVERSATIONS] == [llama30[0].encode_chat(m) for m in CONVERSATIONS]
@@ -315,4 +314,3 @@ def test_a_sentencepiece_model_with_another_template_is_refused(tmp_path, sp_mod
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ '[INST] ' + m + ' [/INST]' }}"}))
     with pytest.raises(FormatError, match="chat_template is not Llama-2's"):
         hf_tokenizer(tmp_path)
-    assert LLAMA2_TAGS["[INST]"] != "[INST]"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import model
-from model.convert import convert_gguf, convert_hf, convert_meta, export_hf
+from model.convert import convert_gguf, convert_hf, convert_meta, export_hf, meta_rope_params
 from model.errors import FormatError
 from model.llama import PRESETS, ModelArgs, Transformer
 from model.tokenizer import SentencePieceTokenizer
@@ -101,6 +101,20 @@ def test_meta_llama3_release_with_two_shards_merges_to_the_one_shard_model(tmp_p
     assert tokenizer.chat_format == "llama3" and tokenizer.encode("hello") == [n_ranks - 1]
     assert (tokenizer.bos_id, tokenizer.eos_id) == (n_ranks, n_ranks + 9)  # <|begin_of_text|>, <|eot_id|>
     assert tokenizer.encode_chat([{"role": "user", "content": "hello"}])[:2] == [n_ranks, n_ranks + 6]
+
+
+def test_meta_scaled_rope_factor_is_32_for_llama32_small_and_8_otherwise():
+    """Meta's 3.2 1B/3B params.json say use_scaled_rope with no factor; their factor is 32 (their config.json on
+    Hugging Face, and our presets), 3.1's 8; a factor given in the file wins."""
+    base = {"n_layers": 16, "use_scaled_rope": True}
+    for preset in ("llama3.2-1b", "llama3.2-3b", "llama3.1-8b", "llama3.1-70b"):
+        args = PRESETS[preset]
+        assert meta_rope_params({**base, "dim": args.dim}, "p")["rope_scaling_factor"] == args.rope_scaling_factor
+    assert PRESETS["llama3.2-1b"].rope_scaling_factor == 32 and PRESETS["llama3.1-8b"].rope_scaling_factor == 8
+    assert meta_rope_params({**base, "dim": 2048, "rope_scaling_factor": 16.0}, "p")["rope_scaling_factor"] == 16
+    assert "rope_scaling_factor" not in meta_rope_params({"dim": 4096}, "p")
+    with pytest.raises(FormatError, match="p: rope_scaling_factor without use_scaled_rope"):
+        meta_rope_params({"dim": 4096, "rope_scaling_factor": 8.0}, "p")
 
 
 # the tiny preset with the test tokenizer's 400 tokens (a checkpoint's tokenizer must fit its model)
