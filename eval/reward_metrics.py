@@ -29,9 +29,10 @@ from pathlib import Path
 
 from eval.metrics import parse_rate, reward_model_intervals, reward_model_metrics
 from eval.stages import add_limit_args, limited, number, percent, prepare_work_dir, with_interval, write_json
+from judge.expected import SCORE_MODES
 from judge.oasst import ranked_prompts, read_messages
 from judge.prompt import judge_messages
-from judge.score import JudgeSettings, judged_rows, unjudged_row
+from judge.score import JudgeSettings, judge_rows, unjudged_row
 from model.errors import FormatError
 from model.jsonl import check_id, check_output, iter_jsonl
 from sample.generate import add_sampling_args, positive_int, stage_config
@@ -52,6 +53,8 @@ PAPER = {"SFT baseline": {"pairwise_accuracy": 0.651, "five_best": 0.396, "exact
                 "spearman": 0.331, "kendall_tau": 0.315},
          "M3": {"pairwise_accuracy": 0.817, "five_best": 0.432, "exact_match": 0.143,
                 "spearman": 0.349, "kendall_tau": 0.324}}
+# where `make iteration` writes a model's metrics on the config's external ranked set, beside reward_metrics.json
+EXTERNAL_FILE = "reward_metrics_external.json"
 CORRELATIONS = ("spearman", "kendall_tau", "spearman_constant_zero", "kendall_tau_constant_zero")
 COLUMNS = [("pairwise_accuracy", "pairwise acc"), ("five_best", "5-best"), ("exact_match", "exact match"),
            ("spearman", "Spearman"), ("kendall_tau", "Kendall tau")]
@@ -120,7 +123,8 @@ def metrics_from_judgements(prompts: list[dict], judged: list[dict], seed: int =
     n_parsed = sum(r["n_parsed"] for r in judged)
     return {**reward_model_metrics(scores, ranks), "intervals": reward_model_intervals(scores, ranks, seed),
             "parse_rate": parse_rate(n_parsed, n_judgements), "n_judgements": n_judgements, "n_parsed": n_parsed,
-            "n_not_judged": sum(not r["judgements"] for r in judged)}
+            "n_not_judged": sum(not r["judgements"] for r in judged),
+            "score_tokens": sum(r.get("score_tokens", 0) for r in judged)}
 
 
 def table(metrics: dict) -> str:
@@ -158,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranked", required=True, help="human-ranked set: an Open Assistant export or a ranked JSONL")
     parser.add_argument("--samples", type=positive_int, default=defaults.samples,
                         help="judgements per reply (default %(default)s)")
+    parser.add_argument("--score", choices=SCORE_MODES, default=defaults.score,
+                        help="parsed (the paper) or expected (judge/expected.py), as judge/score.py --score")
     add_limit_args(parser, "ranked prompts", defaults.limit)
     parser.add_argument("--lang", default="en", help="Open Assistant exports: the language to keep (default en)")
     parser.add_argument("--out", required=True, help="metrics JSON to write; judgements go to its .work folder")
@@ -176,7 +182,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     work = prepare_work_dir(args.out, "eval/reward_metrics.py",
                             {"model": Path(args.model), "ranked": Path(args.ranked), "limit": args.limit,
-                             "last": args.last, "samples": args.samples, "lang": args.lang, "sampling": sampling})
+                             "last": args.last, "samples": args.samples, "lang": args.lang, "sampling": sampling,
+                             **({"score": args.score} if args.score != "parsed" else {})})
 
     def requests(tokenizer):
         return [Request([p["id"], i], {"id": p["id"], "sample": i, "prompt": p["prompt"], "response": text,
@@ -185,10 +192,12 @@ def main(argv=None):
                 for p in prompts for i, (text, rank) in enumerate(zip(p["replies"], p["ranks"]))]
 
     judged, stats, _ = run_stage(stage_config(args, out=str(work / "judgements.jsonl")), "eval/reward_metrics.py",
-                                 requests, judged_rows, args.samples, desc="judging", on_too_long=unjudged_row)
+                                 requests, n=args.samples, desc="judging", on_too_long=unjudged_row,
+                                 **judge_rows(args.score))
     if not is_rank_zero():
         return  # a torchrun rank other than 0: rank 0 writes the result
-    metrics = {"model": args.model, "ranked": args.ranked, "samples": args.samples, "sampling": sampling,
+    metrics = {"model": args.model, "ranked": args.ranked, "samples": args.samples, "score": args.score,
+               "sampling": sampling,
                **metrics_from_judgements(prompts, judged, args.seed)}
     write_json(args.out, metrics)
     skipped = sum(v for k, v in counts.items() if "skipped" in k)

@@ -13,7 +13,9 @@ summary) and writes, with the keys eval/report.py reads:
   "reward_metrics", "head_to_head" and "head_to_head_baseline" (M_N against the SFT baseline, with
   head_to_head.opponents: baseline or both) (copied from eval/, each with its "intervals": 95% bootstrap
   intervals over the prompts, and its number of prompts), and, for iteration 1, "base_reward_metrics"
-  (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training; with
+  (M0 as a judge, from runs/RUN/iter0/eval): the parse rate before and after EFT training;
+  "external_reward_metrics" (and for iteration 1 "base_external_reward_metrics", M0's): the same metrics on
+  the config's external ranked set (eval/reward_metrics_external.json), when it has one; with
   checkpoint selection (SELECT=1), "selected" (the snapshot promoted to M_N) and "selection" (each
   snapshot's win/tie/loss against M_{N-1}).
 The summary is also printed, a line per stage.
@@ -24,6 +26,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from eval.reward_metrics import EXTERNAL_FILE
 from eval.stages import number, percent, with_interval, write_json
 from judge import parse
 from model.jsonl import read_jsonl
@@ -42,9 +45,10 @@ def last_line(path: Path) -> dict | None:
 HEAD_TO_HEAD = {"head_to_head.json": "head_to_head", "head_to_head_baseline.json": "head_to_head_baseline"}
 
 
-def summarise(it: Path, head_to_head: list[str] | None = None) -> dict:
+def summarise(it: Path, head_to_head: list[str] | None = None, external: bool = True) -> dict:
     """The summary of iteration directory `it` (see the module doc); `head_to_head` names the comparisons to
-    take from eval/ (file names of HEAD_TO_HEAD; None: every one there)."""
+    take from eval/ (file names of HEAD_TO_HEAD; None: every one there); external=False leaves out the external
+    set's metrics (a config without one: a file left from other settings is not current)."""
     s: dict = {}
     if (it / "prompts.jsonl").is_file():
         s["prompts"] = len(read_jsonl(it / "prompts.jsonl"))
@@ -83,8 +87,10 @@ def summarise(it: Path, head_to_head: list[str] | None = None) -> dict:
     compared = [(HEAD_TO_HEAD[name], it / "eval" / name) for name in (HEAD_TO_HEAD if head_to_head is None
                                                                        else head_to_head)]
     for key, path in (("reward_metrics", it / "eval/reward_metrics.json"), *compared,
-                      ("base_reward_metrics", it.parent / "iter0/eval/reward_metrics.json")):
-        if key == "base_reward_metrics" and it.name != "iter1":
+                      ("base_reward_metrics", it.parent / "iter0/eval/reward_metrics.json"),
+                      ("external_reward_metrics", it / "eval" / EXTERNAL_FILE),
+                      ("base_external_reward_metrics", it.parent / "iter0/eval" / EXTERNAL_FILE)):
+        if key.startswith("base_") and it.name != "iter1" or "external" in key and not external:
             continue
         if path.is_file():
             s[key] = read_json(path)
@@ -114,7 +120,10 @@ def describe(s: dict) -> list[str]:
     if "selected" in s:
         lines.append(f"selected as M_N: {s['selected']} of {json.dumps(s['selection'])[:300]}")
     for key, shown in (("base_reward_metrics", ("pairwise_accuracy", "spearman")),
-                       ("reward_metrics", ("pairwise_accuracy", "spearman")), ("head_to_head", ("win", "tie", "loss")),
+                       ("reward_metrics", ("pairwise_accuracy", "spearman")),
+                       ("base_external_reward_metrics", ("pairwise_accuracy", "spearman")),
+                       ("external_reward_metrics", ("pairwise_accuracy", "spearman")),
+                       ("head_to_head", ("win", "tie", "loss")),
                        ("head_to_head_baseline", ("win", "tie", "loss"))):
         if key in s:
             short = {k: v for k, v in s[key].items() if not isinstance(v, (dict, list))}
@@ -133,8 +142,10 @@ def main(argv=None):
     parser.add_argument("--head-to-head", nargs="*", choices=sorted(HEAD_TO_HEAD), metavar="FILE",
                         help="the head-to-head results of eval/ to include, by file name (make passes the ones "
                              "head_to_head.opponents asks for; default: every one there)")
+    parser.add_argument("--no-external", action="store_true",
+                        help="leave out eval/" + EXTERNAL_FILE + " (make passes it when the config has no external set)")
     args = parser.parse_args(argv)
-    summary = summarise(Path(args.iter), args.head_to_head)
+    summary = summarise(Path(args.iter), args.head_to_head, external=not args.no_external)
     write_json(args.out, summary)
     print("\n".join([f"{args.iter}:"] + ["  " + line for line in describe(summary)]), file=sys.stderr)
 

@@ -9,6 +9,11 @@ of a batch share the template's opening, and a candidate's samples share its who
 sampler prefills each of those once; a multi-turn prompt's judge sees its whole conversation.
 Output, one line per candidate: judged.jsonl, as judge/__init__.py describes it.
 Resumable like sample/generate.py: rerun the same command after a crash.
+
+--score expected (beyond the paper; judge/expected.py): after each justification, read the model's
+distribution over the score and use its expectation; a candidate's score is then the mean of those (one
+judgement, --samples 1, does what three sampled ones did, and ties all but vanish). Each row also gets
+"expected_scores", "score_probs" (p(0..5) per judgement) and "score_mass"; "scores" stays the parsed digits.
 """
 import argparse
 import sys
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 
 import judge
 from judge import parse
+from judge.expected import SCORE_MODES, score_distributions
 from judge.parse import parse_score
 from judge.prompt import judge_messages, neutralise_response
 from model.errors import FormatError
@@ -30,6 +36,8 @@ from sample.stage import Request, is_rank_zero, run_stage, throughput
 class JudgeSettings(SamplingSettings):
     samples: int = 3                # judgements per candidate, averaged (the paper's 3)
     max_new_tokens: int = 256
+    score: str = "parsed"           # one of SCORE_MODES: the digit each judgement wrote (the paper), or the
+                                    # expectation of the model's distribution over it (judge/expected.py)
 
 
 def read_candidates(path) -> list[dict]:
@@ -61,6 +69,26 @@ def judged_rows(request: Request, completions: list[Completion]) -> list[dict]:
              "n_parsed": len(valid), "neutralised": neutralise_response(request.fields["response"])[1]}]
 
 
+def expected_rows(net, tokenizer):
+    """judged_rows, with each candidate's score the mean of its judgements' expected scores."""
+    def rows(request: Request, completions: list[Completion]) -> list[dict]:
+        row, = judged_rows(request, completions)
+        read = score_distributions(net, tokenizer, request.token_ids, [c.text for c in completions])
+        expected = [r and r["expected"] for r in read]
+        valid = [e for e in expected if e is not None]
+        return [{**row, "score": sum(valid) / len(valid) if valid else None, "expected_scores": expected,
+                 "score_probs": [r and r["probs"] for r in read], "score_mass": [r and r["mass"] for r in read],
+                 "score_tokens": sum(r["tokens"] for r in read if r)}]
+    return rows
+
+
+def judge_rows(score: str) -> dict:
+    """run_stage's rows arguments for a --score mode (the paper's parsed scores keep their settings record)."""
+    if score == "expected":
+        return {"make_rows": expected_rows, "rows_need_model": True, "settings": {"score": score}}
+    return {"make_rows": judged_rows}
+
+
 def unjudged_row(request: Request) -> dict:
     """The row of a candidate whose judge prompt does not fit the context: no judgements, a null score."""
     return {**request.fields, "judgements": [], "scores": [], "parse_errors": [], "score": None,
@@ -88,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(parser, JudgeSettings())
     parser.add_argument("--samples", type=positive_int, default=JudgeSettings.samples,
                         help="judgements per candidate (default %(default)s)")
+    parser.add_argument("--score", choices=SCORE_MODES, default=JudgeSettings.score,
+                        help="parsed (the paper: the digit after 'Score:') or expected (the expectation of the "
+                             "model's distribution over it; judge/expected.py). Default %(default)s")
     parser.add_argument("--candidates", required=True, help="JSONL with id, sample, prompt, response per line")
     parser.add_argument("--out", required=True, help="judged JSONL, one line per candidate")
     return parser
@@ -107,8 +138,8 @@ def main(argv=None):
                         tokenizer.encode_chat(judge_messages(c.get("messages") or c["prompt"], c["response"])),
                         [(c["id"], c["sample"])]) for c in candidates]
 
-    rows, stats, _ = run_stage(stage_config(args), "judge/score.py", requests, judged_rows, args.samples,
-                               desc="judging", on_too_long=unjudged_row)
+    rows, stats, _ = run_stage(stage_config(args), "judge/score.py", requests, n=args.samples, desc="judging",
+                               on_too_long=unjudged_row, **judge_rows(args.score))
     if is_rank_zero():
         print(f"{summary(rows)}\n{throughput(stats)}", file=sys.stderr)
 

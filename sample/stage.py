@@ -168,14 +168,17 @@ def open_output(out, rank: int, world: int, stage: str, settings: dict, **kwargs
 
 
 def run_stage(config: StageConfig, stage: str, make_requests, make_rows, n: int, desc: str,
-              on_too_long=None):
+              on_too_long=None, rows_need_model: bool = False, settings: dict | None = None):
     """What every sampling CLI does around its own rows: set up torchrun if present, load the model,
     sample the requests that make_requests(tokenizer) builds (resumably, data or tensor parallel),
     and merge the output, which belongs to `stage` (a name, written in its settings record:
     see sample/resume.py). A request too long for the context is skipped, or, with on_too_long,
-    written as the row on_too_long(request) returns. Returns (output rows, this run's stats, number
-    of requests too long) on every rank (the others read back what rank 0 merged), so that a CLI of
-    several stages can run them all under torchrun, one after the other, in the same processes.
+    written as the row on_too_long(request) returns. With rows_need_model, make_rows(net, tokenizer) gives
+    the rows function (expected-score judging reads the model's distributions); `settings` are more of what
+    decides the rows, for the output's settings record (rows made with others are discarded). Returns (output rows,
+    this run's stats, number of requests too long) on every rank (the others read back what rank 0
+    merged), so that a CLI of several stages can run them all under torchrun, one after the other, in the
+    same processes.
     """
     rank, world, device = setup_distributed()
     try:
@@ -184,8 +187,11 @@ def run_stage(config: StageConfig, stage: str, make_requests, make_rows, n: int,
     except (FormatError, ValueError) as e:
         sys.exit(f"error: {e}")
     requests = make_requests(tokenizer)
+    if rows_need_model:
+        make_rows = make_rows(net, tokenizer)
     writer = open_output(config.out, rank, world, stage,
-                         {**settings_record(config, net, stage), "n": n, "requests": requests_digest(requests)})
+                         {**settings_record(config, net, stage), "n": n, "requests": requests_digest(requests),
+                          **(settings or {})})
     fits = [r for r in requests if len(r.token_ids) < net.args.max_seq_len]
     too_long = [r for r in requests if len(r.token_ids) >= net.args.max_seq_len]
     if on_too_long is not None and rank == 0:

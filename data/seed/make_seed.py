@@ -18,6 +18,15 @@ removes part of the answer. eft.jsonl: 30 examples of each score, made from IFT 
 with a short justification in the rubric's terms ending in "Score: X". ranked.trees.jsonl: every
 ranked prompt with its good answer (rank 0) and 2 or 3 degraded ones of different scores,
 ranked by score, in the Open Assistant trees format; replies are in shuffled order.
+
+eft_contrast.jsonl (not the quick demo's: configs/smollm2-135m-judge.yaml trains on it) is the EFT set made
+contrastive: every IFT prompt appears with its good answer and with each degradation that can be made from it,
+so that what tells a score from another is the response, never the question. Beyond the kinds above, which
+for it are made from any answer (not only lists):
+  2 cut        any answer of 40 words or more cut mid-sentence after about half of its words
+  1 fragment   the first few words of any answer of 40 words or more
+  0 other      the good answer to another prompt of the same category (as hard as off-topic gets)
+No score is more than 30% of it.
 """
 import argparse
 import random
@@ -118,8 +127,15 @@ JUDGEMENTS = {
         "relevant to what the user asked. No points can be awarded.",
         "The user's question is not addressed. The response talks about an unrelated topic (\"{start}\"), so "
         "it is not even relevant."],
+    "other": [
+        "The response answers a different question from the one asked: it begins \"{start}\", which is not what "
+        "the user wants to know. It is on a related subject at best, and none of the criteria are met.",
+        "This is an answer to another question. The user asked something else, and the response (\"{start}\") "
+        "never addresses it, so it earns no points, however well written it is."],
 }
-SCORE = {"good": 5, "polite": 4, "blog": 3, "half": 2, "wrong": 1, "fragment": 1, "off-topic": 0}
+SCORE = {"good": 5, "polite": 4, "blog": 3, "half": 2, "cut": 2, "wrong": 1, "fragment": 1, "off-topic": 0,
+         "other": 0}
+CONTRAST_MIN_WORDS = 40   # answers this long can be cut, or reduced to a fragment, whatever their form
 LIST_ITEM = re.compile(r"^(?:- |\d+\. )", re.MULTILINE)
 
 
@@ -171,6 +187,15 @@ def quote(text: str, n_words: int = 6, from_end: bool = False) -> str:
 def degrade(kind: str, item: dict, rng: random.Random, wrong: dict, pool: list[dict]) -> tuple[str, dict]:
     """A response of the given kind for `item`, and the slots its judgement can quote."""
     text = item["response"]
+    if kind == "cut":
+        cut = cut_after_words(text, 0, len(text.split()) // 2)
+        return cut, {"end": quote(cut, 5, from_end=True)}
+    if kind == "fragment" and not list_items(text):
+        cut = cut_after_words(text, 0, 6)
+        return cut, {"start": quote(cut, 12)}
+    if kind == "other":
+        other = rng.choice([o for o in pool if category(o) == category(item) and o["id"] != item["id"]])
+        return other["response"], {"start": quote(other["response"])}
     if kind == "good":
         return text, {"start": quote(text)}
     if kind in ("polite", "blog"):
@@ -191,7 +216,7 @@ def degrade(kind: str, item: dict, rng: random.Random, wrong: dict, pool: list[d
 
 
 def judgement(kind: str, slots: dict, rng: random.Random) -> str:
-    return rng.choice(JUDGEMENTS[kind]).format(**slots) + f"\nScore: {SCORE[kind]}"
+    return rng.choice(JUDGEMENTS["half" if kind == "cut" else kind]).format(**slots) + f"\nScore: {SCORE[kind]}"
 
 
 def kinds_for(item: dict, wrong: dict) -> list[str]:
@@ -224,6 +249,35 @@ def make_eft(ift: list[dict], wrong: dict, rng: random.Random) -> list[dict]:
     assert len(examples) == sum(quota.values()), "not enough eligible prompts for the EFT quotas"
     rng.shuffle(examples)
     return [{"id": f"eft-{i:03d}", **ex} for i, ex in enumerate(examples, start=1)]
+
+
+def contrast_kinds(item: dict, wrong: dict, pool: list[dict]) -> list[str]:
+    """Every degradation eft_contrast.jsonl makes of this item (one example each, plus the good answer)."""
+    kinds = ["good", "polite", "blog", "off-topic"]
+    long_enough = len(item["response"].split()) >= CONTRAST_MIN_WORDS
+    if list_items(item["response"]):
+        kinds.append("half")
+    elif long_enough:
+        kinds.append("cut")
+    if item["id"] in wrong:
+        kinds.append("wrong")
+    elif long_enough or "fragment" in kinds_for(item, wrong):
+        kinds.append("fragment")
+    if any(category(o) == category(item) and o["id"] != item["id"] for o in pool):
+        kinds.append("other")
+    return kinds
+
+
+def make_eft_contrast(ift: list[dict], wrong: dict, rng: random.Random) -> list[dict]:
+    """Each IFT prompt with its good answer and each degradation contrast_kinds makes of it, shuffled."""
+    examples = []
+    for item in ift:
+        for kind in contrast_kinds(item, wrong, ift):
+            response, slots = degrade(kind, item, rng, wrong, ift)
+            examples.append({"instruction": item["prompt"], "response": response,
+                             "judgement": judgement(kind, slots, rng)})
+    rng.shuffle(examples)
+    return [{"id": f"eftc-{i:04d}", **ex} for i, ex in enumerate(examples, start=1)]
 
 
 def oa_message(message_id: str, parent_id, text: str, role: str, rank, replies: list) -> dict:
@@ -272,10 +326,14 @@ def main(argv=None):
     for ex in eft:
         assert parse_score(ex["judgement"]).score is not None, ex
     trees = make_ranked_trees(ranked, wrong, rng)
+    contrast = make_eft_contrast(ift, wrong, random.Random(f"contrast/{a.seed}"))
+    for ex in contrast:
+        assert parse_score(ex["judgement"]).score is not None, ex
     write_jsonl_atomic(out_dir / "eft.jsonl", eft)
     write_jsonl_atomic(out_dir / "ranked.trees.jsonl", trees)
-    print(f"wrote {out_dir / 'eft.jsonl'} ({len(eft)} examples) and "
-          f"{out_dir / 'ranked.trees.jsonl'} ({len(trees)} prompts)")
+    write_jsonl_atomic(out_dir / "eft_contrast.jsonl", contrast)
+    print(f"wrote {out_dir / 'eft.jsonl'} ({len(eft)} examples), {out_dir / 'ranked.trees.jsonl'} "
+          f"({len(trees)} prompts) and {out_dir / 'eft_contrast.jsonl'} ({len(contrast)} examples)")
 
 
 if __name__ == "__main__":
