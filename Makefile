@@ -98,6 +98,10 @@ endif
 H2H_FILES = $(if $(and $(filter previous both,$(H2H_OPPONENTS)),$(filter-out 1,$(N))),$(I)/eval/head_to_head.json) \
 	$(if $(filter baseline both,$(H2H_OPPONENTS)),$(I)/eval/head_to_head_baseline.json)
 
+# M_N's (or M0's, iter0) metrics on the config's external ranked set, when it names one (below)
+EXT_FILES = $(if $(EXTERNAL),$(R)/$(1)/eval/reward_metrics_external.json)
+EXT_FLAG  = $(if $(EXTERNAL),,--no-external)
+
 # Under torchrun when NPROC > 1 (sampling, evaluation included: data parallel, or with tp: true tensor parallel;
 # training: FSDP).
 LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
@@ -155,8 +159,6 @@ $(R)/iter1/summary.json: $(R)/iter1/model/params.json $(R)/iter1/eval/reward_met
 
 # ---- with `external:` in the config, every model (M0 included) is also judged on that second ranked set, one
 #      nobody in the project wrote (data/external/), with external_metrics' settings
-EXT_FILES = $(if $(EXTERNAL),$(R)/$(1)/eval/reward_metrics_external.json)
-EXT_FLAG  = $(if $(EXTERNAL),,--no-external)
 ifneq ($(EXTERNAL),)
 $(R)/iter0/eval/reward_metrics_external.json: $(BASE_MODEL)/params.json $(EXTERNAL) $(S)/external_metrics
 	mkdir -p $(@D)

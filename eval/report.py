@@ -156,7 +156,8 @@ def reward_table(iters: list[dict], baseline: dict | None, key: str = "reward") 
         return [with_interval(m.get(k), intervals.get(k), as_percent=k not in CORRELATIONS) for k, _ in RM_COLUMNS]
 
     labelled = ([(baseline["iter"], baseline)] if baseline and baseline[key] else []) + [
-        ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters if it[key]]
+        ("0 (M0, base)" if it["iter"] == 0 else it["iter"], it) for it in iters
+        if it[key] or (key == "reward" and it["iter"] != 0)]
     rows = [[label, *cells(m), percent(m.get("pairwise_tie_rate")), percent(m.get("parse_rate")),
              number(m.get("n_prompts"))] for label, it in labelled for m in [it[key]]]
     if key == "reward":

@@ -27,6 +27,13 @@ def fake_run(tmp_path) -> Path:
     write(run / "iter1" / "eval" / "reward_metrics.json",
           {"pairwise_accuracy": 0.6, "pairwise_tie_rate": 0.2, "five_best": None, "exact_match": 0.1,
            "spearman": 0.2, "kendall_tau": 0.15, "parse_rate": 0.9, "n_prompts": 59})
+    # M0 and M1 on the external set too (iteration 2 has none: its row is left out of that table)
+    write(run / "iter0" / "eval" / "reward_metrics_external.json",
+          {"ranked": "data/external/humaneval.ranked.jsonl", "score": "expected", "pairwise_accuracy": 0.45,
+           "n_prompts": 40, "intervals": {"pairwise_accuracy": [0.35, 0.55]}})
+    write(run / "iter1" / "eval" / "reward_metrics_external.json",
+          {"ranked": "data/external/humaneval.ranked.jsonl", "score": "expected", "pairwise_accuracy": 0.625,
+           "pairwise_tie_rate": 0.0, "parse_rate": 0.95, "n_prompts": 40, "intervals": {"pairwise_accuracy": [0.55, 0.7]}})
     # iteration 2: everything
     write(run / "iter2" / "summary.json",
           {"prompts": 100, "finish_reasons": {"stop": 360, "length": 40}, "pairs": 40, "pairs_per_prompt": 0.4,
@@ -93,6 +100,11 @@ def test_report_rows_per_iteration(tmp_path):
     assert rm[3] == "| 2 | 70.0% [60.0, 80.0] | 50.0% | 12.0% | 0.300 [0.100, 0.450] | 0.250 | 10.0% | 97.0% | 59 |"
     assert rm[4].startswith("| 3 | - | - |")
     assert "| *paper M3* | 81.7% | 43.2% | 14.3% | 0.349 | 0.324 |" in text
+    external = text.split("### On the external set")[1].split("\n## ")[0]
+    assert "`data/external/humaneval.ranked.jsonl`" in external and "scores expected" in external
+    rows = [line for line in external.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
+    assert rows == ["| 0 (M0, base) | 45.0% [35.0, 55.0] | - | - | - | - | - | - | 40 |",
+                    "| 1 | 62.5% [55.0, 70.0] | - | - | - | - | 0.0% | 95.0% | 40 |"]    # no paper rows here
     assert "| *paper SFT baseline* | 65.1% | 39.6% | 10.1% | 0.253 | 0.233 |" in text
     external = text.split("### Judged by a model that is not a contestant")[1].split("###")[0]
     rows = [line for line in external.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
@@ -117,7 +129,8 @@ def test_cli_writes_the_report_and_plots_when_matplotlib_is_installed(tmp_path):
     text = (run / "report.md").read_text()
     assert text.startswith("# Run `demo`")
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert pngs == ["dpo_training.png", "head_to_head.png", "lengths.png", "reward_model.png", "scores.png"]
+    assert pngs == ["dpo_training.png", "head_to_head.png", "lengths.png", "reward_model.png", "reward_model_external.png",
+                    "scores.png"]
     for name in pngs:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](plots/{name})" in text

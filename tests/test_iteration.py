@@ -172,6 +172,29 @@ def test_the_head_to_head_judge_is_a_setting(tmp_path):
     assert "--judge checkpoints/judge " in named and "--tie-rule points" in named
 
 
+def test_the_external_set_is_judged_for_every_model(tmp_path, tiny_checkpoint):
+    """external: a second ranked set; M0 and M_N are judged on it with external_metrics' settings, and the
+    summaries hold it (without it they are told to leave out any file left from other settings)."""
+    def plan(n, *settings):
+        proc = subprocess.run(["make", "-n", "-C", str(ROOT), "iteration", f"N={n}", f"RUNS={tmp_path}", "RUN=t",
+                               "CONFIG=configs/tiny.yaml", f"PY={sys.executable}",
+                               f"SET=base_model={tiny_checkpoint} " + " ".join(settings)], capture_output=True, text=True)
+        return [line for line in proc.stdout.replace("\\\n", " ").splitlines() if ".py " in line]
+    ext = "data/external/humaneval.ranked.jsonl"
+    steps = plan(1, f"external={ext}", "external_metrics.limit=5", "external_metrics.score=expected")
+    judged = [line for line in steps if f"--ranked {ext}" in line]
+    assert len(judged) == 2 and all("--limit 5" in line and "--score expected" in line for line in judged)
+    assert {line.split("--model ")[1].split()[0] for line in judged} == {str(tiny_checkpoint), f"{tmp_path}/t/iter1/model"}
+    assert any(f"--out {tmp_path}/t/iter0/eval/reward_metrics_external.json" in line for line in judged)
+    summary = next(line for line in steps if "eval/summary.py" in line)
+    assert "--no-external" not in summary
+    steps = plan(2, f"external={ext}")
+    assert [line.split("--model ")[1].split()[0] for line in steps if f"--ranked {ext}" in line] == [
+        f"{tmp_path}/t/iter2/model"]
+    assert not [line for line in plan(1) if f"--ranked {ext}" in line]
+    assert "--no-external" in next(line for line in plan(1) if "eval/summary.py" in line)
+
+
 def test_tensor_parallel_stages(tmp_path):
     """tp: true with NPROC > 1 puts every sampling stage, self-instruct and the evaluations too (checkpoint
     selection included), under torchrun with --tp."""

@@ -148,6 +148,7 @@ def test_stage_records_leave_out_the_speed_only_settings(tmp_path):
     base = records()
     faster = records("generate.batch_size=3", "judge.batch_size=5", "head_to_head.batch_size=2",
                      "reward_metrics.batch_size=7", "select.batch_size=9", "eft_judge.batch_size=11",
+                     "external_metrics.batch_size=13",
                      "dpo.set.micro_batch_size=2",
                      "nproc=4", "tp=true")
     assert faster == base
