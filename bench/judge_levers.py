@@ -1,7 +1,7 @@
 """How well a model judges, read every way its judgements allow: parsed or expected scores, from 1 to n samples.
 
     python bench/judge_levers.py --ranked data/external/humaneval.ranked.jsonl \\
-        runs/lev/M1/ext.json.work/judgements.jsonl [more judgements.jsonl ...]
+        runs/lev/M1/ext.work/judgements.jsonl [more judgements.jsonl ...]
     python bench/judge_levers.py --judged runs/demo/iter2/judged.jsonl     # agreement of the two readings
 
 Each judgements.jsonl is what `eval/reward_metrics.py --score expected` keeps in its work folder: per reply the
@@ -45,20 +45,38 @@ def readings(row: dict, n: int) -> dict[str, float | None]:
     return out
 
 
+def reply_kinds(ranked_path: str) -> dict[str, list[str]]:
+    """Per prompt id, the "kind" of each reply where the file gives one (data/external's sets: reference,
+    mismatched, truncated); empty for a set without kinds."""
+    rows = read_jsonl(ranked_path)
+    if not all(isinstance(r.get("replies"), list) and all(isinstance(x, dict) and "kind" in x for x in r["replies"])
+               for r in rows):
+        return {}
+    return {r["id"]: [x["kind"] for x in r["replies"]] for r in rows}
+
+
 def table(ranked_path: str, paths: list[str]) -> list[str]:
+    """One row per file and reading; for a set whose replies have kinds, also one row per kind of worse reply
+    (the accuracy over the pairs of the best reply with a reply of that kind)."""
     prompts, _ = read_ranked(ranked_path)
-    lines = ["| judgements | reading | prompts | pairwise accuracy [95% interval] | ties |", "|---|---|---|---|---|"]
+    kinds = reply_kinds(ranked_path)
+    worse = sorted({k for ks in kinds.values() for k in ks} - {"reference"})
+    lines = ["| judgements | reading | pairs | prompts | pairwise accuracy [95% interval] | ties |",
+             "|---|---|---|---|---|---|"]
     for path in paths:
         rows = {(r["id"], r["sample"]): r for r in read_jsonl(path)}
         kept = [p for p in prompts if all((p["id"], i) in rows for i in range(len(p["replies"])))]
         n = min(len(r["scores"]) for r in rows.values() if r["scores"]) if rows else 0
         names = readings(next(iter(rows.values())), n) if rows else {}
-        for name in names:
-            scores = [[readings(rows[p["id"], i], n)[name] for i in range(len(p["replies"]))] for p in kept]
-            ranks = [p["ranks"] for p in kept]
+        for name, subset in itertools.product(names, ["all"] + worse):
+            keep = {p["id"]: [i for i, k in enumerate(kinds.get(p["id"], []))
+                              if subset == "all" or k in (subset, "reference")] or range(len(p["replies"]))
+                    for p in kept}
+            scores = [[readings(rows[p["id"], i], n)[name] for i in keep[p["id"]]] for p in kept]
+            ranks = [[p["ranks"][i] for i in keep[p["id"]]] for p in kept]
             m = reward_model_metrics(scores, ranks)
             iv = reward_model_intervals(scores, ranks, seed=0)
-            lines.append(f"| {path} | {name} | {len(kept)} | "
+            lines.append(f"| {path} | {name} | {subset} | {len(kept)} | "
                          f"{with_interval(m['pairwise_accuracy'], iv['pairwise_accuracy'], as_percent=True)} | "
                          f"{100 * m['pairwise_tie_rate']:.1f}% |")
     return lines

@@ -166,6 +166,33 @@ def reward_table(iters: list[dict], baseline: dict | None, key: str = "reward") 
     return _table(["iter", *(title for _, title in RM_COLUMNS), "tied pairs", "parse rate", "prompts"], rows)
 
 
+def judge_trend(iters: list[dict], key: str = "reward") -> list[str]:
+    """Each model's pairwise accuracy against the one before it, in words: whether it rose or fell, and whether
+    by more than chance (the two intervals do not overlap, a conservative test); and, where a model of the loop
+    (M2 on) is not a better judge than its predecessor, a sentence that says so and where to look for why."""
+    points = [(it["iter"], it[key]) for it in iters if it[key] and is_number(it[key].get("pairwise_accuracy"))]
+    steps, not_better = [], []
+    for (a, ma), (b, mb) in zip(points, points[1:]):
+        x, y = ma["pairwise_accuracy"], mb["pairwise_accuracy"]
+        ia, ib = [(m.get("intervals") or {}).get("pairwise_accuracy") for m in (ma, mb)]
+        known = is_interval(ia) and is_interval(ib)
+        apart = known and (ib[0] > ia[1] or ib[1] < ia[0])
+        word = "higher" if y > x else "lower" if y < x else "unchanged"
+        how = ("" if y == x else ", no intervals to compare" if not known else ", the intervals apart" if apart
+               else ", within the intervals: chance alone could do it")
+        steps.append(f"M{a} -> M{b} {percent(x)} -> {percent(y)} ({word}{how})")
+        if b >= 2 and (y <= x or (known and not apart)):
+            not_better.append((a, b))
+    lines = ["Pairwise accuracy: " + "; ".join(steps) + "."] if steps else []
+    if not_better:
+        lines += ["", ", ".join(f"M{b} is not a better judge than M{a}" for a, b in not_better) + " on this set. "
+                  "The loop's DPO pairs train answers, not judgements, so the judge improves only as far as "
+                  "the model does: look at whether the pairs were decided by length (the loop table's chars "
+                  "chosen / rejected), how many pairs there were, and how consistent the judge's scores are "
+                  "(`python bench/judge_levers.py --judged runs/RUN/iterN/judged.jsonl`)."]
+    return lines
+
+
 def judged_by(h: dict) -> str:
     """The judge's checkpoint, short: runs/R/iter2/model -> iter2/model."""
     return "/".join(Path(str(h.get("judge", "-"))).parts[-2:])
@@ -360,14 +387,14 @@ def report(run: Path, plots: bool = True) -> tuple[str, list[Path]]:
              "## The model as a reward model (eval/reward_metrics.py)", "",
              "Against human rankings. Tied scores count as wrong in pairwise accuracy; correlations are "
              "averaged over prompts (eval/metrics.py). The paper's rows: Llama-2-70B on Open Assistant (Table 4).", "",
-             *reward_table(iters, baseline), ""]
+             *reward_table(iters, baseline), "", *judge_trend(iters), ""]
     if any(it["external"] for it in iters):
         ranked = next(it["external"].get("ranked") for it in iters if it["external"])
         scored = next(it["external"].get("score", "parsed") for it in iters if it["external"])
         lines += ["### On the external set", "",
                   f"`{ranked}`: clear-cut pairs nobody in this project wrote (a reference answer against a "
                   f"mismatched or cut one; data/external/README.md), scores {scored}.", "",
-                  *reward_table(iters, baseline, "external"), ""]
+                  *reward_table(iters, baseline, "external"), "", *judge_trend(iters, "external"), ""]
     lines += [
              "## Instruction following: head to head (eval/head_to_head.py)", "",
              "Win / tie / loss of M_N against the previous model and (head_to_head.opponents) the SFT baseline, in % "

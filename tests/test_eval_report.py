@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.report import error_bars, read_run, report
+from eval.report import error_bars, judge_trend, read_run, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,8 @@ def fake_run(tmp_path) -> Path:
            "n_prompts": 40, "intervals": {"pairwise_accuracy": [0.35, 0.55]}})
     write(run / "iter1" / "eval" / "reward_metrics_external.json",
           {"ranked": "data/external/humaneval.ranked.jsonl", "score": "expected", "pairwise_accuracy": 0.625,
-           "pairwise_tie_rate": 0.0, "parse_rate": 0.95, "n_prompts": 40, "intervals": {"pairwise_accuracy": [0.55, 0.7]}})
+           "pairwise_tie_rate": 0.0, "parse_rate": 0.95, "n_prompts": 40,
+           "intervals": {"pairwise_accuracy": [0.55, 0.7]}})
     # iteration 2: everything
     write(run / "iter2" / "summary.json",
           {"prompts": 100, "finish_reasons": {"stop": 360, "length": 40}, "pairs": 40, "pairs_per_prompt": 0.4,
@@ -106,6 +107,10 @@ def test_report_rows_per_iteration(tmp_path):
     assert rows == ["| 0 (M0, base) | 45.0% [35.0, 55.0] | - | - | - | - | - | - | 40 |",
                     "| 1 | 62.5% [55.0, 70.0] | - | - | - | - | 0.0% | 95.0% | 40 |"]    # no paper rows here
     assert "| *paper SFT baseline* | 65.1% | 39.6% | 10.1% | 0.253 | 0.233 |" in text
+    assert ("Pairwise accuracy: M0 -> M1 30.0% -> 60.0% (higher, no intervals to compare); M1 -> M2 60.0% -> 70.0% "
+            "(higher, no intervals to compare).") in text
+    assert "Pairwise accuracy: M0 -> M1 45.0% -> 62.5% (higher, within the intervals: chance alone" in text
+    assert "not a better judge" not in text
     external = text.split("### Judged by a model that is not a contestant")[1].split("###")[0]
     rows = [line for line in external.splitlines() if line.startswith("| ") and not line.startswith("| iter")]
     assert rows == ["| 2 | M2 vs M1 | 50.0% [36.0, 64.0] | 30.0% [18.0, 44.0] | 20.0% [10.0, 32.0] | 3 | 50 | "
@@ -121,6 +126,18 @@ def test_report_rows_per_iteration(tmp_path):
     assert sel == ["| 2 | step-000400 | previous-model | step-000200: 40%, **step-000400: 55%**, final: - |"]
 
 
+def test_the_report_says_when_the_loop_did_not_make_a_better_judge():
+    def it(n, acc, low, high):
+        return {"iter": n, "reward": {"pairwise_accuracy": acc, "intervals": {"pairwise_accuracy": [low, high]}}}
+    # M1 -> M2 falls; M2 -> M3 rises but its interval overlaps M2's; M3 -> M4 rises clear of it
+    lines = judge_trend([it(1, 0.6, 0.5, 0.7), it(2, 0.55, 0.45, 0.65), it(3, 0.6, 0.5, 0.7), it(4, 0.9, 0.85, 0.95)])
+    assert lines[0] == ("Pairwise accuracy: M1 -> M2 60.0% -> 55.0% (lower, within the intervals: chance alone could "
+                        "do it); M2 -> M3 55.0% -> 60.0% (higher, within the intervals: chance alone could do it); "
+                        "M3 -> M4 60.0% -> 90.0% (higher, the intervals apart).")
+    assert lines[2].startswith("M2 is not a better judge than M1, M3 is not a better judge than M2 on this set.")
+    assert judge_trend([it(0, 0.3, 0.2, 0.4), it(1, 0.2, 0.1, 0.3)])[1:] == []   # M0 -> M1 is EFT: no verdict
+
+
 def test_cli_writes_the_report_and_plots_when_matplotlib_is_installed(tmp_path):
     run = fake_run(tmp_path)
     proc = subprocess.run([sys.executable, str(ROOT / "eval/report.py"), "--run", str(run)], capture_output=True,
@@ -129,8 +146,8 @@ def test_cli_writes_the_report_and_plots_when_matplotlib_is_installed(tmp_path):
     text = (run / "report.md").read_text()
     assert text.startswith("# Run `demo`")
     pngs = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert pngs == ["dpo_training.png", "head_to_head.png", "lengths.png", "reward_model.png", "reward_model_external.png",
-                    "scores.png"]
+    assert pngs == ["dpo_training.png", "head_to_head.png", "lengths.png", "reward_model.png",
+                    "reward_model_external.png", "scores.png"]
     for name in pngs:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"](plots/{name})" in text

@@ -21,9 +21,10 @@ def ift():
     return read_jsonl(SEED / "ift.jsonl")
 
 
-@pytest.fixture(scope="module")
-def eft():
-    return read_jsonl(SEED / "eft.jsonl")
+@pytest.fixture(scope="module", params=["eft.jsonl", "eft_contrast.jsonl"])
+def eft(request):
+    """The quick demo's EFT set and the judge demo's contrastive one: both are checked the same way."""
+    return read_jsonl(SEED / request.param)
 
 
 @pytest.fixture(scope="module")
@@ -92,5 +93,5 @@ def test_wrong_answers_belong_to_seed_prompts(ift):
 def test_the_generator_rebuilds_the_shipped_files(tmp_path):
     subprocess.run([sys.executable, str(SEED / "make_seed.py"), "--out-dir", str(tmp_path)],
                    check=True, capture_output=True)
-    for name in ("eft.jsonl", "ranked.trees.jsonl"):
+    for name in ("eft.jsonl", "eft_contrast.jsonl", "ranked.trees.jsonl"):
         assert filecmp.cmp(tmp_path / name, SEED / name, shallow=False), name

@@ -157,7 +157,8 @@ def test_stage_records_leave_out_the_speed_only_settings(tmp_path):
     assert {k for k in base if changed[k] != base[k]} == {"self_instruct", "judge", "dpo"}
 
 
-@pytest.mark.parametrize("name", ["tiny", "smollm2-135m", "smollm2-135m-judge", "llama2-7b", "llama2-70b", "llama3.1-8b"])
+@pytest.mark.parametrize("name", ["tiny", "smollm2-135m", "smollm2-135m-judge", "llama2-7b", "llama2-70b",
+                                  "llama3.1-8b"])
 def test_every_shipped_loop_config_reads_for_each_iteration(name):
     """configs/*.yaml as `make iteration` reads them, N=1 to 3, their trainer configs with their `set:` keys too."""
     path = str(ROOT / "configs" / f"{name}.yaml")
