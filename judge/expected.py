@@ -6,8 +6,9 @@
 The paper samples three judgements and averages the scores they end with, so a reply's score is one of a
 few values (0, 1/3, 2/3, ...) and two replies tie often. Here the judge writes its justification as usual
 (sampled, or greedy with temperature 0); then, instead of taking the digit it wrote after "Score:", we ask
-the model how likely each score is at that point, and use the expectation: one judgement carries what
-several samples would, and ties all but vanish.
+the model how likely each score is at that point, and use the expectation: a score from one judgement that
+is not rounded to a digit, so ties all but vanish (bench/RESULTS.md measures its agreement with the paper's
+3-sample mean).
 
 Where the score is read: the judgement up to its final verdict's label (judge/parse.py's rule: the last
 "Score:" is the judge's final word) followed by " k", for each k; a judgement with no verdict gets "\nScore:"

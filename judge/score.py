@@ -11,8 +11,9 @@ Output, one line per candidate: judged.jsonl, as judge/__init__.py describes it.
 Resumable like sample/generate.py: rerun the same command after a crash.
 
 --score expected (beyond the paper; judge/expected.py): after each justification, read the model's
-distribution over the score and use its expectation; a candidate's score is then the mean of those (one
-judgement, --samples 1, does what three sampled ones did, and ties all but vanish). Each row also gets
+distribution over the score and use its expectation; a candidate's score is then the mean of those. Ties all
+but vanish, and one judgement (--samples 1) gives a usable score where the paper samples three; how far it
+agrees with their mean is measured in bench/RESULTS.md (bench/judge_levers.py --judged). Each row also gets
 "expected_scores", "score_probs" (p(0..5) per judgement) and "score_mass"; "scores" stays the parsed digits.
 """
 import argparse
