@@ -67,12 +67,13 @@ def table(ranked_path: str, paths: list[str]) -> list[str]:
         rows = {(r["id"], r["sample"]): r for r in read_jsonl(path)}
         kept = [p for p in prompts if all((p["id"], i) in rows for i in range(len(p["replies"])))]
         n = min(len(r["scores"]) for r in rows.values() if r["scores"]) if rows else 0
-        names = readings(next(iter(rows.values())), n) if rows else {}
+        scored = {key: readings(row, n) for key, row in rows.items()}     # every reading of every reply, once
+        names = next(iter(scored.values()), {})
         for name, subset in itertools.product(names, ["all"] + worse):
             keep = {p["id"]: [i for i, k in enumerate(kinds.get(p["id"], []))
                               if subset == "all" or k in (subset, "reference")] or range(len(p["replies"]))
                     for p in kept}
-            scores = [[readings(rows[p["id"], i], n)[name] for i in keep[p["id"]]] for p in kept]
+            scores = [[scored[p["id"], i][name] for i in keep[p["id"]]] for p in kept]
             ranks = [[p["ranks"][i] for i in keep[p["id"]]] for p in kept]
             m = reward_model_metrics(scores, ranks)
             iv = reward_model_intervals(scores, ranks, seed=0)
